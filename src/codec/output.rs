@@ -1,0 +1,95 @@
+//! Output events and snapshots as JSON: the field names other tools rely
+//! on (`type`, `event_id`, `lead_id`, ... see README "Output").
+
+use serde::Serialize;
+
+use crate::core::engine::LeadSnapshot;
+use crate::core::output::{Contribution, Output};
+
+#[derive(Serialize)]
+struct ContributionJson<'a> {
+    rule: &'a str,
+    points: f64,
+}
+
+fn contributions(list: &[Contribution]) -> Vec<ContributionJson<'_>> {
+    list.iter()
+        .map(|c| ContributionJson {
+            rule: &c.rule,
+            points: c.points,
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct OutputJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    event_id: String,
+    lead_id: &'a str,
+    account_id: Option<&'a str>,
+    score: f64,
+    fit: f64,
+    engagement: f64,
+    grade: &'static str,
+    tier: &'a str,
+    previous_tier: &'a str,
+    direction: &'static str,
+    delta: f64,
+    at: String,
+    cause_event_id: Option<&'a str>,
+    contributions: Vec<ContributionJson<'a>>,
+    rules_version: &'a str,
+}
+
+pub fn output_to_json(output: &Output) -> String {
+    let json = OutputJson {
+        kind: output.kind.as_str(),
+        event_id: output.event_id.to_string(),
+        lead_id: &output.lead_id,
+        account_id: output.account_id.as_deref(),
+        score: output.score,
+        fit: output.fit,
+        engagement: output.engagement,
+        grade: output.grade.as_str(),
+        tier: &output.tier,
+        previous_tier: &output.previous_tier,
+        direction: output.direction.as_str(),
+        delta: output.delta,
+        at: output.at.to_rfc3339(),
+        cause_event_id: output.cause_event_id(),
+        contributions: contributions(&output.contributions),
+        rules_version: &output.rules_version,
+    };
+    serde_json::to_string(&json).expect("output JSON has only serializable fields")
+}
+
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    lead_id: &'a str,
+    account_id: Option<&'a str>,
+    score: f64,
+    fit: f64,
+    engagement: f64,
+    grade: &'static str,
+    tier: &'a str,
+    as_of: String,
+    last_event_at: String,
+    contributions: Vec<ContributionJson<'a>>,
+}
+
+pub fn snapshot_to_json(s: &LeadSnapshot) -> String {
+    let json = SnapshotJson {
+        lead_id: &s.lead_id,
+        account_id: s.account_id.as_deref(),
+        score: s.score,
+        fit: s.fit,
+        engagement: s.engagement,
+        grade: s.grade.as_str(),
+        tier: &s.tier,
+        as_of: s.as_of.to_rfc3339(),
+        last_event_at: s.last_event_at.to_rfc3339(),
+        contributions: contributions(&s.contributions),
+    };
+    serde_json::to_string(&json).expect("snapshot JSON has only serializable fields")
+}

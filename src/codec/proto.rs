@@ -1,0 +1,328 @@
+//! Protobuf (`proto/leadscore/v1`) to and from core types.
+
+use prost::Message;
+
+use super::{DecodeError, Limits};
+use crate::core::decay::Decaying;
+use crate::core::event::{Event, EventKind, Fields, Value};
+use crate::core::lead::{AccountLink, CapWindow, LeadState, RuleCredit, SeenId, TraitState};
+use crate::core::output::Output;
+use crate::core::time::Timestamp;
+
+/// The generated wire types.
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/leadscore.v1.rs"));
+}
+
+pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
+    let msg =
+        wire::TrackingEvent::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    event_from_wire(msg, limits)
+}
+
+fn event_from_wire(msg: wire::TrackingEvent, limits: &Limits) -> Result<Event, DecodeError> {
+    use wire::CallType;
+    let kind = match CallType::try_from(msg.r#type) {
+        Ok(CallType::Track) => EventKind::Track,
+        Ok(CallType::Page) => EventKind::Page,
+        Ok(CallType::Screen) => EventKind::Screen,
+        Ok(CallType::Identify) => EventKind::Identify,
+        Ok(CallType::Group) => EventKind::Group,
+        Ok(CallType::Alias) => EventKind::Alias,
+        Ok(CallType::Unspecified) => return Err(DecodeError::MissingField("type")),
+        Err(_) => return Err(DecodeError::UnsupportedType(msg.r#type.to_string())),
+    };
+    let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
+    let message_id = non_empty(msg.message_id).ok_or(DecodeError::MissingField("message_id"))?;
+    let lead_id = non_empty(msg.user_id)
+        .or_else(|| non_empty(msg.anonymous_id))
+        .ok_or(DecodeError::MissingField("user_id or anonymous_id"))?;
+    if msg.timestamp_ms == 0 {
+        return Err(DecodeError::MissingField("timestamp_ms"));
+    }
+    if msg.properties.len() + msg.traits.len() + msg.context.len() > limits.max_fields {
+        return Err(DecodeError::InvalidField {
+            field: "properties",
+            reason: format!("more than {} fields in one message", limits.max_fields),
+        });
+    }
+    let properties = fields(msg.properties, "properties")?;
+    let context = fields(msg.context, "context")?;
+    let traits = fields(msg.traits, "traits")?;
+    let name = match kind {
+        EventKind::Track => Some(non_empty(msg.event).ok_or(DecodeError::MissingField("event"))?),
+        EventKind::Page | EventKind::Screen => non_empty(msg.name),
+        _ => None,
+    };
+    let account_id = match kind {
+        EventKind::Group => {
+            Some(non_empty(msg.group_id).ok_or(DecodeError::MissingField("group_id"))?)
+        }
+        _ => traits
+            .get("account_id")
+            .or_else(|| properties.get("account_id"))
+            .and_then(Value::as_text)
+            .filter(|t| !t.trim().is_empty())
+            .map(str::to_string),
+    };
+    let previous_id = match kind {
+        EventKind::Alias => {
+            Some(non_empty(msg.previous_id).ok_or(DecodeError::MissingField("previous_id"))?)
+        }
+        _ => None,
+    };
+    Ok(Event {
+        message_id,
+        lead_id,
+        kind,
+        name,
+        timestamp: Timestamp(msg.timestamp_ms),
+        properties,
+        context,
+        traits,
+        account_id,
+        previous_id,
+    })
+}
+
+fn fields(
+    map: std::collections::HashMap<String, wire::Value>,
+    field: &'static str,
+) -> Result<Fields, DecodeError> {
+    let mut pairs: Vec<(Box<str>, Value)> = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let value = match value.kind {
+            Some(wire::value::Kind::Text(t)) => Value::Text(t.into()),
+            Some(wire::value::Kind::Number(n)) if n.is_finite() => Value::Number(n),
+            Some(wire::value::Kind::Number(_)) => {
+                return Err(DecodeError::InvalidField {
+                    field,
+                    reason: format!("`{key}` is not a finite number"),
+                })
+            }
+            Some(wire::value::Kind::Boolean(b)) => Value::Bool(b),
+            Some(wire::value::Kind::Null(_)) | None => Value::Null,
+        };
+        pairs.push((key.into(), value));
+    }
+    // Map order on the wire is unspecified; sort for deterministic state.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Fields(pairs))
+}
+
+/// The protobuf form of an event, for producers and tests.
+pub fn event_to_wire(event: &Event) -> wire::TrackingEvent {
+    use wire::CallType;
+    let map = |f: &Fields| {
+        f.iter()
+            .map(|(k, v)| {
+                let kind = match v {
+                    Value::Text(t) => wire::value::Kind::Text(t.to_string()),
+                    Value::Number(n) => wire::value::Kind::Number(*n),
+                    Value::Bool(b) => wire::value::Kind::Boolean(*b),
+                    Value::Null => wire::value::Kind::Null(true),
+                };
+                (k.to_string(), wire::Value { kind: Some(kind) })
+            })
+            .collect()
+    };
+    let (r#type, event_name, name) = match event.kind {
+        EventKind::Track => (
+            CallType::Track,
+            event.name.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        EventKind::Page => (
+            CallType::Page,
+            String::new(),
+            event.name.clone().unwrap_or_default(),
+        ),
+        EventKind::Screen => (
+            CallType::Screen,
+            String::new(),
+            event.name.clone().unwrap_or_default(),
+        ),
+        EventKind::Identify => (CallType::Identify, String::new(), String::new()),
+        EventKind::Group => (CallType::Group, String::new(), String::new()),
+        EventKind::Alias => (CallType::Alias, String::new(), String::new()),
+    };
+    wire::TrackingEvent {
+        r#type: r#type as i32,
+        message_id: event.message_id.clone(),
+        user_id: event.lead_id.clone(),
+        anonymous_id: String::new(),
+        event: event_name,
+        name,
+        timestamp_ms: event.timestamp.millis(),
+        properties: map(&event.properties),
+        traits: map(&event.traits),
+        context: map(&event.context),
+        group_id: match event.kind {
+            EventKind::Group => event.account_id.clone().unwrap_or_default(),
+            _ => String::new(),
+        },
+        previous_id: event.previous_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn encode_output(output: &Output) -> Vec<u8> {
+    wire::ScoreEvent {
+        r#type: output.kind.as_str().to_string(),
+        event_id: output.event_id.to_string(),
+        lead_id: output.lead_id.clone(),
+        account_id: output.account_id.clone().unwrap_or_default(),
+        score: output.score,
+        fit: output.fit,
+        engagement: output.engagement,
+        grade: output.grade.as_str().to_string(),
+        tier: output.tier.to_string(),
+        previous_tier: output.previous_tier.to_string(),
+        direction: output.direction.as_str().to_string(),
+        delta: output.delta,
+        at_ms: output.at.millis(),
+        cause_event_id: output.cause_event_id().unwrap_or_default().to_string(),
+        contributions: output
+            .contributions
+            .iter()
+            .map(|c| wire::Contribution {
+                rule: c.rule.to_string(),
+                points: c.points,
+            })
+            .collect(),
+        rules_version: output.rules_version.to_string(),
+    }
+    .encode_to_vec()
+}
+
+/// A lead's state as a changelog record.
+pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
+    let decaying = |d: &Decaying| wire::Decaying {
+        anchor_ms: d.anchor.millis(),
+        value: d.value,
+    };
+    wire::LeadStateRecord {
+        rules_version: rules_version.to_string(),
+        clock_ms: state.clock.millis(),
+        tier: u32::from(state.tier),
+        last_emitted_score: state.last_emitted_score,
+        traits: state
+            .traits
+            .iter()
+            .map(|t| wire::TraitState {
+                key: u32::from(t.key),
+                bits: t.bits,
+                set_at_ms: t.set_at.millis(),
+            })
+            .collect(),
+        credits: state
+            .credits
+            .iter()
+            .map(|c| wire::RuleCredit {
+                rule: u32::from(c.rule),
+                credit: Some(decaying(&c.credit)),
+            })
+            .collect(),
+        windows: state
+            .windows
+            .iter()
+            .map(|w| wire::CapWindow {
+                rule: u32::from(w.rule),
+                window: w.window,
+                raw: w.raw,
+                credit: Some(decaying(&w.credit)),
+            })
+            .collect(),
+        seen: state
+            .seen
+            .iter()
+            .map(|s| wire::SeenId {
+                id: s.id,
+                at_ms: s.at.millis(),
+            })
+            .collect(),
+        account_id: state
+            .account
+            .as_ref()
+            .map(|a| a.id.to_string())
+            .unwrap_or_default(),
+        account_set_at_ms: state.account.as_ref().map_or(0, |a| a.set_at.millis()),
+        has_due: state.due.is_some(),
+        due_ms: state.due.map_or(0, Timestamp::millis),
+    }
+    .encode_to_vec()
+}
+
+/// Reads a changelog record back; the rules version it was written under
+/// comes with it, so the caller can refuse state from other rules.
+pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, String), DecodeError> {
+    let r =
+        wire::LeadStateRecord::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    let decaying = |d: Option<wire::Decaying>| {
+        let d = d.unwrap_or_default();
+        Decaying {
+            anchor: Timestamp(d.anchor_ms),
+            value: d.value,
+        }
+    };
+    let narrow = |v: u32, what: &'static str| {
+        u16::try_from(v).map_err(|_| DecodeError::InvalidField {
+            field: what,
+            reason: format!("index {v} out of range"),
+        })
+    };
+    let state = LeadState {
+        clock: Timestamp(r.clock_ms),
+        tier: u8::try_from(r.tier).map_err(|_| DecodeError::InvalidField {
+            field: "tier",
+            reason: format!("{} out of range", r.tier),
+        })?,
+        last_emitted_score: r.last_emitted_score,
+        traits: r
+            .traits
+            .into_iter()
+            .map(|t| {
+                Ok(TraitState {
+                    key: narrow(t.key, "traits")?,
+                    bits: t.bits,
+                    set_at: Timestamp(t.set_at_ms),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?,
+        credits: r
+            .credits
+            .into_iter()
+            .map(|c| {
+                Ok(RuleCredit {
+                    rule: narrow(c.rule, "credits")?,
+                    credit: decaying(c.credit),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?,
+        windows: r
+            .windows
+            .into_iter()
+            .map(|w| {
+                Ok(CapWindow {
+                    rule: narrow(w.rule, "windows")?,
+                    window: w.window,
+                    raw: w.raw,
+                    credit: decaying(w.credit),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?,
+        seen: r
+            .seen
+            .into_iter()
+            .map(|s| SeenId {
+                id: s.id,
+                at: Timestamp(s.at_ms),
+            })
+            .collect(),
+        account: (!r.account_id.is_empty()).then(|| AccountLink {
+            id: r.account_id.into(),
+            set_at: Timestamp(r.account_set_at_ms),
+        }),
+        due: r.has_due.then_some(Timestamp(r.due_ms)),
+    };
+    Ok((state, r.rules_version))
+}

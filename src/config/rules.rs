@@ -1,0 +1,841 @@
+//! The rules part of the TOML file: raw serde shapes, their validation and
+//! their compilation into [`crate::core::Rules`].
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::ConfigError;
+use crate::core::decay::HalfLife;
+use crate::core::event::{EventKind, Value};
+use crate::core::rules::{
+    Cap, EngagementRule, EventCondition, EventField, FitRule, Grade, GradeThresholds, Op, Rules,
+    Settings, Tier, TraitCondition, TraitKey, MAX_OPS_PER_TRAIT,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRulesFile {
+    /// Carried into every output so subscribers know which rules scored it.
+    version: Spanned<String>,
+    #[serde(default)]
+    scoring: RawScoring,
+    #[serde(default)]
+    events: RawEvents,
+    grades: Spanned<RawGrades>,
+    tiers: Vec<Spanned<RawTier>>,
+    #[serde(default)]
+    fit: Vec<Spanned<RawFitRule>>,
+    #[serde(default)]
+    engagement: Vec<Spanned<RawEngagementRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScoring {
+    /// Global engagement half-life ("30d", "2w", "none").
+    #[serde(default = "default_half_life")]
+    half_life: Spanned<String>,
+    /// Score range, e.g. `{ min = 0, max = 100 }`; no clamp when absent.
+    clamp: Option<Spanned<RawClamp>>,
+    #[serde(default = "default_step")]
+    step: Spanned<f64>,
+    #[serde(default = "default_hysteresis")]
+    hysteresis: Spanned<f64>,
+    #[serde(default = "default_top_contributions")]
+    top_contributions: usize,
+}
+
+impl Default for RawScoring {
+    fn default() -> Self {
+        RawScoring {
+            half_life: default_half_life(),
+            clamp: None,
+            step: default_step(),
+            hysteresis: default_hysteresis(),
+            top_contributions: default_top_contributions(),
+        }
+    }
+}
+
+fn default_half_life() -> Spanned<String> {
+    Spanned::new(0..0, "30d".to_string())
+}
+fn default_step() -> Spanned<f64> {
+    Spanned::new(0..0, 5.0)
+}
+fn default_hysteresis() -> Spanned<f64> {
+    Spanned::new(0..0, 5.0)
+}
+fn default_top_contributions() -> usize {
+    5
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClamp {
+    min: f64,
+    max: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    /// Events older than this (against the processing clock) are rejected.
+    #[serde(default = "default_allowed_lateness")]
+    allowed_lateness: Spanned<String>,
+    /// Events further than this in the future are rejected.
+    #[serde(default = "default_max_future_skew")]
+    max_future_skew: Spanned<String>,
+    /// How long a lead remembers message ids, in event time.
+    #[serde(default = "default_dedup_window")]
+    dedup_window: Spanned<String>,
+    /// At most this many remembered ids per lead.
+    #[serde(default = "default_dedup_max_ids")]
+    dedup_max_ids: usize,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            allowed_lateness: default_allowed_lateness(),
+            max_future_skew: default_max_future_skew(),
+            dedup_window: default_dedup_window(),
+            dedup_max_ids: default_dedup_max_ids(),
+        }
+    }
+}
+
+fn default_allowed_lateness() -> Spanned<String> {
+    Spanned::new(0..0, "7d".to_string())
+}
+fn default_max_future_skew() -> Spanned<String> {
+    Spanned::new(0..0, "10m".to_string())
+}
+fn default_dedup_window() -> Spanned<String> {
+    Spanned::new(0..0, "8d".to_string())
+}
+fn default_dedup_max_ids() -> usize {
+    1000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrades {
+    #[serde(rename = "A")]
+    a: f64,
+    #[serde(rename = "B")]
+    b: f64,
+    #[serde(rename = "C")]
+    c: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    name: String,
+    min_score: f64,
+    min_grade: Option<String>,
+    #[serde(default)]
+    require_all_traits: Vec<String>,
+    #[serde(default)]
+    require_any_trait: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFitRule {
+    name: String,
+    points: f64,
+    group: Option<String>,
+    when: Vec<Spanned<RawCondition>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngagementRule {
+    name: String,
+    points: f64,
+    #[serde(rename = "type")]
+    kinds: Option<OneOrMany>,
+    event: Option<OneOrMany>,
+    #[serde(default)]
+    when: Vec<Spanned<RawCondition>>,
+    cap: Option<RawCap>,
+    #[serde(default)]
+    once: bool,
+    half_life: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCap {
+    points: f64,
+    per: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCondition {
+    field: String,
+    equals: Option<toml::Value>,
+    one_of: Option<Vec<toml::Value>>,
+    prefix: Option<String>,
+    suffix: Option<String>,
+    contains: Option<String>,
+    regex: Option<String>,
+    range: Option<RawRange>,
+    exists: Option<bool>,
+    #[serde(default)]
+    not: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    at_least: Option<f64>,
+    below: Option<f64>,
+}
+
+/// Collects errors with positions while compiling.
+struct Ctx<'a> {
+    file: &'a Path,
+    source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: &Range<usize>, message: impl Into<String>) -> ConfigError {
+        let offset = (span.end > 0).then_some(span.start);
+        ConfigError::at(self.file, self.source, offset, message)
+    }
+}
+
+/// Parses and validates a rules file's text. `file` is only used in errors.
+pub fn parse_rules(source: &str, file: &Path) -> Result<Rules, ConfigError> {
+    let raw: RawRulesFile = toml::from_str(source).map_err(|e| {
+        ConfigError::at(
+            file,
+            source,
+            e.span().map(|s| s.start),
+            e.message().trim_end().to_string(),
+        )
+    })?;
+    let ctx = Ctx { file, source };
+    compile(&ctx, raw)
+}
+
+fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
+    let version = raw.version.get_ref().trim();
+    if version.is_empty() {
+        return Err(ctx.err(&raw.version.span(), "`version` must not be empty"));
+    }
+    let settings = compile_settings(ctx, &raw.scoring, &raw.events)?;
+
+    let grades_span = raw.grades.span();
+    let g = raw.grades.into_inner();
+    for (name, value) in [("A", g.a), ("B", g.b), ("C", g.c)] {
+        if !value.is_finite() {
+            return Err(ctx.err(
+                &grades_span,
+                format!("grade {name} must be a finite number"),
+            ));
+        }
+    }
+    if !(g.a >= g.b && g.b >= g.c) {
+        return Err(ctx.err(
+            &grades_span,
+            format!(
+                "grade thresholds must satisfy A >= B >= C (fit points), got A = {}, B = {}, C = {}",
+                g.a, g.b, g.c
+            ),
+        ));
+    }
+    let grades = GradeThresholds {
+        a: g.a,
+        b: g.b,
+        c: g.c,
+    };
+
+    let mut trait_keys: Vec<TraitKey> = Vec::new();
+    let mut rule_names = HashSet::new();
+    let mut fit = Vec::new();
+    for spanned in raw.fit {
+        let span = spanned.span();
+        let rule = spanned.into_inner();
+        check_rule_header(ctx, &span, &rule.name, rule.points, &mut rule_names)?;
+        if rule.when.is_empty() {
+            return Err(ctx.err(
+                &span,
+                format!(
+                    "fit rule `{}` needs at least one `when` condition",
+                    rule.name
+                ),
+            ));
+        }
+        let mut conditions = Vec::new();
+        for cond in rule.when {
+            let cspan = cond.span();
+            let cond = cond.into_inner();
+            let trait_name = cond.field.trim().to_string();
+            if let Some(bare) = trait_name.strip_prefix("traits.") {
+                return Err(ctx.err(
+                    &cspan,
+                    format!(
+                        "fit conditions name a trait directly: use `{bare}`, not `{trait_name}`"
+                    ),
+                ));
+            }
+            if trait_name.is_empty() {
+                return Err(ctx.err(&cspan, "`field` must name a trait"));
+            }
+            let (op, negate) = compile_op(ctx, &cspan, cond)?;
+            let key = trait_key(&mut trait_keys, &trait_name);
+            let slot = trait_keys[key].ops.len();
+            if slot >= MAX_OPS_PER_TRAIT {
+                return Err(ctx.err(
+                    &cspan,
+                    format!("trait `{trait_name}` has more than {MAX_OPS_PER_TRAIT} conditions"),
+                ));
+            }
+            trait_keys[key].ops.push(op);
+            conditions.push(TraitCondition { key, slot, negate });
+        }
+        fit.push(FitRule {
+            name: rule.name.into(),
+            points: rule.points,
+            group: rule.group.map(Into::into),
+            conditions,
+        });
+    }
+
+    let mut engagement = Vec::new();
+    for spanned in raw.engagement {
+        let span = spanned.span();
+        let rule = spanned.into_inner();
+        check_rule_header(ctx, &span, &rule.name, rule.points, &mut rule_names)?;
+        let mut kinds = Vec::new();
+        for name in rule.kinds.map(OneOrMany::into_vec).unwrap_or_default() {
+            match EventKind::parse(&name) {
+                Some(EventKind::Alias) | None => {
+                    return Err(ctx.err(
+                        &span,
+                        format!(
+                            "rule `{}`: unknown `type` \"{name}\" (use track, page, screen, identify or group)",
+                            rule.name
+                        ),
+                    ))
+                }
+                Some(kind) => kinds.push(kind),
+            }
+        }
+        let names = rule.event.map(OneOrMany::into_vec).unwrap_or_default();
+        if names.iter().any(|n| n.trim().is_empty()) {
+            return Err(ctx.err(&span, format!("rule `{}`: empty `event` name", rule.name)));
+        }
+        let mut conditions = Vec::new();
+        for cond in rule.when {
+            let cspan = cond.span();
+            let cond = cond.into_inner();
+            let Some(field) = EventField::parse(cond.field.trim()) else {
+                return Err(ctx.err(
+                    &cspan,
+                    format!(
+                        "rule `{}`: unknown field `{}` (use event, properties.NAME, context.NAME or traits.NAME)",
+                        rule.name, cond.field
+                    ),
+                ));
+            };
+            let (op, negate) = compile_op(ctx, &cspan, cond)?;
+            conditions.push(EventCondition { field, op, negate });
+        }
+        if kinds.is_empty() && names.is_empty() && conditions.is_empty() {
+            return Err(ctx.err(
+                &span,
+                format!(
+                    "rule `{}` would match every event: give a `type`, an `event` or a `when`",
+                    rule.name
+                ),
+            ));
+        }
+        let cap = match rule.cap {
+            None => None,
+            Some(cap) => {
+                if rule.once {
+                    return Err(ctx.err(
+                        &span,
+                        format!("rule `{}`: `cap` and `once` exclude each other", rule.name),
+                    ));
+                }
+                if !(cap.points.is_finite() && cap.points > 0.0) {
+                    return Err(ctx.err(
+                        &span,
+                        format!("rule `{}`: cap points must be positive", rule.name),
+                    ));
+                }
+                let per = parse_duration(&cap.per)
+                    .map_err(|m| ctx.err(&span, format!("rule `{}`: cap `per`: {m}", rule.name)))?;
+                Some(Cap {
+                    points: cap.points,
+                    window_ms: duration_ms(per),
+                })
+            }
+        };
+        let half_life = match &rule.half_life {
+            None => HalfLife::Inherit,
+            Some(text) => parse_half_life(text)
+                .map_err(|m| ctx.err(&span, format!("rule `{}`: `half_life`: {m}", rule.name)))?,
+        };
+        engagement.push(EngagementRule {
+            name: rule.name.into(),
+            points: rule.points,
+            kinds,
+            names,
+            conditions,
+            cap,
+            once: rule.once,
+            half_life,
+        });
+    }
+
+    let mut tiers: Vec<Tier> = Vec::new();
+    if raw.tiers.is_empty() {
+        return Err(ctx.err(&(0..1), "at least one `[[tiers]]` entry is needed"));
+    }
+    for spanned in raw.tiers {
+        let span = spanned.span();
+        let tier = spanned.into_inner();
+        if tier.name.trim().is_empty() {
+            return Err(ctx.err(&span, "tier `name` must not be empty"));
+        }
+        if tiers.iter().any(|t| t.name.as_ref() == tier.name) {
+            return Err(ctx.err(&span, format!("tier `{}` is defined twice", tier.name)));
+        }
+        if !tier.min_score.is_finite() {
+            return Err(ctx.err(
+                &span,
+                format!("tier `{}`: min_score must be finite", tier.name),
+            ));
+        }
+        if let Some(prev) = tiers.last() {
+            if tier.min_score <= prev.min_score {
+                return Err(ctx.err(
+                    &span,
+                    format!(
+                        "tiers out of order: `{}` (min_score {}) must be above `{}` (min_score {}); list tiers from lowest to highest",
+                        tier.name, tier.min_score, prev.name, prev.min_score
+                    ),
+                ));
+            }
+        }
+        let min_grade = match &tier.min_grade {
+            None => None,
+            Some(g) => Some(Grade::parse(g).ok_or_else(|| {
+                ctx.err(
+                    &span,
+                    format!(
+                        "tier `{}`: min_grade must be A, B, C or D, not \"{g}\"",
+                        tier.name
+                    ),
+                )
+            })?),
+        };
+        let first = tiers.is_empty();
+        if first
+            && (min_grade.is_some()
+                || !tier.require_all_traits.is_empty()
+                || !tier.require_any_trait.is_empty())
+        {
+            return Err(ctx.err(
+                &span,
+                format!(
+                    "the lowest tier `{}` holds every lead and cannot have gates",
+                    tier.name
+                ),
+            ));
+        }
+        let mut keys = |names: &[String]| -> Result<Vec<usize>, ConfigError> {
+            names
+                .iter()
+                .map(|n| {
+                    if n.trim().is_empty() {
+                        Err(ctx.err(&span, format!("tier `{}`: empty trait name", tier.name)))
+                    } else {
+                        Ok(trait_key(&mut trait_keys, n.trim()))
+                    }
+                })
+                .collect()
+        };
+        let require_all_traits = keys(&tier.require_all_traits)?;
+        let require_any_trait = keys(&tier.require_any_trait)?;
+        tiers.push(Tier {
+            name: tier.name.into(),
+            min_score: tier.min_score,
+            min_grade,
+            require_all_traits,
+            require_any_trait,
+        });
+    }
+
+    Ok(Rules::new(
+        version, settings, grades, tiers, fit, engagement, trait_keys,
+    ))
+}
+
+fn check_rule_header(
+    ctx: &Ctx,
+    span: &Range<usize>,
+    name: &str,
+    points: f64,
+    names: &mut HashSet<String>,
+) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ctx.err(span, "rule `name` must not be empty"));
+    }
+    if !names.insert(name.to_string()) {
+        return Err(ctx.err(
+            span,
+            format!(
+                "rule name `{name}` is used twice (names must be unique across fit and engagement)"
+            ),
+        ));
+    }
+    if !points.is_finite() {
+        return Err(ctx.err(
+            span,
+            format!("rule `{name}`: points must be a finite number"),
+        ));
+    }
+    Ok(())
+}
+
+fn trait_key(keys: &mut Vec<TraitKey>, name: &str) -> usize {
+    match keys.iter().position(|k| k.name == name) {
+        Some(i) => i,
+        None => {
+            keys.push(TraitKey {
+                name: name.to_string(),
+                ops: Vec::new(),
+            });
+            keys.len() - 1
+        }
+    }
+}
+
+fn compile_op(ctx: &Ctx, span: &Range<usize>, c: RawCondition) -> Result<(Op, bool), ConfigError> {
+    let field = c.field.clone();
+    let mut ops: Vec<Op> = Vec::new();
+    if let Some(v) = c.equals {
+        ops.push(Op::Equals(scalar(ctx, span, &field, v)?));
+    }
+    if let Some(vs) = c.one_of {
+        if vs.is_empty() {
+            return Err(ctx.err(span, format!("condition on `{field}`: `one_of` is empty")));
+        }
+        let values = vs
+            .into_iter()
+            .map(|v| scalar(ctx, span, &field, v))
+            .collect::<Result<_, _>>()?;
+        ops.push(Op::OneOf(values));
+    }
+    for (text, make) in [
+        (c.prefix, Op::Prefix as fn(String) -> Op),
+        (c.suffix, Op::Suffix),
+        (c.contains, Op::Contains),
+    ] {
+        if let Some(text) = text {
+            if text.is_empty() {
+                return Err(ctx.err(
+                    span,
+                    format!("condition on `{field}`: empty text to compare"),
+                ));
+            }
+            ops.push(make(text));
+        }
+    }
+    if let Some(pattern) = c.regex {
+        let re = regex::Regex::new(&pattern).map_err(|e| {
+            ctx.err(
+                span,
+                format!(
+                    "condition on `{field}`: bad regex: {}",
+                    one_line(&e.to_string())
+                ),
+            )
+        })?;
+        ops.push(Op::Regex(re));
+    }
+    if let Some(r) = c.range {
+        if r.at_least.is_none() && r.below.is_none() {
+            return Err(ctx.err(
+                span,
+                format!("condition on `{field}`: `range` needs `at_least` or `below`"),
+            ));
+        }
+        if r.at_least.is_some_and(|v| !v.is_finite()) || r.below.is_some_and(|v| !v.is_finite()) {
+            return Err(ctx.err(
+                span,
+                format!("condition on `{field}`: range bounds must be finite"),
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (r.at_least, r.below) {
+            if lo >= hi {
+                return Err(ctx.err(
+                    span,
+                    format!("condition on `{field}`: empty range (at_least {lo} >= below {hi})"),
+                ));
+            }
+        }
+        ops.push(Op::Range {
+            at_least: r.at_least,
+            below: r.below,
+        });
+    }
+    if let Some(e) = c.exists {
+        ops.push(Op::Exists(e));
+    }
+    match ops.len() {
+        1 => Ok((ops.pop().expect("one op"), c.not)),
+        0 => Err(ctx.err(
+            span,
+            format!("condition on `{field}` needs one of equals, one_of, prefix, suffix, contains, regex, range, exists"),
+        )),
+        _ => Err(ctx.err(
+            span,
+            format!("condition on `{field}` has several comparisons; write one condition per comparison"),
+        )),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn scalar(
+    ctx: &Ctx,
+    span: &Range<usize>,
+    field: &str,
+    v: toml::Value,
+) -> Result<Value, ConfigError> {
+    match v {
+        toml::Value::String(s) => Ok(Value::Text(s.into())),
+        toml::Value::Integer(i) => Ok(Value::Number(i as f64)),
+        toml::Value::Float(f) if f.is_finite() => Ok(Value::Number(f)),
+        toml::Value::Boolean(b) => Ok(Value::Bool(b)),
+        other => Err(ctx.err(
+            span,
+            format!(
+                "condition on `{field}`: compare with a string, number or boolean, not {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!(
+            "\"{text}\" is negative; durations must be positive"
+        ));
+    }
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!("\"{text}\" is not a duration like \"30d\", \"12h\" or \"90s\" ({e})")
+    })?;
+    if d.is_zero() {
+        return Err(format!("\"{text}\" is zero; durations must be positive"));
+    }
+    Ok(d)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn parse_half_life(text: &str) -> Result<HalfLife, String> {
+    if text.trim() == "none" {
+        return Ok(HalfLife::Never);
+    }
+    parse_duration(text).map(|d| HalfLife::Millis(d.as_millis() as f64))
+}
+
+fn compile_settings(ctx: &Ctx, s: &RawScoring, e: &RawEvents) -> Result<Settings, ConfigError> {
+    let half_life = parse_half_life(s.half_life.get_ref())
+        .map_err(|m| ctx.err(&s.half_life.span(), format!("`scoring.half_life`: {m}")))?;
+    let clamp = match &s.clamp {
+        None => None,
+        Some(c) => {
+            let r = c.get_ref();
+            if !(r.min.is_finite() && r.max.is_finite() && r.min < r.max) {
+                return Err(ctx.err(&c.span(), "`scoring.clamp` needs finite min < max"));
+            }
+            Some((r.min, r.max))
+        }
+    };
+    let step = *s.step.get_ref();
+    if !(step.is_finite() && step >= 0.0) {
+        return Err(ctx.err(&s.step.span(), "`scoring.step` must be zero or positive"));
+    }
+    let hysteresis = *s.hysteresis.get_ref();
+    if !(hysteresis.is_finite() && hysteresis >= 0.0) {
+        return Err(ctx.err(
+            &s.hysteresis.span(),
+            "`scoring.hysteresis` must be zero or positive",
+        ));
+    }
+    let dur = |v: &Spanned<String>, name: &str| {
+        parse_duration(v.get_ref())
+            .map(duration_ms)
+            .map_err(|m| ctx.err(&v.span(), format!("`events.{name}`: {m}")))
+    };
+    let allowed_lateness_ms = dur(&e.allowed_lateness, "allowed_lateness")?;
+    let max_future_skew_ms = dur(&e.max_future_skew, "max_future_skew")?;
+    let dedup_window_ms = dur(&e.dedup_window, "dedup_window")?;
+    if dedup_window_ms < allowed_lateness_ms.saturating_add(max_future_skew_ms) {
+        return Err(ctx.err(
+            &e.dedup_window.span(),
+            "`events.dedup_window` must be at least allowed_lateness + max_future_skew, or a late duplicate could be counted twice",
+        ));
+    }
+    Ok(Settings {
+        half_life,
+        clamp,
+        step,
+        hysteresis,
+        top_contributions: s.top_contributions,
+        allowed_lateness_ms: Some(allowed_lateness_ms),
+        max_future_skew_ms,
+        dedup_window_ms,
+        dedup_max_ids: e.dedup_max_ids.max(1),
+    })
+}
+
+/// A human summary of a validated rule set, for `leadscore check`.
+pub fn summarize(rules: &Rules) -> String {
+    let mut out = String::new();
+    let s = &rules.settings;
+    let days = |ms: f64| ms / crate::core::time::MS_PER_DAY as f64;
+    let _ = writeln!(out, "rules version: {}", rules.version);
+    let half_life = match s.half_life {
+        HalfLife::Millis(ms) => format!("{} days", days(ms)),
+        _ => "none (no decay)".to_string(),
+    };
+    let _ = writeln!(out, "engagement half-life: {half_life}");
+    match s.clamp {
+        Some((lo, hi)) => {
+            let _ = writeln!(out, "score clamp: {lo} to {hi}");
+        }
+        None => {
+            let _ = writeln!(out, "score clamp: none");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "score-change step: {}, hysteresis: {}, contributions per output: {}",
+        s.step, s.hysteresis, s.top_contributions
+    );
+    let _ = writeln!(
+        out,
+        "grades (fit): A >= {}, B >= {}, C >= {}, else D",
+        rules.grades.a, rules.grades.b, rules.grades.c
+    );
+    let _ = writeln!(out, "tiers ({}):", rules.tiers.len());
+    for tier in &rules.tiers {
+        let mut gates = Vec::new();
+        if let Some(g) = tier.min_grade {
+            gates.push(format!("grade {} or better", g.as_str()));
+        }
+        let names = |keys: &[usize]| {
+            keys.iter()
+                .map(|k| rules.trait_keys[*k].name.as_str())
+                .collect::<Vec<_>>()
+        };
+        if !tier.require_all_traits.is_empty() {
+            gates.push(format!(
+                "all of [{}] known",
+                names(&tier.require_all_traits).join(", ")
+            ));
+        }
+        if !tier.require_any_trait.is_empty() {
+            gates.push(format!(
+                "any of [{}] known",
+                names(&tier.require_any_trait).join(", ")
+            ));
+        }
+        let gates = if gates.is_empty() {
+            String::new()
+        } else {
+            format!(" if {}", gates.join(" and "))
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} score >= {}{gates}",
+            tier.name, tier.min_score
+        );
+    }
+    let _ = writeln!(out, "fit rules ({}):", rules.fit.len());
+    for r in &rules.fit {
+        let group = r
+            .group
+            .as_deref()
+            .map(|g| format!(" [group {g}]"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {:<28} {:>+7}{group}", r.name, r.points);
+    }
+    let _ = writeln!(out, "engagement rules ({}):", rules.engagement.len());
+    for (i, r) in rules.engagement.iter().enumerate() {
+        let mut notes = Vec::new();
+        if let Some(cap) = r.cap {
+            notes.push(format!(
+                "cap {} per {} days",
+                cap.points,
+                days(cap.window_ms as f64)
+            ));
+        }
+        if r.once {
+            notes.push("once".to_string());
+        }
+        match rules.half_life_of(i) {
+            HalfLife::Millis(ms) if r.half_life != HalfLife::Inherit => {
+                notes.push(format!("half-life {} days", days(ms)))
+            }
+            HalfLife::Never => notes.push("no decay".to_string()),
+            _ => {}
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        };
+        let _ = writeln!(out, "  {:<28} {:>+7}{notes}", r.name, r.points);
+    }
+    let _ = writeln!(
+        out,
+        "events: allowed lateness {} days, future skew {} s, dedup window {} days (max {} ids per lead)",
+        days(s.allowed_lateness_ms.unwrap_or(0) as f64),
+        s.max_future_skew_ms / 1000,
+        days(s.dedup_window_ms as f64),
+        s.dedup_max_ids
+    );
+    out
+}

@@ -1,0 +1,357 @@
+//! The partition engine: every lead of one partition (or of a whole replay)
+//! with its dedup memory and decay timers.
+//!
+//! `apply` and `advance` are the only ways state changes; both take "now"
+//! as a parameter and return the outputs they caused, which the caller
+//! publishes. Given the same rules and the same events in the same order, the
+//! state and the outputs (ids included) are the same in every run.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::core::event::{Event, EventKind};
+use crate::core::lead::{Evaluation, LeadState};
+use crate::core::output::{output_id, Cause, Contribution, Direction, Output, OutputKind};
+use crate::core::rules::{Grade, Rules};
+use crate::core::time::Timestamp;
+
+/// What became of one input event.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Applied; these outputs follow (possibly none).
+    Applied(Vec<Output>),
+    /// Its message id was already applied to this lead: nothing changed.
+    Duplicate,
+    Rejected(Rejection),
+}
+
+/// Why an event was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error(
+        "event time is {age_ms} ms in the past, beyond the allowed lateness of {allowed_ms} ms"
+    )]
+    TooLate { age_ms: i64, allowed_ms: i64 },
+    #[error(
+        "event time is {ahead_ms} ms in the future, beyond the allowed skew of {allowed_ms} ms"
+    )]
+    TooFarInFuture { ahead_ms: i64, allowed_ms: i64 },
+}
+
+impl Rejection {
+    /// A short, bounded label for metrics and dead-letter headers.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            Rejection::TooLate { .. } => "too_late",
+            Rejection::TooFarInFuture { .. } => "too_far_in_future",
+        }
+    }
+}
+
+/// A lead's state as seen from outside, at one point in time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeadSnapshot {
+    pub lead_id: String,
+    pub account_id: Option<String>,
+    pub as_of: Timestamp,
+    pub fit: f64,
+    pub engagement: f64,
+    pub score: f64,
+    pub grade: Grade,
+    pub tier: Arc<str>,
+    /// All contributions, largest first.
+    pub contributions: Vec<Contribution>,
+    /// The latest event (or decay) time applied to the lead.
+    pub last_event_at: Timestamp,
+}
+
+pub struct Engine {
+    rules: Arc<Rules>,
+    leads: HashMap<String, LeadState>,
+    /// (due time, lead id) for every lead whose tier decay will change.
+    timers: BTreeSet<(Timestamp, String)>,
+    /// Identities merged by `alias` calls, to the lead they now belong to:
+    /// an anonymous event that arrives after its alias still lands on the
+    /// right lead, so the result does not depend on arrival order.
+    aliases: HashMap<String, String>,
+}
+
+impl Engine {
+    pub fn new(rules: Arc<Rules>) -> Self {
+        Engine {
+            rules,
+            leads: HashMap::new(),
+            timers: BTreeSet::new(),
+            aliases: HashMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.rules
+    }
+
+    pub fn lead_count(&self) -> usize {
+        self.leads.len()
+    }
+
+    pub fn lead(&self, lead_id: &str) -> Option<&LeadState> {
+        self.leads.get(lead_id)
+    }
+
+    /// Number of message ids held for dedup, over all leads.
+    pub fn remembered_ids(&self) -> usize {
+        self.leads.values().map(|l| l.seen.len()).sum()
+    }
+
+    /// The lead an identity belongs to, following `alias` merges.
+    pub fn resolve<'a>(&'a self, mut id: &'a str) -> &'a str {
+        // Aliases never form a cycle (see `apply`), but bound the walk anyway.
+        for _ in 0..16 {
+            match self.aliases.get(id) {
+                Some(next) => id = next,
+                None => break,
+            }
+        }
+        id
+    }
+
+    /// The earliest time at which `advance` has something to do.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.timers.first().map(|(due, _)| *due)
+    }
+
+    /// Applies one event, checking its time against the processing clock
+    /// `now` (lateness and future skew). Scores are evaluated at the lead's
+    /// own clock, the latest event time it has seen, so outputs do not depend
+    /// on when the event was processed.
+    pub fn apply(&mut self, event: &Event, now: Timestamp) -> Outcome {
+        let rules = &*self.rules;
+        let settings = &rules.settings;
+        let t = event.timestamp;
+        if let Some(allowed_ms) = settings.allowed_lateness_ms {
+            let age_ms = now.millis().saturating_sub(t.millis());
+            if age_ms > allowed_ms {
+                return Outcome::Rejected(Rejection::TooLate { age_ms, allowed_ms });
+            }
+        }
+        let ahead_ms = t.millis().saturating_sub(now.millis());
+        if ahead_ms > settings.max_future_skew_ms {
+            return Outcome::Rejected(Rejection::TooFarInFuture {
+                ahead_ms,
+                allowed_ms: settings.max_future_skew_ms,
+            });
+        }
+        let id_hash = xxh3_64(event.message_id.as_bytes());
+
+        let lead_id = self.resolve(&event.lead_id).to_string();
+        let mut absorbed = None;
+        if event.kind == EventKind::Alias {
+            if let Some(previous) = event.previous_id.as_deref() {
+                let seen = self
+                    .leads
+                    .get(&lead_id)
+                    .is_some_and(|l| l.seen.iter().any(|s| s.id == id_hash));
+                if seen {
+                    return Outcome::Duplicate;
+                }
+                let previous = self.resolve(previous).to_string();
+                if previous != lead_id {
+                    absorbed = self.leads.remove(&previous);
+                    if let Some(due) = absorbed.as_ref().and_then(|p| p.due) {
+                        self.timers.remove(&(due, previous.clone()));
+                    }
+                    self.aliases.insert(previous, lead_id.clone());
+                }
+            }
+        }
+
+        let lead = match self.leads.get_mut(&lead_id) {
+            Some(lead) => lead,
+            None => self
+                .leads
+                .entry(lead_id.clone())
+                .or_insert_with(|| LeadState::new(t)),
+        };
+        if !lead.remember(id_hash, t, settings) {
+            return Outcome::Duplicate;
+        }
+        let due_before = lead.due;
+        let mut outputs = Vec::new();
+        advance_lead(rules, &lead_id, lead, t, &mut outputs);
+
+        if let Some(previous) = absorbed {
+            lead.absorb(rules, previous);
+        }
+        if event.kind != EventKind::Group {
+            // Group traits describe the account, not the person.
+            lead.apply_traits(rules, &event.traits, t);
+        }
+        if let Some(account_id) = &event.account_id {
+            lead.link_account(account_id, t);
+        }
+        for rule in rules.matching_engagement(event) {
+            lead.credit(rules, rule, t);
+        }
+        lead.clock = lead.clock.max(t);
+        if let Some(allowed_ms) = settings.allowed_lateness_ms {
+            lead.fold_closed_windows(rules, now.saturating_sub_ms(allowed_ms));
+        }
+        emit(
+            rules,
+            &lead_id,
+            lead,
+            Cause::Event(event.message_id.clone()),
+            &mut outputs,
+        );
+        lead.due = lead.next_change_due(rules, lead.clock);
+        let due_after = lead.due;
+        reschedule(&mut self.timers, &lead_id, due_before, due_after);
+        Outcome::Applied(outputs)
+    }
+
+    /// Publishes what decay alone changes up to `now`: tier drops (or rises,
+    /// as negative points fade) of leads that saw no event, in due-time order.
+    pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {
+        let rules = &*self.rules;
+        let mut outputs = Vec::new();
+        while let Some((due, lead_id)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(lead) = self.leads.get_mut(&lead_id) else {
+                debug_assert!(false, "timer for a lead that is gone");
+                continue;
+            };
+            advance_lead(rules, &lead_id, lead, due, &mut outputs);
+            reschedule(&mut self.timers, &lead_id, None, lead.due);
+        }
+        outputs
+    }
+
+    /// The lead's numbers and explanation at `at` (not before its clock).
+    pub fn explain(&self, lead_id: &str, at: Timestamp) -> Option<LeadSnapshot> {
+        self.leads
+            .get(lead_id)
+            .map(|lead| snapshot_of(&self.rules, lead_id, lead, at))
+    }
+
+    /// Every lead at `at`, ordered by lead id. Call `advance(at)` first for
+    /// tiers that include decay up to `at`.
+    pub fn snapshot(&self, at: Timestamp) -> Vec<LeadSnapshot> {
+        let mut ids: Vec<&String> = self.leads.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| snapshot_of(&self.rules, id, &self.leads[id], at))
+            .collect()
+    }
+}
+
+fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) -> LeadSnapshot {
+    let at = at.max(lead.clock);
+    let eval = lead.evaluate(rules, at);
+    LeadSnapshot {
+        lead_id: lead_id.to_string(),
+        account_id: lead.account.as_ref().map(|a| a.id.to_string()),
+        as_of: at,
+        fit: eval.fit,
+        engagement: eval.engagement,
+        score: eval.score,
+        grade: eval.grade,
+        tier: rules.tier_name(usize::from(lead.tier)).clone(),
+        contributions: lead.contributions(rules, at),
+        last_event_at: lead.clock,
+    }
+}
+
+fn reschedule(
+    timers: &mut BTreeSet<(Timestamp, String)>,
+    lead_id: &str,
+    before: Option<Timestamp>,
+    after: Option<Timestamp>,
+) {
+    if before == after {
+        return;
+    }
+    if let Some(due) = before {
+        timers.remove(&(due, lead_id.to_string()));
+    }
+    if let Some(due) = after {
+        timers.insert((due, lead_id.to_string()));
+    }
+}
+
+/// Fires the lead's decay due times up to `until`, one at a time, each
+/// evaluated at its own due time.
+fn advance_lead(
+    rules: &Rules,
+    lead_id: &str,
+    lead: &mut LeadState,
+    until: Timestamp,
+    outputs: &mut Vec<Output>,
+) {
+    // Each firing changes the tier, and tiers are few: the bound only
+    // guards against a float edge case looping.
+    for _ in 0..=2 * rules.tiers.len() {
+        let Some(due) = lead.due.filter(|due| *due <= until) else {
+            return;
+        };
+        lead.clock = lead.clock.max(due);
+        emit(rules, lead_id, lead, Cause::Decay(due), outputs);
+        lead.due = lead.next_change_due(rules, lead.clock);
+    }
+    lead.due = None;
+}
+
+/// Evaluates the lead at its clock and emits `score_changed` (score moved
+/// by at least the step, or the tier changed) and `threshold_crossed`.
+fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &mut Vec<Output>) {
+    let at = lead.clock;
+    let eval: Evaluation = lead.evaluate(rules, at);
+    let previous = usize::from(lead.tier);
+    let tier = lead.tier_at(rules, &eval);
+    let delta = eval.score - lead.last_emitted_score;
+    if tier == previous && delta.abs() < rules.settings.step {
+        return;
+    }
+    let mut contributions = lead.contributions(rules, at);
+    contributions.truncate(rules.settings.top_contributions);
+    let direction = if tier > previous || (tier == previous && delta >= 0.0) {
+        Direction::Up
+    } else {
+        Direction::Down
+    };
+    let changed = Output {
+        kind: OutputKind::ScoreChanged,
+        event_id: output_id(lead_id, OutputKind::ScoreChanged, &cause),
+        lead_id: lead_id.to_string(),
+        account_id: lead.account.as_ref().map(|a| a.id.to_string()),
+        at,
+        cause: cause.clone(),
+        score: eval.score,
+        fit: eval.fit,
+        engagement: eval.engagement,
+        grade: eval.grade,
+        tier: rules.tier_name(tier).clone(),
+        previous_tier: rules.tier_name(previous).clone(),
+        direction,
+        delta,
+        contributions,
+        rules_version: rules.version.clone(),
+    };
+    if tier != previous {
+        let crossed = Output {
+            kind: OutputKind::ThresholdCrossed,
+            event_id: output_id(lead_id, OutputKind::ThresholdCrossed, &cause),
+            ..changed.clone()
+        };
+        out.push(changed);
+        out.push(crossed);
+    } else {
+        out.push(changed);
+    }
+    lead.tier = tier as u8;
+    lead.last_emitted_score = eval.score;
+}

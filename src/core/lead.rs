@@ -1,0 +1,464 @@
+//! Per-lead state and the pure operations on it: traits, engagement
+//! credits (with caps, once-rules and decay), dedup memory and evaluation.
+//!
+//! Everything a lead's score depends on is kept in a form where the order in
+//! which events arrive does not matter: traits keep the value with the
+//! latest event time, credits are decaying sums, once-rules keep the
+//! earliest hit, and caps scale each fixed window's total. Only the tier,
+//! which has hysteresis, remembers the path.
+
+use crate::core::decay::Decaying;
+use crate::core::event::Fields;
+use crate::core::output::Contribution;
+use crate::core::rules::{Grade, Rules, Settings, EMAIL_DOMAIN_TRAIT};
+use crate::core::time::Timestamp;
+
+/// One trait's comparison results (see [`crate::core::rules::TraitKey`]) and
+/// the event time of the value they came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraitState {
+    pub key: u16,
+    pub bits: u64,
+    pub set_at: Timestamp,
+}
+
+/// The decayed credit of one (uncapped) engagement rule. For a once-rule,
+/// the points of its earliest hit, anchored at that hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleCredit {
+    pub rule: u16,
+    pub credit: Decaying,
+}
+
+/// A capped rule's hits within one fixed window. The window credits at most
+/// the cap: every hit in it is scaled by `min(1, cap / |raw|)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapWindow {
+    pub rule: u16,
+    pub window: i64,
+    pub raw: f64,
+    pub credit: Decaying,
+}
+
+impl CapWindow {
+    fn scale(&self, cap: f64) -> f64 {
+        if self.raw.abs() <= cap {
+            1.0
+        } else {
+            cap / self.raw.abs()
+        }
+    }
+}
+
+/// A remembered input message id (its 64-bit hash) with its event time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenId {
+    pub id: u64,
+    pub at: Timestamp,
+}
+
+/// The account a lead belongs to, and the event time that said so.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountLink {
+    pub id: Box<str>,
+    pub set_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeadState {
+    /// Latest event time (or decay due time) applied; evaluations happen here.
+    pub clock: Timestamp,
+    /// Index into the rules' tiers.
+    pub tier: u8,
+    /// Score carried by the lead's last `score_changed` output (0 before any).
+    pub last_emitted_score: f64,
+    pub traits: Vec<TraitState>,
+    pub credits: Vec<RuleCredit>,
+    pub windows: Vec<CapWindow>,
+    pub seen: Vec<SeenId>,
+    pub account: Option<AccountLink>,
+    /// When decay alone will next change the tier, if it will.
+    pub due: Option<Timestamp>,
+}
+
+/// A lead's numbers at one point in time.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub fit: f64,
+    pub engagement: f64,
+    pub score: f64,
+    pub grade: Grade,
+}
+
+impl LeadState {
+    pub fn new(clock: Timestamp) -> Self {
+        LeadState {
+            clock,
+            tier: 0,
+            last_emitted_score: 0.0,
+            traits: Vec::new(),
+            credits: Vec::new(),
+            windows: Vec::new(),
+            seen: Vec::new(),
+            account: None,
+            due: None,
+        }
+    }
+
+    pub fn trait_bits(&self, rules: &Rules, key: usize) -> u64 {
+        self.traits
+            .iter()
+            .find(|t| usize::from(t.key) == key)
+            .map_or_else(|| rules.absent_trait_bits(key), |t| t.bits)
+    }
+
+    /// Takes the traits an event carries; per trait, the value with the
+    /// latest event time wins (ties: the larger bit pattern, so the result
+    /// does not depend on arrival order). A null value clears a trait.
+    pub fn apply_traits(&mut self, rules: &Rules, traits: &Fields, at: Timestamp) {
+        if traits.is_empty() {
+            return;
+        }
+        for (key, trait_key) in rules.trait_keys.iter().enumerate() {
+            let value = if trait_key.name == EMAIL_DOMAIN_TRAIT {
+                match traits
+                    .get(EMAIL_DOMAIN_TRAIT)
+                    .or_else(|| traits.get("email"))
+                {
+                    Some(v) => Some(email_domain_value(v)),
+                    None => continue,
+                }
+            } else {
+                match traits.get(&trait_key.name) {
+                    Some(v) => Some(v.clone()),
+                    None => continue,
+                }
+            };
+            let bits = rules.trait_bits(key, value.as_ref());
+            let key = key as u16;
+            match self.traits.iter_mut().find(|t| t.key == key) {
+                Some(existing) => {
+                    if (at, bits) > (existing.set_at, existing.bits) {
+                        existing.bits = bits;
+                        existing.set_at = at;
+                    }
+                }
+                None => self.traits.push(TraitState {
+                    key,
+                    bits,
+                    set_at: at,
+                }),
+            }
+        }
+    }
+
+    /// Links the lead to an account; the latest event time wins.
+    pub fn link_account(&mut self, account_id: &str, at: Timestamp) {
+        let newer = match &self.account {
+            Some(link) => (at, account_id) > (link.set_at, link.id.as_ref()),
+            None => true,
+        };
+        if newer {
+            self.account = Some(AccountLink {
+                id: account_id.into(),
+                set_at: at,
+            });
+        }
+    }
+
+    /// Credits engagement rule `rule` for a hit at `at`.
+    pub fn credit(&mut self, rules: &Rules, rule: usize, at: Timestamp) {
+        let spec = &rules.engagement[rule];
+        let half_life = rules.half_life_of(rule);
+        let rule_key = rule as u16;
+        if let Some(cap) = spec.cap {
+            let window = at.millis().div_euclid(cap.window_ms);
+            match self
+                .windows
+                .iter_mut()
+                .find(|w| w.rule == rule_key && w.window == window)
+            {
+                Some(w) => {
+                    w.raw += spec.points;
+                    w.credit.add(spec.points, at, half_life);
+                }
+                None => self.windows.push(CapWindow {
+                    rule: rule_key,
+                    window,
+                    raw: spec.points,
+                    credit: Decaying::new(spec.points, at),
+                }),
+            }
+            return;
+        }
+        match self.credits.iter_mut().find(|c| c.rule == rule_key) {
+            Some(c) if spec.once => {
+                if at < c.credit.anchor {
+                    c.credit = Decaying::new(spec.points, at);
+                }
+            }
+            Some(c) => c.credit.add(spec.points, at, half_life),
+            None => self.credits.push(RuleCredit {
+                rule: rule_key,
+                credit: Decaying::new(spec.points, at),
+            }),
+        }
+    }
+
+    /// Folds cap windows that ended before `closed_before` into plain
+    /// credits. No event can land in them any more (it would be too late),
+    /// so their scale is final; this only bounds memory.
+    pub fn fold_closed_windows(&mut self, rules: &Rules, closed_before: Timestamp) {
+        let mut index = 0;
+        while index < self.windows.len() {
+            let w = &self.windows[index];
+            let cap = rules.engagement[usize::from(w.rule)]
+                .cap
+                .expect("cap windows exist only for capped rules");
+            let window_end = (w.window + 1).saturating_mul(cap.window_ms);
+            if window_end > closed_before.millis() {
+                index += 1;
+                continue;
+            }
+            let w = self.windows.swap_remove(index);
+            let scaled = Decaying::new(w.credit.value * w.scale(cap.points), w.credit.anchor);
+            let half_life = rules.half_life_of(usize::from(w.rule));
+            match self.credits.iter_mut().find(|c| c.rule == w.rule) {
+                Some(c) => c.credit.merge(&scaled, half_life),
+                None => self.credits.push(RuleCredit {
+                    rule: w.rule,
+                    credit: scaled,
+                }),
+            }
+        }
+    }
+
+    /// Remembers a message id; false if it was already seen (a duplicate).
+    pub fn remember(&mut self, id: u64, at: Timestamp, settings: &Settings) -> bool {
+        if self.seen.iter().any(|s| s.id == id) {
+            return false;
+        }
+        self.seen.push(SeenId { id, at });
+        self.prune_seen(settings);
+        true
+    }
+
+    fn prune_seen(&mut self, settings: &Settings) {
+        let newest = self
+            .seen
+            .iter()
+            .map(|s| s.at)
+            .max()
+            .unwrap_or(self.clock)
+            .max(self.clock);
+        let horizon = newest.saturating_sub_ms(settings.dedup_window_ms);
+        self.seen.retain(|s| s.at >= horizon);
+        if self.seen.len() > settings.dedup_max_ids {
+            self.seen.sort_by_key(|s| (s.at, s.id));
+            let excess = self.seen.len() - settings.dedup_max_ids;
+            self.seen.drain(..excess);
+        }
+    }
+
+    /// Engagement points per rule at `at` (rules with no credit left out).
+    pub fn engagement_by_rule(&self, rules: &Rules, at: Timestamp) -> Vec<(usize, f64)> {
+        let mut by_rule: Vec<(usize, f64)> = Vec::new();
+        let mut add = |rule: usize, points: f64| match by_rule.iter_mut().find(|(r, _)| *r == rule)
+        {
+            Some((_, p)) => *p += points,
+            None => by_rule.push((rule, points)),
+        };
+        for c in &self.credits {
+            let rule = usize::from(c.rule);
+            add(rule, c.credit.at(at, rules.half_life_of(rule)));
+        }
+        for w in &self.windows {
+            let rule = usize::from(w.rule);
+            let cap = rules.engagement[rule]
+                .cap
+                .map_or(f64::INFINITY, |c| c.points);
+            add(
+                rule,
+                w.scale(cap) * w.credit.at(at, rules.half_life_of(rule)),
+            );
+        }
+        by_rule.sort_unstable_by_key(|(r, _)| *r);
+        by_rule
+    }
+
+    pub fn engagement_at(&self, rules: &Rules, at: Timestamp) -> f64 {
+        let credits: f64 = self
+            .credits
+            .iter()
+            .map(|c| c.credit.at(at, rules.half_life_of(usize::from(c.rule))))
+            .sum();
+        let windows: f64 = self
+            .windows
+            .iter()
+            .map(|w| {
+                let rule = usize::from(w.rule);
+                let cap = rules.engagement[rule]
+                    .cap
+                    .map_or(f64::INFINITY, |c| c.points);
+                w.scale(cap) * w.credit.at(at, rules.half_life_of(rule))
+            })
+            .sum();
+        credits + windows
+    }
+
+    pub fn fit(&self, rules: &Rules) -> (f64, Vec<usize>) {
+        rules.fit_of(&|key| self.trait_bits(rules, key))
+    }
+
+    pub fn evaluate(&self, rules: &Rules, at: Timestamp) -> Evaluation {
+        let (fit, _) = self.fit(rules);
+        let engagement = self.engagement_at(rules, at);
+        Evaluation {
+            fit,
+            engagement,
+            score: rules.clamp(fit + engagement),
+            grade: rules.grades.grade(fit),
+        }
+    }
+
+    /// The tier the lead would move to at `at` from the tier it holds.
+    pub fn tier_at(&self, rules: &Rules, eval: &Evaluation) -> usize {
+        rules.next_tier(usize::from(self.tier), eval.score, eval.grade, &|key| {
+            self.trait_bits(rules, key)
+        })
+    }
+
+    /// Every fit and engagement rule's share at `at`, largest first (by
+    /// absolute value, then by name, so the order is deterministic).
+    pub fn contributions(&self, rules: &Rules, at: Timestamp) -> Vec<Contribution> {
+        let (_, fit_rules) = self.fit(rules);
+        let mut all: Vec<Contribution> = fit_rules
+            .into_iter()
+            .map(|i| Contribution {
+                rule: rules.fit[i].name.clone(),
+                points: rules.fit[i].points,
+            })
+            .chain(
+                self.engagement_by_rule(rules, at)
+                    .into_iter()
+                    .map(|(i, points)| Contribution {
+                        rule: rules.engagement[i].name.clone(),
+                        points,
+                    }),
+            )
+            .collect();
+        all.sort_by(|a, b| {
+            b.points
+                .abs()
+                .total_cmp(&a.points.abs())
+                .then_with(|| a.rule.cmp(&b.rule))
+        });
+        all
+    }
+
+    /// When decay alone will next move the lead out of its tier, searched
+    /// from `from`. Assumes the score moves one way as points decay (true
+    /// when all credits share a sign); with mixed signs the answer is a due
+    /// time at which the tier has changed, not necessarily the first.
+    pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
+        let has_negative = self.credits.iter().any(|c| c.credit.value < 0.0)
+            || self.windows.iter().any(|w| w.raw < 0.0);
+        if self.tier == 0 && !has_negative {
+            return None; // decaying positive points only lower the score
+        }
+        let longest_half_life = self
+            .credits
+            .iter()
+            .map(|c| usize::from(c.rule))
+            .chain(self.windows.iter().map(|w| usize::from(w.rule)))
+            .filter_map(|rule| rules.half_life_of(rule).millis())
+            .fold(0.0f64, f64::max);
+        if longest_half_life <= 0.0 {
+            return None;
+        }
+        let tier = usize::from(self.tier);
+        let changed = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
+        // After 64 half-lives engagement is below 1e-19 of what it was.
+        let mut hi = from.saturating_add_ms((64.0 * longest_half_life) as i64);
+        if !changed(hi) {
+            return None;
+        }
+        let mut lo = from;
+        while hi.millis() - lo.millis() > crate::core::time::MS_PER_SECOND {
+            let mid = Timestamp(lo.millis() + (hi.millis() - lo.millis()) / 2);
+            if changed(mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Some(hi)
+    }
+
+    /// Merges the history of `other` (an identity aliased into this lead).
+    pub fn absorb(&mut self, rules: &Rules, other: LeadState) {
+        for t in other.traits {
+            match self.traits.iter_mut().find(|mine| mine.key == t.key) {
+                Some(mine) => {
+                    if (t.set_at, t.bits) > (mine.set_at, mine.bits) {
+                        *mine = t;
+                    }
+                }
+                None => self.traits.push(t),
+            }
+        }
+        for c in other.credits {
+            let rule = usize::from(c.rule);
+            match self.credits.iter_mut().find(|mine| mine.rule == c.rule) {
+                Some(mine) if rules.engagement[rule].once => {
+                    if c.credit.anchor < mine.credit.anchor {
+                        mine.credit = c.credit;
+                    }
+                }
+                Some(mine) => mine.credit.merge(&c.credit, rules.half_life_of(rule)),
+                None => self.credits.push(c),
+            }
+        }
+        for w in other.windows {
+            let rule = usize::from(w.rule);
+            match self
+                .windows
+                .iter_mut()
+                .find(|mine| mine.rule == w.rule && mine.window == w.window)
+            {
+                Some(mine) => {
+                    mine.raw += w.raw;
+                    mine.credit.merge(&w.credit, rules.half_life_of(rule));
+                }
+                None => self.windows.push(w),
+            }
+        }
+        for s in other.seen {
+            if !self.seen.iter().any(|mine| mine.id == s.id) {
+                self.seen.push(s);
+            }
+        }
+        if let Some(link) = other.account {
+            self.link_account(&link.id, link.set_at);
+        }
+        self.clock = self.clock.max(other.clock);
+        self.prune_seen(&rules.settings);
+    }
+}
+
+/// `email` → its domain, lowercased; anything without an `@` is unknown.
+fn email_domain_value(email: &crate::core::event::Value) -> crate::core::event::Value {
+    use crate::core::event::Value;
+    match email.as_text().and_then(|e| e.rsplit_once('@')) {
+        Some((_, domain)) if !domain.trim().is_empty() => {
+            Value::Text(domain.trim().to_ascii_lowercase().into())
+        }
+        _ => match email {
+            Value::Text(t) if !t.contains('@') && t.contains('.') => {
+                // Already a bare domain (an `email_domain` trait).
+                Value::Text(t.trim().to_ascii_lowercase().into())
+            }
+            _ => Value::Null,
+        },
+    }
+}

@@ -1,0 +1,5 @@
+pub mod codec;
+pub mod config;
+pub mod core;
+pub mod replay;
+pub mod sample;

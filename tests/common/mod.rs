@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use leadscore::core::{Event, EventKind, Output, Rules, Timestamp};
+
+pub const DAY: i64 = 86_400_000;
+pub const T0: i64 = 1_764_547_200_000; // 2025-12-01T00:00:00Z
+
+pub fn rules(toml: &str) -> Rules {
+    leadscore::config::parse_rules(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn example_rules() -> Rules {
+    leadscore::config::load_rules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn arc(rules: Rules) -> Arc<Rules> {
+    Arc::new(rules)
+}
+
+pub fn track(id: &str, lead: &str, name: &str, at_ms: i64) -> Event {
+    Event::new(id, lead, EventKind::Track, Timestamp(at_ms)).named(name)
+}
+
+pub fn page(id: &str, lead: &str, path: &str, at_ms: i64) -> Event {
+    Event::new(id, lead, EventKind::Page, Timestamp(at_ms)).with_context("page.path", path)
+}
+
+pub fn identify(id: &str, lead: &str, at_ms: i64, traits: &[(&str, &str)]) -> Event {
+    traits.iter().fold(
+        Event::new(id, lead, EventKind::Identify, Timestamp(at_ms)),
+        |e, (k, v)| e.with_trait(k, *v),
+    )
+}
+
+pub fn crossings(outputs: &[Output]) -> Vec<&Output> {
+    outputs
+        .iter()
+        .filter(|o| o.kind == leadscore::core::OutputKind::ThresholdCrossed)
+        .collect()
+}
