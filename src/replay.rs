@@ -5,7 +5,7 @@
 //! The clock is the watermark, the latest event time read so far: before
 //! each event, decay timers due by then fire, exactly as they would in the
 //! live processor. Lateness is not enforced unless asked for, since a file
-//! may be in any order; dedup still is.
+//! may be in any order; dedup then remembers every message id.
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -56,7 +56,11 @@ impl Replayer {
     pub fn new(rules: &Rules, enforce_lateness: bool, limits: Limits) -> Self {
         let mut rules = rules.clone();
         if !enforce_lateness {
+            // Any age is accepted, so every message id must be remembered
+            // for a late copy to be recognised: offline, memory allows it.
             rules.settings.allowed_lateness_ms = None;
+            rules.settings.dedup_window_ms = i64::MAX;
+            rules.settings.dedup_max_ids = usize::MAX;
         }
         Replayer {
             engine: Engine::new(Arc::new(rules)),

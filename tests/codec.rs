@@ -1,0 +1,280 @@
+//! Decoding Segment JSON and protobuf into events: what is accepted, and a
+//! typed reason for everything that is not.
+
+use leadscore::codec::proto::{decode_lead_state, encode_lead_state, event_to_wire};
+use leadscore::codec::{decode, DecodeError, Encoding, Limits};
+use leadscore::core::{Event, EventKind, Timestamp, Value};
+use prost::Message;
+
+fn one(json: &str) -> Result<Event, DecodeError> {
+    let mut items = decode(json.as_bytes(), Encoding::Json, &Limits::default())?;
+    assert_eq!(items.len(), 1);
+    items.pop().unwrap()
+}
+
+#[test]
+fn decodes_a_segment_track_call() {
+    let e = one(
+        r#"{"type":"track","messageId":"m-1","userId":"u-1","anonymousId":"a-1",
+        "event":"Demo Requested","properties":{"plan":"pro","seats":25,"trial":true,"extra":null},
+        "context":{"page":{"path":"/pricing","url":"https://x.example/pricing"},"ip":"203.0.113.7"},
+        "timestamp":"2026-11-25T10:00:00.123+01:00","integrations":{"All":true},"version":2}"#,
+    )
+    .unwrap();
+    assert_eq!(e.kind, EventKind::Track);
+    assert_eq!(
+        (e.message_id.as_str(), e.lead_id.as_str()),
+        ("m-1", "u-1"),
+        "userId wins"
+    );
+    assert_eq!(e.name.as_deref(), Some("Demo Requested"));
+    assert_eq!(
+        e.timestamp,
+        Timestamp::parse_rfc3339("2026-11-25T09:00:00.123Z").unwrap()
+    );
+    assert_eq!(e.properties.get("seats"), Some(&Value::Number(25.0)));
+    assert_eq!(e.properties.get("trial"), Some(&Value::Bool(true)));
+    assert_eq!(e.properties.get("extra"), Some(&Value::Null));
+    assert_eq!(e.context.get("page.path"), Some(&Value::from("/pricing")));
+}
+
+#[test]
+fn identify_traits_flatten_and_context_traits_count_as_traits() {
+    let e = one(r#"{"type":"identify","messageId":"m","anonymousId":"anon",
+        "traits":{"title":"VP","company":{"name":"Acme","employees":1200}},
+        "context":{"traits":{"email":"x@acme.example","title":"old"}},
+        "timestamp":"2026-11-25T10:00:00Z"}"#)
+    .unwrap();
+    assert_eq!(e.lead_id, "anon");
+    assert_eq!(
+        e.traits.get("company.employees"),
+        Some(&Value::Number(1200.0))
+    );
+    assert_eq!(e.traits.get("email"), Some(&Value::from("x@acme.example")));
+    assert_eq!(
+        e.traits.get("title"),
+        Some(&Value::from("VP")),
+        "the call's own traits win"
+    );
+    assert!(e.context.get("traits.email").is_none());
+}
+
+#[test]
+fn page_group_alias_and_numeric_ids() {
+    let p = one(r#"{"type":"page","messageId":7,"userId":42,"name":"Pricing","timestamp":"2026-11-25T10:00:00Z"}"#).unwrap();
+    assert_eq!(
+        (p.message_id.as_str(), p.lead_id.as_str(), p.name.as_deref()),
+        ("7", "42", Some("Pricing"))
+    );
+    let g = one(r#"{"type":"group","messageId":"g","userId":"u","groupId":"acct-9","traits":{"employees":50},"timestamp":"2026-11-25T10:00:00Z"}"#).unwrap();
+    assert_eq!(g.account_id.as_deref(), Some("acct-9"));
+    let a = one(r#"{"type":"alias","messageId":"a","userId":"u","previousId":"anon","timestamp":"2026-11-25T10:00:00Z"}"#).unwrap();
+    assert_eq!(a.previous_id.as_deref(), Some("anon"));
+    let t = one(r#"{"type":"track","messageId":"t","userId":"u","event":"X","traits":{"account_id":"acct-1"},"timestamp":"2026-11-25T10:00:00Z"}"#).unwrap();
+    assert_eq!(
+        t.account_id.as_deref(),
+        Some("acct-1"),
+        "explicit account_id"
+    );
+}
+
+#[test]
+fn a_batch_decodes_item_by_item() {
+    let items = decode(
+        br#"{"batch":[
+            {"type":"track","messageId":"1","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z"},
+            {"type":"track","messageId":"2","userId":"u","timestamp":"2026-11-25T10:00:00Z"},
+            {"type":"page","messageId":"3","userId":"u","timestamp":"2026-11-25T10:00:00Z","context":{"ip":"1.2.3.4"}}
+        ],"context":{"library":{"name":"analytics-python"}}}"#,
+        Encoding::Json,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(items[0].is_ok());
+    assert_eq!(items[1], Err(DecodeError::MissingField("event")));
+    let third = items[2].as_ref().unwrap();
+    assert_eq!(
+        third.context.get("library.name"),
+        Some(&Value::from("analytics-python")),
+        "envelope context applies"
+    );
+    assert_eq!(third.context.get("ip"), Some(&Value::from("1.2.3.4")));
+}
+
+#[test]
+fn bad_messages_get_a_typed_reason() {
+    let cases: &[(&str, &str)] = &[
+        ("{not json", "invalid_json"),
+        (r#"[1,2]"#, "invalid_json"),
+        (
+            r#"{"type":"track","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"type":"track","messageId":"m","event":"A","timestamp":"2026-11-25T10:00:00Z"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"type":"track","messageId":"m","userId":"u","event":"A"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"yesterday"}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00"}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":12}"#,
+            "invalid_json",
+        ),
+        (
+            r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z","properties":5}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z","properties":{"n":1e999}}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"type":"launch","messageId":"m","userId":"u","timestamp":"2026-11-25T10:00:00Z"}"#,
+            "unsupported_type",
+        ),
+        (
+            r#"{"messageId":"m","userId":"u","timestamp":"2026-11-25T10:00:00Z"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"type":"group","messageId":"m","userId":"u","timestamp":"2026-11-25T10:00:00Z"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"type":"alias","messageId":"m","userId":"u","timestamp":"2026-11-25T10:00:00Z"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"type":"track","messageId":{"a":1},"userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z"}"#,
+            "invalid_json",
+        ),
+    ];
+    for (json, code) in cases {
+        let result = decode(json.as_bytes(), Encoding::Json, &Limits::default())
+            .and_then(|mut items| items.pop().unwrap());
+        match result {
+            Err(e) => assert_eq!(e.reason_code(), *code, "{json}: {e}"),
+            Ok(event) => panic!("{json} decoded to {event:?}"),
+        }
+    }
+}
+
+#[test]
+fn limits_bound_size_depth_and_fields() {
+    let limits = Limits {
+        max_message_bytes: 200,
+        max_depth: 3,
+        max_fields: 4,
+    };
+    let big = format!(
+        r#"{{"type":"track","messageId":"m","userId":"u","event":"{}","timestamp":"2026-11-25T10:00:00Z"}}"#,
+        "x".repeat(300)
+    );
+    assert!(matches!(
+        decode(big.as_bytes(), Encoding::Json, &limits),
+        Err(DecodeError::Oversized { .. })
+    ));
+    let deep = r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z","properties":{"a":{"b":{"c":{"d":1}}}}}"#;
+    let err = decode(deep.as_bytes(), Encoding::Json, &limits)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("nested deeper"), "{err}");
+    let wide = r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z","properties":{"a":1,"b":2,"c":3,"d":4,"e":5}}"#;
+    let err = decode(wide.as_bytes(), Encoding::Json, &limits)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("more than 4 fields"), "{err}");
+}
+
+#[test]
+fn protobuf_round_trips_and_validates() {
+    let event = Event::new("m-1", "u-1", EventKind::Track, Timestamp(1_764_547_200_000))
+        .named("Demo Requested")
+        .with_property("seats", 25.0)
+        .with_context("page.path", "/pricing");
+    let bytes = event_to_wire(&event).encode_to_vec();
+    let decoded = decode(&bytes, Encoding::Protobuf, &Limits::default())
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(decoded, event);
+
+    let mut wire = event_to_wire(&event);
+    wire.properties.insert(
+        "bad".into(),
+        leadscore::codec::proto::wire::Value {
+            kind: Some(leadscore::codec::proto::wire::value::Kind::Number(f64::NAN)),
+        },
+    );
+    let err = decode(
+        &wire.encode_to_vec(),
+        Encoding::Protobuf,
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a finite number"), "{err}");
+    let err = decode(b"\xff\xff\xff", Encoding::Protobuf, &Limits::default()).unwrap_err();
+    assert_eq!(err.reason_code(), "invalid_protobuf");
+}
+
+#[test]
+fn content_types_choose_the_codec() {
+    assert_eq!(
+        Encoding::from_content_type("application/json; charset=utf-8"),
+        Ok(Encoding::Json)
+    );
+    assert_eq!(
+        Encoding::from_content_type("application/x-protobuf"),
+        Ok(Encoding::Protobuf)
+    );
+    assert!(Encoding::from_content_type("text/csv").is_err());
+}
+
+#[test]
+fn lead_state_round_trips_through_its_changelog_record() {
+    let rules = leadscore::config::load_rules(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/leadscore.toml"
+    )))
+    .unwrap();
+    let mut engine = leadscore::core::Engine::new(std::sync::Arc::new(rules));
+    let t = 1_764_547_200_000;
+    for line in leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads: 30,
+        ..Default::default()
+    }) {
+        for event in decode(line.as_bytes(), Encoding::Json, &Limits::default()).unwrap() {
+            let event = event.unwrap();
+            let now = event.timestamp;
+            assert!(matches!(
+                engine.apply(&event, now),
+                leadscore::core::Outcome::Applied(_)
+            ));
+        }
+    }
+    let mut checked = 0;
+    for snapshot in engine.snapshot(Timestamp(t)) {
+        let state = engine.lead(&snapshot.lead_id).unwrap();
+        let (back, version) = decode_lead_state(&encode_lead_state(state, "v1")).unwrap();
+        assert_eq!(&back, state);
+        assert_eq!(version, "v1");
+        checked += 1;
+    }
+    assert!(checked >= 20, "{checked}");
+}
