@@ -1,1 +1,195 @@
-fn main() {}
+//! Core throughput and memory: decode a typical ~300-byte Segment `track`
+//! call and score it, per core; and the steady-state heap bytes per lead.
+//!
+//!     cargo bench --bench core
+//!
+//! Throughput comes from criterion (events/s = "thrpt"); the memory report
+//! is printed at the end, measured with a counting allocator in this run.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput};
+use leadscore::codec::{Decoder, Encoding};
+use leadscore::core::{Engine, Event, Outcome, Rules, Timestamp};
+
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const T0: i64 = 1_764_547_200_000;
+const MESSAGES: usize = 20_000;
+const LEADS: usize = 2_000;
+
+fn rules() -> Rules {
+    leadscore::config::load_rules(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/leadscore.toml"
+    )))
+    .expect("example rules")
+}
+
+const EVENTS: &[&str] = &[
+    "Email Opened",
+    "Email Link Clicked",
+    "Whitepaper Downloaded",
+    "Webinar Attended",
+    "Product Viewed",
+];
+
+/// Typical `track` calls of ~300 bytes, spread over `LEADS` leads, one
+/// minute apart in event time.
+fn messages() -> Vec<Vec<u8>> {
+    (0..MESSAGES)
+        .map(|i| {
+            format!(
+                r#"{{"type":"track","messageId":"{:08x}-8b7a-4c3d-9e2f-1a2b3c4d5e6f","userId":"lead-{:06}","event":"{}","properties":{{"campaign":"nurture-q4","email_id":{}}},"context":{{"ip":"203.0.113.7","library":{{"name":"analytics-node","version":"6.0.0"}}}},"timestamp":"{}"}}"#,
+                i,
+                (i * 7919) % LEADS,
+                EVENTS[i % EVENTS.len()],
+                i % 20,
+                Timestamp(T0 + i as i64 * 60_000).to_rfc3339()
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+fn decoded(decoder: &Decoder, messages: &[Vec<u8>]) -> Vec<Event> {
+    messages
+        .iter()
+        .map(|m| {
+            decoder
+                .decode(m, Encoding::Json)
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn throughput(c: &mut Criterion) {
+    let rules = Arc::new(rules());
+    let messages = messages();
+    let mean_len = messages.iter().map(Vec::len).sum::<usize>() / messages.len();
+    println!("typical track message: {mean_len} bytes on average");
+    let decoder = Decoder::for_rules(&rules);
+    let keep_all = Decoder::keep_all();
+    let events = decoded(&decoder, &messages);
+
+    let mut group = c.benchmark_group("core");
+    group.throughput(Throughput::Elements(MESSAGES as u64));
+    group.sample_size(20);
+    group.bench_function("decode_json", |b| {
+        b.iter(|| {
+            for m in &messages {
+                black_box(decoder.decode(black_box(m), Encoding::Json).unwrap());
+            }
+        })
+    });
+    group.bench_function("decode_json_all_fields", |b| {
+        b.iter(|| {
+            for m in &messages {
+                black_box(keep_all.decode(black_box(m), Encoding::Json).unwrap());
+            }
+        })
+    });
+    group.bench_function("score", |b| {
+        b.iter_batched(
+            || Engine::new(rules.clone()),
+            |mut engine| {
+                for e in &events {
+                    black_box(engine.apply(e, e.timestamp));
+                }
+                engine
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("decode_json_and_score", |b| {
+        b.iter_batched(
+            || Engine::new(rules.clone()),
+            |mut engine| {
+                for m in &messages {
+                    for e in decoder.decode(m, Encoding::Json).unwrap() {
+                        let e = e.unwrap();
+                        black_box(engine.apply(&e, e.timestamp));
+                    }
+                }
+                engine
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+/// Heap bytes held per lead after a realistic history (identify, group,
+/// pages, tracks; the sample generator's mix), with the dedup window as
+/// configured and with it reduced to one remembered id.
+fn memory_report() {
+    let decoder = Decoder::for_rules(&rules());
+    let events: Vec<Event> = leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads: 20_000,
+        ..Default::default()
+    })
+    .iter()
+    .flat_map(|line| decoder.decode(line.as_bytes(), Encoding::Json).unwrap())
+    .map(Result::unwrap)
+    .collect();
+    let measure = |rules: Rules| {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let mut engine = Engine::new(Arc::new(rules));
+        for e in &events {
+            assert!(matches!(engine.apply(e, e.timestamp), Outcome::Applied(_)));
+        }
+        let held = LIVE_BYTES.load(Ordering::Relaxed) - before;
+        let leads = engine.lead_count();
+        let ids = engine.remembered_ids();
+        drop(engine);
+        (held as f64 / leads as f64, leads, ids)
+    };
+    let (with_dedup, leads, ids) = measure(rules());
+    let mut lean = rules();
+    lean.settings.dedup_max_ids = 1;
+    let (without_dedup, _, _) = measure(lean);
+    println!();
+    println!(
+        "memory: {} events over {leads} leads ({:.1} events/lead), {ids} message ids remembered",
+        events.len(),
+        events.len() as f64 / leads as f64
+    );
+    println!("memory: {with_dedup:.0} heap bytes per lead including the dedup window");
+    println!("memory: {without_dedup:.0} heap bytes per lead with the dedup window cut to one id");
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    throughput(&mut criterion);
+    criterion.final_summary();
+    memory_report();
+}

@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use leadscore::codec::output::{output_to_json, snapshot_to_json};
-use leadscore::codec::Limits;
 use leadscore::config;
 use leadscore::core::Timestamp;
 use leadscore::replay::{replay_lines, Replayer};
@@ -135,7 +134,7 @@ fn replay(
     };
     let mut reject = |r: leadscore::replay::RejectedLine| eprintln!("rejected: {r}");
 
-    let mut replayer = Replayer::new(&rules, enforce_lateness, Limits::default());
+    let mut replayer = Replayer::new(&rules, enforce_lateness);
     replay_lines(&mut replayer, reader, &mut emit, &mut reject)
         .with_context(|| format!("cannot read {}", input.display()))?;
     let (as_of, leads) = replayer.finish(at, &mut emit).map_err(anyhow::Error::msg)?;

@@ -10,7 +10,7 @@
 use std::io::BufRead;
 use std::sync::Arc;
 
-use crate::codec::{self, Encoding, Limits};
+use crate::codec::{Decoder, Encoding};
 use crate::core::engine::LeadSnapshot;
 use crate::core::{Engine, Event, Outcome, Output, OutputKind, Rules, Timestamp};
 
@@ -46,14 +46,15 @@ impl std::fmt::Display for RejectedLine {
 pub struct Replayer {
     engine: Engine,
     watermark: Option<Timestamp>,
-    limits: Limits,
+    decoder: Decoder,
     pub stats: ReplayStats,
 }
 
 impl Replayer {
     /// `enforce_lateness`: reject events older than the rules' allowed
     /// lateness behind the watermark, as the live processor would.
-    pub fn new(rules: &Rules, enforce_lateness: bool, limits: Limits) -> Self {
+    pub fn new(rules: &Rules, enforce_lateness: bool) -> Self {
+        let decoder = Decoder::for_rules(rules);
         let mut rules = rules.clone();
         if !enforce_lateness {
             // Any age is accepted, so every message id must be remembered
@@ -65,7 +66,7 @@ impl Replayer {
         Replayer {
             engine: Engine::new(Arc::new(rules)),
             watermark: None,
-            limits,
+            decoder,
             stats: ReplayStats::default(),
         }
     }
@@ -88,7 +89,7 @@ impl Replayer {
         reject: &mut dyn FnMut(RejectedLine),
     ) {
         self.stats.lines += 1;
-        let decoded = match codec::decode(line.as_bytes(), Encoding::Json, &self.limits) {
+        let decoded = match self.decoder.decode(line.as_bytes(), Encoding::Json) {
             Ok(items) => items,
             Err(e) => {
                 self.stats.rejected += 1;

@@ -2,12 +2,12 @@
 //! typed reason for everything that is not.
 
 use leadscore::codec::proto::{decode_lead_state, encode_lead_state, event_to_wire};
-use leadscore::codec::{decode, DecodeError, Encoding, Limits};
+use leadscore::codec::{DecodeError, Decoder, Encoding, Limits};
 use leadscore::core::{Event, EventKind, Timestamp, Value};
 use prost::Message;
 
 fn one(json: &str) -> Result<Event, DecodeError> {
-    let mut items = decode(json.as_bytes(), Encoding::Json, &Limits::default())?;
+    let mut items = Decoder::keep_all().decode(json.as_bytes(), Encoding::Json)?;
     assert_eq!(items.len(), 1);
     items.pop().unwrap()
 }
@@ -80,14 +80,13 @@ fn page_group_alias_and_numeric_ids() {
 
 #[test]
 fn a_batch_decodes_item_by_item() {
-    let items = decode(
+    let items = Decoder::keep_all().decode(
         br#"{"batch":[
             {"type":"track","messageId":"1","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z"},
             {"type":"track","messageId":"2","userId":"u","timestamp":"2026-11-25T10:00:00Z"},
             {"type":"page","messageId":"3","userId":"u","timestamp":"2026-11-25T10:00:00Z","context":{"ip":"1.2.3.4"}}
         ],"context":{"library":{"name":"analytics-python"}}}"#,
         Encoding::Json,
-        &Limits::default(),
     )
     .unwrap();
     assert_eq!(items.len(), 3);
@@ -137,7 +136,7 @@ fn bad_messages_get_a_typed_reason() {
         ),
         (
             r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z","properties":{"n":1e999}}"#,
-            "invalid_field",
+            "invalid_json",
         ),
         (
             r#"{"type":"launch","messageId":"m","userId":"u","timestamp":"2026-11-25T10:00:00Z"}"#,
@@ -161,7 +160,8 @@ fn bad_messages_get_a_typed_reason() {
         ),
     ];
     for (json, code) in cases {
-        let result = decode(json.as_bytes(), Encoding::Json, &Limits::default())
+        let result = Decoder::keep_all()
+            .decode(json.as_bytes(), Encoding::Json)
             .and_then(|mut items| items.pop().unwrap());
         match result {
             Err(e) => assert_eq!(e.reason_code(), *code, "{json}: {e}"),
@@ -177,27 +177,20 @@ fn limits_bound_size_depth_and_fields() {
         max_depth: 3,
         max_fields: 4,
     };
+    let limited = Decoder { limits, keep: None };
     let big = format!(
         r#"{{"type":"track","messageId":"m","userId":"u","event":"{}","timestamp":"2026-11-25T10:00:00Z"}}"#,
         "x".repeat(300)
     );
     assert!(matches!(
-        decode(big.as_bytes(), Encoding::Json, &limits),
+        limited.decode(big.as_bytes(), Encoding::Json),
         Err(DecodeError::Oversized { .. })
     ));
     let deep = r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z","properties":{"a":{"b":{"c":{"d":1}}}}}"#;
-    let err = decode(deep.as_bytes(), Encoding::Json, &limits)
-        .unwrap()
-        .pop()
-        .unwrap()
-        .unwrap_err();
+    let err = limited.decode(deep.as_bytes(), Encoding::Json).unwrap_err();
     assert!(err.to_string().contains("nested deeper"), "{err}");
     let wide = r#"{"type":"track","messageId":"m","userId":"u","event":"A","timestamp":"2026-11-25T10:00:00Z","properties":{"a":1,"b":2,"c":3,"d":4,"e":5}}"#;
-    let err = decode(wide.as_bytes(), Encoding::Json, &limits)
-        .unwrap()
-        .pop()
-        .unwrap()
-        .unwrap_err();
+    let err = limited.decode(wide.as_bytes(), Encoding::Json).unwrap_err();
     assert!(err.to_string().contains("more than 4 fields"), "{err}");
 }
 
@@ -208,7 +201,8 @@ fn protobuf_round_trips_and_validates() {
         .with_property("seats", 25.0)
         .with_context("page.path", "/pricing");
     let bytes = event_to_wire(&event).encode_to_vec();
-    let decoded = decode(&bytes, Encoding::Protobuf, &Limits::default())
+    let decoded = Decoder::keep_all()
+        .decode(&bytes, Encoding::Protobuf)
         .unwrap()
         .pop()
         .unwrap()
@@ -222,15 +216,46 @@ fn protobuf_round_trips_and_validates() {
             kind: Some(leadscore::codec::proto::wire::value::Kind::Number(f64::NAN)),
         },
     );
-    let err = decode(
-        &wire.encode_to_vec(),
-        Encoding::Protobuf,
-        &Limits::default(),
-    )
-    .unwrap_err();
+    let err = Decoder::keep_all()
+        .decode(&wire.encode_to_vec(), Encoding::Protobuf)
+        .unwrap_err();
     assert!(err.to_string().contains("not a finite number"), "{err}");
-    let err = decode(b"\xff\xff\xff", Encoding::Protobuf, &Limits::default()).unwrap_err();
+    let err = Decoder::keep_all()
+        .decode(b"\xff\xff\xff", Encoding::Protobuf)
+        .unwrap_err();
     assert_eq!(err.reason_code(), "invalid_protobuf");
+}
+
+#[test]
+fn a_decoder_for_rules_keeps_only_the_fields_they_read() {
+    let rules = leadscore::config::load_rules(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/leadscore.toml"
+    )))
+    .unwrap();
+    let json = br#"{"type":"page","messageId":"m","userId":"u","timestamp":"2026-11-25T10:00:00Z",
+        "properties":{"path":"/pricing","form_type":"contact","junk":{"deep":[1,2,3]}},
+        "context":{"page":{"path":"/pricing","referrer":"x"},"ip":"203.0.113.7","traits":{"title":"VP","favourite":"tea"},"groupId":"acct-1"},
+        "traits":{"email":"a@b.example","company":{"employees":300,"founded":1999}}}"#;
+    let e = Decoder::for_rules(&rules)
+        .decode(json, Encoding::Json)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    let keys =
+        |f: &leadscore::core::Fields| f.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(keys(&e.properties), ["form_type"]);
+    assert_eq!(keys(&e.context), ["page.path", "groupId"]);
+    assert_eq!(keys(&e.traits), ["title", "email", "company.employees"]);
+    assert_eq!(e.account_id.as_deref(), Some("acct-1"));
+    let all = Decoder::keep_all()
+        .decode(json, Encoding::Json)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.properties.len(), 5, "path, form_type, junk.deep.0..2");
 }
 
 #[test]
@@ -259,7 +284,10 @@ fn lead_state_round_trips_through_its_changelog_record() {
         leads: 30,
         ..Default::default()
     }) {
-        for event in decode(line.as_bytes(), Encoding::Json, &Limits::default()).unwrap() {
+        for event in Decoder::keep_all()
+            .decode(line.as_bytes(), Encoding::Json)
+            .unwrap()
+        {
             let event = event.unwrap();
             let now = event.timestamp;
             assert!(matches!(

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use leadscore::codec::Limits;
 use leadscore::core::engine::LeadSnapshot;
 use leadscore::core::{Event, EventKind, Output, OutputKind, Rules, Timestamp};
 use leadscore::replay::Replayer;
@@ -119,7 +118,7 @@ fn to_event(id: &str, lead: &str, call: &Call, at: i64) -> Event {
 }
 
 fn replay(rules: &Rules, events: &[Event], at: Timestamp) -> (Vec<Output>, Vec<LeadSnapshot>) {
-    let mut replayer = Replayer::new(rules, false, Limits::default());
+    let mut replayer = Replayer::new(rules, false);
     let mut outputs = Vec::new();
     for e in events {
         replayer

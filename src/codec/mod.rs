@@ -96,21 +96,137 @@ impl Encoding {
     }
 }
 
-/// Decodes one message in the given encoding. A Segment `batch` envelope
-/// yields one result per item, so one bad item does not sink the others.
-pub fn decode(
-    bytes: &[u8],
-    encoding: Encoding,
-    limits: &Limits,
-) -> Result<Vec<Result<crate::core::Event, DecodeError>>, DecodeError> {
-    if bytes.len() > limits.max_message_bytes {
-        return Err(DecodeError::Oversized {
-            size: bytes.len(),
-            max: limits.max_message_bytes,
-        });
+/// Which flattened fields of a message the rules read, per section. The
+/// decoder keeps only these: an event then costs no allocation for the
+/// dozens of fields (library, user agent, campaign ids...) no rule looks at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldFilter {
+    pub properties: Vec<String>,
+    pub context: Vec<String>,
+    pub traits: Vec<String>,
+}
+
+impl FieldFilter {
+    /// The fields `rules` read, plus those the engine itself uses (`email`
+    /// for `email_domain`, the explicit `account_id`, `context.groupId`).
+    pub fn for_rules(rules: &crate::core::Rules) -> FieldFilter {
+        use crate::core::rules::{EventField, EMAIL_DOMAIN_TRAIT};
+        let mut f = FieldFilter::default();
+        let add = |list: &mut Vec<String>, key: &str| {
+            if !list.iter().any(|k| k == key) {
+                list.push(key.to_string());
+            }
+        };
+        for rule in &rules.engagement {
+            for c in &rule.conditions {
+                match &c.field {
+                    EventField::Property(k) => add(&mut f.properties, k),
+                    EventField::Context(k) => add(&mut f.context, k),
+                    EventField::Trait(k) => add(&mut f.traits, k),
+                    EventField::Name => {}
+                }
+            }
+        }
+        for key in &rules.trait_keys {
+            add(&mut f.traits, &key.name);
+            if key.name == EMAIL_DOMAIN_TRAIT {
+                add(&mut f.traits, "email");
+            }
+        }
+        add(&mut f.traits, "account_id");
+        add(&mut f.properties, "account_id");
+        add(&mut f.context, "groupId");
+        // `context.traits.X` carries lead traits too.
+        for t in f.traits.clone() {
+            add(&mut f.context, &format!("traits.{t}"));
+        }
+        f
     }
-    match encoding {
-        Encoding::Json => segment::decode(bytes, limits),
-        Encoding::Protobuf => proto::decode_event(bytes, limits).map(|e| vec![Ok(e)]),
+}
+
+/// Whether the flattened key `prefix.key` (just `key` at the top) is kept.
+pub(crate) fn keeps(list: &[String], prefix: &str, key: &str) -> bool {
+    list.iter().any(|k| rest_after(k, prefix, key) == Some(""))
+}
+
+/// Whether some kept key lies below `prefix.key`, so the object is worth
+/// descending into.
+pub(crate) fn keeps_below(list: &[String], prefix: &str, key: &str) -> bool {
+    list.iter()
+        .any(|k| rest_after(k, prefix, key).is_some_and(|rest| rest.starts_with('.')))
+}
+
+/// What follows `prefix.key` in `k`, if `k` starts with it.
+fn rest_after<'k>(k: &'k str, prefix: &str, key: &str) -> Option<&'k str> {
+    let rest = if prefix.is_empty() {
+        k
+    } else {
+        k.strip_prefix(prefix)?.strip_prefix('.')?
+    };
+    rest.strip_prefix(key)
+}
+
+/// Turns message bytes into events: bounds on what a message may carry,
+/// and (optionally) the fields to keep.
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    pub limits: Limits,
+    /// `None` keeps every field.
+    pub keep: Option<FieldFilter>,
+}
+
+impl Decoder {
+    /// Keeps every field: for tools and tests that look at whole events.
+    pub fn keep_all() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Keeps what `rules` read.
+    pub fn for_rules(rules: &crate::core::Rules) -> Decoder {
+        Decoder {
+            limits: Limits::default(),
+            keep: Some(FieldFilter::for_rules(rules)),
+        }
+    }
+
+    /// Decodes one message in the given encoding. A Segment `batch`
+    /// envelope yields one result per item, so one bad item does not sink
+    /// the others.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        encoding: Encoding,
+    ) -> Result<Vec<Result<crate::core::Event, DecodeError>>, DecodeError> {
+        if bytes.len() > self.limits.max_message_bytes {
+            return Err(DecodeError::Oversized {
+                size: bytes.len(),
+                max: self.limits.max_message_bytes,
+            });
+        }
+        match encoding {
+            Encoding::Json => segment::decode(bytes, self),
+            Encoding::Protobuf => proto::decode_event(bytes, self).map(|e| vec![Ok(e)]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_filters_match_whole_segments() {
+        let list = vec!["page.path".to_string(), "ip".to_string()];
+        assert!(keeps(&list, "", "ip"));
+        assert!(keeps(&list, "page", "path"));
+        assert!(!keeps(&list, "page", "pat"));
+        assert!(!keeps(&list, "", "page"));
+        assert!(keeps_below(&list, "", "page"));
+        assert!(!keeps_below(&list, "", "pag"));
+        assert!(!keeps_below(&list, "", "ip"));
+        let deep = vec!["a.b.c".to_string()];
+        assert!(keeps_below(&deep, "a", "b"));
+        assert!(!keeps_below(&deep, "a", "c"));
+        assert!(keeps(&deep, "a.b", "c"));
     }
 }

@@ -2,7 +2,7 @@
 
 use prost::Message;
 
-use super::{DecodeError, Limits};
+use super::{DecodeError, Decoder};
 use crate::core::decay::Decaying;
 use crate::core::event::{Event, EventKind, Fields, Value};
 use crate::core::lead::{AccountLink, CapWindow, LeadState, RuleCredit, SeenId, TraitState};
@@ -14,13 +14,14 @@ pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/leadscore.v1.rs"));
 }
 
-pub fn decode_event(bytes: &[u8], limits: &Limits) -> Result<Event, DecodeError> {
+pub fn decode_event(bytes: &[u8], decoder: &Decoder) -> Result<Event, DecodeError> {
     let msg =
         wire::TrackingEvent::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    event_from_wire(msg, limits)
+    event_from_wire(msg, decoder)
 }
 
-fn event_from_wire(msg: wire::TrackingEvent, limits: &Limits) -> Result<Event, DecodeError> {
+fn event_from_wire(msg: wire::TrackingEvent, decoder: &Decoder) -> Result<Event, DecodeError> {
+    let limits = &decoder.limits;
     use wire::CallType;
     let kind = match CallType::try_from(msg.r#type) {
         Ok(CallType::Track) => EventKind::Track,
@@ -46,9 +47,14 @@ fn event_from_wire(msg: wire::TrackingEvent, limits: &Limits) -> Result<Event, D
             reason: format!("more than {} fields in one message", limits.max_fields),
         });
     }
-    let properties = fields(msg.properties, "properties")?;
-    let context = fields(msg.context, "context")?;
-    let traits = fields(msg.traits, "traits")?;
+    let keep = decoder.keep.as_ref();
+    let properties = fields(
+        msg.properties,
+        "properties",
+        keep.map(|k| k.properties.as_slice()),
+    )?;
+    let context = fields(msg.context, "context", keep.map(|k| k.context.as_slice()))?;
+    let traits = fields(msg.traits, "traits", keep.map(|k| k.traits.as_slice()))?;
     let name = match kind {
         EventKind::Track => Some(non_empty(msg.event).ok_or(DecodeError::MissingField("event"))?),
         EventKind::Page | EventKind::Screen => non_empty(msg.name),
@@ -88,9 +94,13 @@ fn event_from_wire(msg: wire::TrackingEvent, limits: &Limits) -> Result<Event, D
 fn fields(
     map: std::collections::HashMap<String, wire::Value>,
     field: &'static str,
+    keep: Option<&[String]>,
 ) -> Result<Fields, DecodeError> {
-    let mut pairs: Vec<(Box<str>, Value)> = Vec::with_capacity(map.len());
+    let mut pairs: Vec<(Box<str>, Value)> = Vec::new();
     for (key, value) in map {
+        if keep.is_some_and(|list| !list.contains(&key)) {
+            continue;
+        }
         let value = match value.kind {
             Some(wire::value::Kind::Text(t)) => Value::Text(t.into()),
             Some(wire::value::Kind::Number(n)) if n.is_finite() => Value::Number(n),

@@ -10,48 +10,118 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{DecodeError, Limits};
+use super::{keeps, keeps_below, DecodeError, Decoder, Limits};
 use crate::core::event::{Event, EventKind, Fields, Value};
 use crate::core::time::Timestamp;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The fields of one message that leadscore reads; the rest (integrations,
+/// version, channel, sentAt...) is skipped without being kept.
+#[derive(Default)]
 struct Wire<'a> {
-    #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "id")]
     message_id: Option<String>,
-    #[serde(default, deserialize_with = "id")]
     user_id: Option<String>,
-    #[serde(default, deserialize_with = "id")]
     anonymous_id: Option<String>,
-    #[serde(borrow)]
     event: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     name: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "id")]
     group_id: Option<String>,
-    #[serde(default, deserialize_with = "id")]
     previous_id: Option<String>,
-    #[serde(borrow)]
     timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     original_timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     received_at: Option<Cow<'a, str>>,
-    properties: Option<RawObject<'a>>,
-    traits: Option<RawObject<'a>>,
-    context: Option<RawObject<'a>>,
-    #[serde(borrow)]
+    properties: Fields,
+    traits: Fields,
+    context: Fields,
     batch: Option<Vec<&'a RawValue>>,
 }
 
-/// An object kept as raw JSON until the limits are known, then flattened.
-struct RawObject<'a>(&'a RawValue);
+/// A field that is not what the spec says, found while parsing.
+type Problem = Option<(&'static str, String)>;
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <&'a RawValue>::deserialize(d).map(RawObject)
+/// Parses a message in one pass, flattening `properties`, `traits` and
+/// `context` as they are read, within `limits`.
+struct WireSeed<'l> {
+    decoder: &'l Decoder,
+    problem: &'l mut Problem,
+}
+
+impl<'de> DeserializeSeed<'de> for WireSeed<'_> {
+    type Value = Wire<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Wire<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for WireSeed<'_> {
+    type Value = Wire<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a Segment message object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Wire<'de>, A::Error> {
+        let mut w = Wire::default();
+        while let Some(key) = map.next_key::<Text>()? {
+            let text = |map: &mut A| {
+                map.next_value::<Option<Text<'de>>>()
+                    .map(|t| t.map(|t| t.0))
+            };
+            match key.0.as_ref() {
+                "type" => w.kind = text(&mut map)?,
+                "event" => w.event = text(&mut map)?,
+                "name" => w.name = text(&mut map)?,
+                "timestamp" => w.timestamp = text(&mut map)?,
+                "originalTimestamp" => w.original_timestamp = text(&mut map)?,
+                "receivedAt" => w.received_at = text(&mut map)?,
+                "messageId" => w.message_id = map.next_value::<Id>()?.0,
+                "userId" => w.user_id = map.next_value::<Id>()?.0,
+                "anonymousId" => w.anonymous_id = map.next_value::<Id>()?.0,
+                "groupId" => w.group_id = map.next_value::<Id>()?.0,
+                "previousId" => w.previous_id = map.next_value::<Id>()?.0,
+                "properties" => w.properties = self.flat(&mut map, "properties")?,
+                "traits" => w.traits = self.flat(&mut map, "traits")?,
+                "context" => w.context = self.flat(&mut map, "context")?,
+                "batch" => w.batch = map.next_value()?,
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(w)
+    }
+}
+
+impl WireSeed<'_> {
+    fn flat<'de, A: MapAccess<'de>>(
+        &mut self,
+        map: &mut A,
+        field: &'static str,
+    ) -> Result<Fields, A::Error> {
+        let mut out = Vec::new();
+        let mut trouble = None;
+        let keep = self.decoder.keep.as_ref().map(|k| match field {
+            "properties" => k.properties.as_slice(),
+            "traits" => k.traits.as_slice(),
+            _ => k.context.as_slice(),
+        });
+        let is_object = map.next_value_seed(Flattener {
+            out: &mut out,
+            prefix: "",
+            depth: 0,
+            limits: &self.decoder.limits,
+            keep,
+            trouble: &mut trouble,
+        });
+        if let Some(reason) = trouble {
+            // The flattener stopped the parse on purpose; say why.
+            self.problem.get_or_insert((field, reason));
+            return Err(de::Error::custom("limit exceeded"));
+        }
+        if !is_object? {
+            self.problem
+                .get_or_insert((field, "expected an object".to_string()));
+        }
+        Ok(Fields(out))
     }
 }
 
@@ -60,29 +130,42 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
 /// every item, under the item's own).
 pub fn decode(
     bytes: &[u8],
-    limits: &Limits,
+    decoder: &Decoder,
 ) -> Result<Vec<Result<Event, DecodeError>>, DecodeError> {
-    let wire: Wire = serde_json::from_slice(bytes).map_err(json_error)?;
+    let limits = &decoder.limits;
+    let wire = parse(bytes, decoder)?;
     if let Some(items) = &wire.batch {
-        let shared_context = match &wire.context {
-            Some(raw) => flatten(raw, limits, "context")?,
-            None => Fields::default(),
-        };
         return Ok(items
             .iter()
             .map(|item| {
-                let wire: Wire = serde_json::from_str(item.get()).map_err(json_error)?;
-                if wire.batch.is_some() {
+                let item_wire = parse(item.get().as_bytes(), decoder)?;
+                if item_wire.batch.is_some() {
                     return Err(DecodeError::InvalidField {
                         field: "batch",
                         reason: "batches do not nest".into(),
                     });
                 }
-                to_event(wire, &shared_context, limits)
+                to_event(item_wire, &wire.context, limits)
             })
             .collect());
     }
     Ok(vec![to_event(wire, &Fields::default(), limits)])
+}
+
+fn parse<'a>(bytes: &'a [u8], decoder: &Decoder) -> Result<Wire<'a>, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut problem: Problem = None;
+    let result = WireSeed {
+        decoder,
+        problem: &mut problem,
+    }
+    .deserialize(&mut de)
+    .and_then(|wire| de.end().map(|()| wire));
+    match (problem, result) {
+        (Some((field, reason)), _) => Err(DecodeError::InvalidField { field, reason }),
+        (None, Ok(wire)) => Ok(wire),
+        (None, Err(e)) => Err(json_error(e)),
+    }
 }
 
 fn json_error(e: serde_json::Error) -> DecodeError {
@@ -127,18 +210,15 @@ fn to_event(wire: Wire, shared_context: &Fields, limits: &Limits) -> Result<Even
         _ => None,
     };
 
-    let properties = match &wire.properties {
-        Some(raw) => flatten(raw, limits, "properties")?,
-        None => Fields::default(),
+    let properties = wire.properties;
+    let mut traits = wire.traits;
+    let mut context = if shared_context.is_empty() {
+        wire.context
+    } else {
+        let mut merged = shared_context.clone();
+        merged.0.extend(wire.context.0);
+        merged
     };
-    let mut traits = match &wire.traits {
-        Some(raw) => flatten(raw, limits, "traits")?,
-        None => Fields::default(),
-    };
-    let mut context = shared_context.clone();
-    if let Some(raw) = &wire.context {
-        context.0.extend(flatten(raw, limits, "context")?.0);
-    }
     // `context.traits` carries the user's traits on any call; they count as
     // lead traits, under any traits the call carries itself.
     if context.iter().any(|(k, _)| k.starts_with("traits.")) {
@@ -216,29 +296,6 @@ fn format_number_id(n: f64) -> String {
     }
 }
 
-fn flatten(raw: &RawObject, limits: &Limits, field: &'static str) -> Result<Fields, DecodeError> {
-    let mut out = Vec::new();
-    let mut de = serde_json::Deserializer::from_str(raw.0.get());
-    let result = Flattener {
-        out: &mut out,
-        prefix: "",
-        depth: 0,
-        limits,
-    }
-    .deserialize(&mut de);
-    match result {
-        Ok(true) => Ok(Fields(out)),
-        Ok(false) => Err(DecodeError::InvalidField {
-            field,
-            reason: "expected an object".into(),
-        }),
-        Err(e) => Err(DecodeError::InvalidField {
-            field,
-            reason: e.to_string(),
-        }),
-    }
-}
-
 /// Writes every scalar under `prefix` into `out`. Returns whether the value
 /// was an object or null (what the top level must be).
 struct Flattener<'o> {
@@ -246,12 +303,27 @@ struct Flattener<'o> {
     prefix: &'o str,
     depth: usize,
     limits: &'o Limits,
+    /// Flattened keys to keep (`None`: all).
+    keep: Option<&'o [String]>,
+    /// Why the flattener stopped the parse, when it did.
+    trouble: &'o mut Option<String>,
 }
 
 impl Flattener<'_> {
     fn push(self, value: Value) -> bool {
-        self.out.push((self.prefix.into(), value));
+        if self
+            .keep
+            .is_none_or(|list| list.iter().any(|k| k == self.prefix))
+        {
+            self.out.push((self.prefix.into(), value));
+        }
         false
+    }
+
+    /// Whether `key` under this prefix is kept or leads to something kept.
+    fn wants(&self, key: &str) -> bool {
+        self.keep
+            .is_none_or(|list| keeps(list, self.prefix, key) || keeps_below(list, self.prefix, key))
     }
 
     fn child<'c>(&'c mut self, prefix: &'c str) -> Flattener<'c> {
@@ -260,23 +332,21 @@ impl Flattener<'_> {
             prefix,
             depth: self.depth + 1,
             limits: self.limits,
+            keep: self.keep,
+            trouble: self.trouble,
         }
     }
 
-    fn check_room<E: de::Error>(&self) -> Result<(), E> {
-        if self.depth >= self.limits.max_depth {
-            return Err(E::custom(format!(
-                "nested deeper than {} levels",
-                self.limits.max_depth
-            )));
-        }
-        if self.out.len() >= self.limits.max_fields {
-            return Err(E::custom(format!(
-                "more than {} fields",
-                self.limits.max_fields
-            )));
-        }
-        Ok(())
+    fn check_room<E: de::Error>(&mut self) -> Result<(), E> {
+        let trouble = if self.depth >= self.limits.max_depth {
+            format!("nested deeper than {} levels", self.limits.max_depth)
+        } else if self.out.len() >= self.limits.max_fields {
+            format!("more than {} fields", self.limits.max_fields)
+        } else {
+            return Ok(());
+        };
+        *self.trouble = Some(trouble);
+        Err(E::custom("limit exceeded"))
     }
 }
 
@@ -305,6 +375,7 @@ impl<'de> Visitor<'de> for Flattener<'_> {
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
         if !v.is_finite() {
+            *self.trouble = Some("non-finite number".into());
             return Err(E::custom("non-finite number"));
         }
         Ok(self.push(Value::Number(v)))
@@ -323,7 +394,11 @@ impl<'de> Visitor<'de> for Flattener<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<bool, A::Error> {
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(key) = map.next_key::<Text>()? {
+            if !self.wants(&key.0) {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            }
             self.check_room()?;
             let full = if self.prefix.is_empty() {
                 key.0.into_owned()
@@ -338,6 +413,13 @@ impl<'de> Visitor<'de> for Flattener<'_> {
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<bool, A::Error> {
         let mut index = 0usize;
         loop {
+            if !self.wants(&index.to_string()) {
+                if seq.next_element::<de::IgnoredAny>()?.is_none() {
+                    break;
+                }
+                index += 1;
+                continue;
+            }
             self.check_room()?;
             let key = format!("{}.{index}", self.prefix);
             if seq.next_element_seed(self.child(&key))?.is_none() {
@@ -349,51 +431,55 @@ impl<'de> Visitor<'de> for Flattener<'_> {
     }
 }
 
-/// An object key, borrowed from the input when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
+/// A string, borrowed from the input when it has no escapes.
+struct Text<'de>(Cow<'de, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string key")
+                f.write_str("a string")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
             }
         }
-        d.deserialize_str(KeyVisitor)
+        d.deserialize_str(TextVisitor)
     }
 }
 
 /// Ids may be strings or numbers (`"userId": 42`); null means absent.
-fn id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    struct IdVisitor;
-    impl Visitor<'_> for IdVisitor {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a string or number id")
+struct Id(Option<String>);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or number id")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(Some(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Id, E> {
+                Ok(Id(Some(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(Some(v.to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<Id, E> {
+                Ok(Id(None))
+            }
+            fn visit_none<E>(self) -> Result<Id, E> {
+                Ok(Id(None))
+            }
         }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
+        d.deserialize_any(IdVisitor)
     }
-    d.deserialize_any(IdVisitor)
 }

@@ -6,6 +6,7 @@
 //! publishes. Given the same rules and the same events in the same order, the
 //! state and the outputs (ids included) are the same in every run.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -69,13 +70,13 @@ pub struct LeadSnapshot {
 
 pub struct Engine {
     rules: Arc<Rules>,
-    leads: HashMap<String, LeadState>,
+    leads: HashMap<Box<str>, LeadState>,
     /// (due time, lead id) for every lead whose tier decay will change.
-    timers: BTreeSet<(Timestamp, String)>,
+    timers: BTreeSet<(Timestamp, Box<str>)>,
     /// Identities merged by `alias` calls, to the lead they now belong to:
     /// an anonymous event that arrives after its alias still lands on the
     /// right lead, so the result does not depend on arrival order.
-    aliases: HashMap<String, String>,
+    aliases: HashMap<Box<str>, Box<str>>,
 }
 
 impl Engine {
@@ -106,15 +107,8 @@ impl Engine {
     }
 
     /// The lead an identity belongs to, following `alias` merges.
-    pub fn resolve<'a>(&'a self, mut id: &'a str) -> &'a str {
-        // Aliases never form a cycle (see `apply`), but bound the walk anyway.
-        for _ in 0..16 {
-            match self.aliases.get(id) {
-                Some(next) => id = next,
-                None => break,
-            }
-        }
-        id
+    pub fn resolve<'a>(&'a self, id: &'a str) -> &'a str {
+        resolve_in(&self.aliases, id)
     }
 
     /// The earliest time at which `advance` has something to do.
@@ -145,33 +139,38 @@ impl Engine {
         }
         let id_hash = xxh3_64(event.message_id.as_bytes());
 
-        let lead_id = self.resolve(&event.lead_id).to_string();
+        let resolved = resolve_in(&self.aliases, &event.lead_id);
+        let lead_id: Cow<str> = if resolved == event.lead_id {
+            Cow::Borrowed(&event.lead_id)
+        } else {
+            Cow::Owned(resolved.to_string())
+        };
         let mut absorbed = None;
         if event.kind == EventKind::Alias {
             if let Some(previous) = event.previous_id.as_deref() {
                 let seen = self
                     .leads
-                    .get(&lead_id)
+                    .get(lead_id.as_ref())
                     .is_some_and(|l| l.seen.iter().any(|s| s.id == id_hash));
                 if seen {
                     return Outcome::Duplicate;
                 }
-                let previous = self.resolve(previous).to_string();
-                if previous != lead_id {
+                let previous: Box<str> = self.resolve(previous).into();
+                if *previous != *lead_id {
                     absorbed = self.leads.remove(&previous);
                     if let Some(due) = absorbed.as_ref().and_then(|p| p.due) {
                         self.timers.remove(&(due, previous.clone()));
                     }
-                    self.aliases.insert(previous, lead_id.clone());
+                    self.aliases.insert(previous, lead_id.as_ref().into());
                 }
             }
         }
 
-        let lead = match self.leads.get_mut(&lead_id) {
+        let lead = match self.leads.get_mut(lead_id.as_ref()) {
             Some(lead) => lead,
             None => self
                 .leads
-                .entry(lead_id.clone())
+                .entry(lead_id.as_ref().into())
                 .or_insert_with(|| LeadState::new(t)),
         };
         if !lead.remember(id_hash, t, settings) {
@@ -191,9 +190,7 @@ impl Engine {
         if let Some(account_id) = &event.account_id {
             lead.link_account(account_id, t);
         }
-        for rule in rules.matching_engagement(event) {
-            lead.credit(rules, rule, t);
-        }
+        rules.for_each_matching_rule(event, |rule| lead.credit(rules, rule, t));
         lead.clock = lead.clock.max(t);
         if let Some(allowed_ms) = settings.allowed_lateness_ms {
             lead.fold_closed_windows(rules, now.saturating_sub_ms(allowed_ms));
@@ -241,12 +238,26 @@ impl Engine {
     /// Every lead at `at`, ordered by lead id. Call `advance(at)` first for
     /// tiers that include decay up to `at`.
     pub fn snapshot(&self, at: Timestamp) -> Vec<LeadSnapshot> {
-        let mut ids: Vec<&String> = self.leads.keys().collect();
+        let mut ids: Vec<&Box<str>> = self.leads.keys().collect();
         ids.sort();
         ids.into_iter()
             .map(|id| snapshot_of(&self.rules, id, &self.leads[id], at))
             .collect()
     }
+}
+
+fn resolve_in<'a>(aliases: &'a HashMap<Box<str>, Box<str>>, mut id: &'a str) -> &'a str {
+    if aliases.is_empty() {
+        return id;
+    }
+    // Aliases never form a cycle (see `apply`), but bound the walk anyway.
+    for _ in 0..16 {
+        match aliases.get(id) {
+            Some(next) => id = next,
+            None => break,
+        }
+    }
+    id
 }
 
 fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) -> LeadSnapshot {
@@ -267,7 +278,7 @@ fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) ->
 }
 
 fn reschedule(
-    timers: &mut BTreeSet<(Timestamp, String)>,
+    timers: &mut BTreeSet<(Timestamp, Box<str>)>,
     lead_id: &str,
     before: Option<Timestamp>,
     after: Option<Timestamp>,
@@ -276,10 +287,10 @@ fn reschedule(
         return;
     }
     if let Some(due) = before {
-        timers.remove(&(due, lead_id.to_string()));
+        timers.remove(&(due, lead_id.into()));
     }
     if let Some(due) = after {
-        timers.insert((due, lead_id.to_string()));
+        timers.insert((due, lead_id.into()));
     }
 }
 

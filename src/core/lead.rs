@@ -10,7 +10,7 @@
 use crate::core::decay::Decaying;
 use crate::core::event::Fields;
 use crate::core::output::Contribution;
-use crate::core::rules::{Grade, Rules, Settings, EMAIL_DOMAIN_TRAIT};
+use crate::core::rules::{Grade, Rules, Settings, TraitBits, EMAIL_DOMAIN_TRAIT};
 use crate::core::time::Timestamp;
 
 /// One trait's comparison results (see [`crate::core::rules::TraitKey`]) and
@@ -18,7 +18,7 @@ use crate::core::time::Timestamp;
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraitState {
     pub key: u16,
-    pub bits: u64,
+    pub bits: TraitBits,
     pub set_at: Timestamp,
 }
 
@@ -105,7 +105,7 @@ impl LeadState {
         }
     }
 
-    pub fn trait_bits(&self, rules: &Rules, key: usize) -> u64 {
+    pub fn trait_bits(&self, rules: &Rules, key: usize) -> TraitBits {
         self.traits
             .iter()
             .find(|t| usize::from(t.key) == key)
@@ -143,11 +143,14 @@ impl LeadState {
                         existing.set_at = at;
                     }
                 }
-                None => self.traits.push(TraitState {
-                    key,
-                    bits,
-                    set_at: at,
-                }),
+                None => push_compact(
+                    &mut self.traits,
+                    TraitState {
+                        key,
+                        bits,
+                        set_at: at,
+                    },
+                ),
             }
         }
     }
@@ -182,12 +185,15 @@ impl LeadState {
                     w.raw += spec.points;
                     w.credit.add(spec.points, at, half_life);
                 }
-                None => self.windows.push(CapWindow {
-                    rule: rule_key,
-                    window,
-                    raw: spec.points,
-                    credit: Decaying::new(spec.points, at),
-                }),
+                None => push_compact(
+                    &mut self.windows,
+                    CapWindow {
+                        rule: rule_key,
+                        window,
+                        raw: spec.points,
+                        credit: Decaying::new(spec.points, at),
+                    },
+                ),
             }
             return;
         }
@@ -198,10 +204,13 @@ impl LeadState {
                 }
             }
             Some(c) => c.credit.add(spec.points, at, half_life),
-            None => self.credits.push(RuleCredit {
-                rule: rule_key,
-                credit: Decaying::new(spec.points, at),
-            }),
+            None => push_compact(
+                &mut self.credits,
+                RuleCredit {
+                    rule: rule_key,
+                    credit: Decaying::new(spec.points, at),
+                },
+            ),
         }
     }
 
@@ -225,12 +234,16 @@ impl LeadState {
             let half_life = rules.half_life_of(usize::from(w.rule));
             match self.credits.iter_mut().find(|c| c.rule == w.rule) {
                 Some(c) => c.credit.merge(&scaled, half_life),
-                None => self.credits.push(RuleCredit {
-                    rule: w.rule,
-                    credit: scaled,
-                }),
+                None => push_compact(
+                    &mut self.credits,
+                    RuleCredit {
+                        rule: w.rule,
+                        credit: scaled,
+                    },
+                ),
             }
         }
+        self.windows.shrink_to_fit();
     }
 
     /// Remembers a message id; false if it was already seen (a duplicate).
@@ -378,6 +391,9 @@ impl LeadState {
         }
         let tier = usize::from(self.tier);
         let changed = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
+        if let Some(due) = self.closed_form_due(rules, from, &changed) {
+            return due;
+        }
         // After 64 half-lives engagement is below 1e-19 of what it was.
         let mut hi = from.saturating_add_ms((64.0 * longest_half_life) as i64);
         if !changed(hi) {
@@ -395,6 +411,59 @@ impl LeadState {
         Some(hi)
     }
 
+    /// The common case solved exactly: every credit positive and decaying
+    /// with one half-life, so the score falls monotonically and leaves the
+    /// tier when `fit + E·2^(-Δt/h)` drops below the tier's minimum less the
+    /// hysteresis. `None` when the case does not apply.
+    fn closed_form_due(
+        &self,
+        rules: &Rules,
+        from: Timestamp,
+        changed: &dyn Fn(Timestamp) -> bool,
+    ) -> Option<Option<Timestamp>> {
+        let tier = usize::from(self.tier);
+        if tier == 0 {
+            return None;
+        }
+        let rule_ids = self
+            .credits
+            .iter()
+            .map(|c| (usize::from(c.rule), c.credit.value))
+            .chain(self.windows.iter().map(|w| (usize::from(w.rule), w.raw)));
+        let mut half_life = None;
+        for (rule, value) in rule_ids {
+            if value < 0.0 {
+                return None;
+            }
+            match (half_life, rules.half_life_of(rule).millis()) {
+                (_, None) => return None,
+                (None, Some(h)) => half_life = Some(h),
+                (Some(a), Some(b)) if a != b => return None,
+                _ => {}
+            }
+        }
+        let h = half_life?;
+        let eval = self.evaluate(rules, from);
+        let hold = rules.tiers[tier].min_score - rules.settings.hysteresis;
+        let gap = hold - eval.fit;
+        if changed(from) || gap <= 0.0 || eval.engagement <= 0.0 {
+            return None; // already moving, or never: leave it to the search
+        }
+        let elapsed = h * (eval.engagement / gap).log2();
+        if !elapsed.is_finite() || elapsed < 0.0 || elapsed > 64.0 * h {
+            return None;
+        }
+        let mut due = from.saturating_add_ms(elapsed.ceil() as i64);
+        // Float rounding can leave the exact instant a hair early.
+        for _ in 0..1000 {
+            if changed(due) {
+                return Some(Some(due));
+            }
+            due = due.saturating_add_ms(1);
+        }
+        None
+    }
+
     /// Merges the history of `other` (an identity aliased into this lead).
     pub fn absorb(&mut self, rules: &Rules, other: LeadState) {
         for t in other.traits {
@@ -404,7 +473,7 @@ impl LeadState {
                         *mine = t;
                     }
                 }
-                None => self.traits.push(t),
+                None => push_compact(&mut self.traits, t),
             }
         }
         for c in other.credits {
@@ -416,7 +485,7 @@ impl LeadState {
                     }
                 }
                 Some(mine) => mine.credit.merge(&c.credit, rules.half_life_of(rule)),
-                None => self.credits.push(c),
+                None => push_compact(&mut self.credits, c),
             }
         }
         for w in other.windows {
@@ -430,7 +499,7 @@ impl LeadState {
                     mine.raw += w.raw;
                     mine.credit.merge(&w.credit, rules.half_life_of(rule));
                 }
-                None => self.windows.push(w),
+                None => push_compact(&mut self.windows, w),
             }
         }
         for s in other.seen {
@@ -444,6 +513,13 @@ impl LeadState {
         self.clock = self.clock.max(other.clock);
         self.prune_seen(&rules.settings);
     }
+}
+
+/// Pushes without spare capacity: these lists grow rarely (a new trait, a
+/// rule's first hit) and there are many leads, so slack would dominate.
+fn push_compact<T>(list: &mut Vec<T>, item: T) {
+    list.reserve_exact(1);
+    list.push(item);
 }
 
 /// `email` → its domain, lowercased; anything without an `@` is unknown.

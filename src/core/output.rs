@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use uuid::Uuid;
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::core::rules::Grade;
 use crate::core::time::Timestamp;
@@ -84,24 +85,35 @@ impl Output {
     }
 }
 
-/// Namespace of leadscore's version-5 output ids.
-const OUTPUT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c65_6164_7363_6f72_6501_0000_0000_0001);
-
-/// The id of an output: a name-based UUID over what identifies it (the
-/// lead, the output type, the cause), so every run that sees the same input
-/// derives the same id.
+/// The id of an output: a name-based UUID (version 8, the 128-bit xxh3
+/// hash of what identifies the output: the lead, the output type, the
+/// cause), so every run that sees the same input derives the same id.
+/// xxh3 rather than version 5's SHA-1: ids need determinism, not secrecy,
+/// and an id is derived for every output on the hot path.
 pub fn output_id(lead_id: &str, kind: OutputKind, cause: &Cause) -> Uuid {
-    let cause = match cause {
-        Cause::Event(message_id) => format!("event:{message_id}"),
-        Cause::Decay(due) => format!("decay:{}", due.millis()),
-    };
-    let name = format!("lead\u{1f}{lead_id}\u{1f}{}\u{1f}{cause}", kind.as_str());
-    Uuid::new_v5(&OUTPUT_ID_NAMESPACE, name.as_bytes())
+    let mut hasher = Xxh3::new();
+    hasher.update(b"leadscore.output.v1\x1flead\x1f");
+    hasher.update(lead_id.as_bytes());
+    hasher.update(b"\x1f");
+    hasher.update(kind.as_str().as_bytes());
+    match cause {
+        Cause::Event(message_id) => {
+            hasher.update(b"\x1fevent\x1f");
+            hasher.update(message_id.as_bytes());
+        }
+        Cause::Decay(due) => {
+            hasher.update(b"\x1fdecay\x1f");
+            hasher.update(&due.millis().to_be_bytes());
+        }
+    }
+    Uuid::new_v8(hasher.digest128().to_be_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PINNED_ID: &str = "4130c89c-87e9-8385-834d-e3442f6d5f00";
 
     #[test]
     fn output_ids_are_stable_and_distinct() {
@@ -118,5 +130,9 @@ mod tests {
                 &Cause::Decay(Timestamp(1))
             )
         );
+        // Pinned: ids must not change between releases, or subscribers
+        // would see repeats as new events.
+        assert_eq!(a.to_string(), PINNED_ID);
+        assert_eq!(a.get_version_num(), 8);
     }
 }

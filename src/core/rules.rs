@@ -188,9 +188,11 @@ pub struct TraitKey {
     pub ops: Vec<Op>,
 }
 
-/// Bit 0 of a trait's bits says the value is known.
-pub const TRAIT_KNOWN_BIT: u64 = 1;
-pub const MAX_OPS_PER_TRAIT: usize = 63;
+/// One trait's comparison results: bit 0 says the value is known, bit
+/// `s + 1` that comparison `s` passes. 32 bits keep lead state small.
+pub type TraitBits = u32;
+pub const TRAIT_KNOWN_BIT: TraitBits = 1;
+pub const MAX_OPS_PER_TRAIT: usize = TraitBits::BITS as usize - 1;
 
 /// A fit condition: comparison `slot` of trait `key`.
 #[derive(Clone, Debug)]
@@ -201,7 +203,7 @@ pub struct TraitCondition {
 }
 
 impl TraitCondition {
-    fn holds(&self, bits: u64) -> bool {
+    fn holds(&self, bits: TraitBits) -> bool {
         ((bits >> (self.slot + 1)) & 1 == 1) != self.negate
     }
 }
@@ -311,7 +313,7 @@ pub struct Rules {
     /// Lead traits that some rule or gate reads; a lead stores only these.
     pub trait_keys: Vec<TraitKey>,
     /// The bits of a trait the lead has never had.
-    absent_bits: Vec<u64>,
+    absent_bits: Vec<TraitBits>,
     /// Engagement rules by call type and lowercased name, then those that
     /// match any name of that call type: each event checks only candidates.
     by_name: Vec<HashMap<String, Vec<usize>>>,
@@ -378,40 +380,39 @@ impl Rules {
     }
 
     /// The stored form of trait `key` having `value` (`None`: unknown).
-    pub fn trait_bits(&self, key: usize, value: Option<&Value>) -> u64 {
+    pub fn trait_bits(&self, key: usize, value: Option<&Value>) -> TraitBits {
         compare_all(&self.trait_keys[key].ops, value)
     }
 
-    pub fn absent_trait_bits(&self, key: usize) -> u64 {
+    pub fn absent_trait_bits(&self, key: usize) -> TraitBits {
         self.absent_bits[key]
     }
 
-    /// Indexes of the engagement rules this event matches, ascending.
-    pub fn matching_engagement(&self, event: &Event) -> Vec<usize> {
+    /// Calls `hit` with the index of every engagement rule the event
+    /// matches. Only rules for the event's call type and name are checked.
+    pub fn for_each_matching_rule(&self, event: &Event, mut hit: impl FnMut(usize)) {
         let kind = event.kind.index();
         let name_value = event.name.as_deref().map(Value::from);
-        let mut candidates: Vec<usize> = self.any_name[kind].clone();
+        let mut check = |index: usize| {
+            if self.engagement[index].matches(event, &name_value) {
+                hit(index);
+            }
+        };
+        self.any_name[kind].iter().copied().for_each(&mut check);
         if let Some(name) = &event.name {
             let by_name = &self.by_name[kind];
             if !by_name.is_empty() {
-                let hit = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                    by_name.get(&name.to_ascii_lowercase())
-                } else {
-                    by_name.get(name.as_str())
-                };
-                if let Some(hits) = hit {
-                    candidates.extend_from_slice(hits);
-                    candidates.sort_unstable();
+                let hits = with_ascii_lowercase(name, |lower| by_name.get(lower));
+                if let Some(hits) = hits {
+                    hits.iter().copied().for_each(&mut check);
                 }
             }
         }
-        candidates.retain(|&i| self.engagement[i].matches(event, &name_value));
-        candidates
     }
 
     /// Fit points and the fit rules that produced them, from the lead's
     /// trait bits.
-    pub fn fit_of(&self, bits: &dyn Fn(usize) -> u64) -> (f64, Vec<usize>) {
+    pub fn fit_of(&self, bits: &dyn Fn(usize) -> TraitBits) -> (f64, Vec<usize>) {
         let mut groups_taken: Vec<&str> = Vec::new();
         let mut total = 0.0;
         let mut matched = Vec::new();
@@ -440,7 +441,7 @@ impl Rules {
     }
 
     /// Whether the lead passes the tier's qualification gates.
-    pub fn gates_pass(&self, tier: usize, grade: Grade, bits: &dyn Fn(usize) -> u64) -> bool {
+    pub fn gates_pass(&self, tier: usize, grade: Grade, bits: &dyn Fn(usize) -> TraitBits) -> bool {
         let tier = &self.tiers[tier];
         let known = |k: &usize| bits(*k) & TRAIT_KNOWN_BIT != 0;
         tier.min_grade.is_none_or(|min| grade <= min)
@@ -456,7 +457,7 @@ impl Rules {
         current: usize,
         score: f64,
         grade: Grade,
-        bits: &dyn Fn(usize) -> u64,
+        bits: &dyn Fn(usize) -> TraitBits,
     ) -> usize {
         let qualifies = |i: usize, min: f64| score >= min && self.gates_pass(i, grade, bits);
         let plain = (1..self.tiers.len())
@@ -485,12 +486,28 @@ impl Rules {
     }
 }
 
-fn compare_all(ops: &[Op], value: Option<&Value>) -> u64 {
+/// Runs `f` on `text` lowercased, without allocating for short text.
+fn with_ascii_lowercase<R>(text: &str, f: impl FnOnce(&str) -> R) -> R {
+    let mut buffer = [0u8; 64];
+    if !text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return f(text);
+    }
+    if text.len() <= buffer.len() {
+        let buffer = &mut buffer[..text.len()];
+        buffer.copy_from_slice(text.as_bytes());
+        buffer.make_ascii_lowercase();
+        // Lowercasing ASCII bytes keeps UTF-8 valid.
+        return f(std::str::from_utf8(buffer).expect("valid UTF-8"));
+    }
+    f(&text.to_ascii_lowercase())
+}
+
+fn compare_all(ops: &[Op], value: Option<&Value>) -> TraitBits {
     let known = value.is_some_and(Value::is_known);
     ops.iter()
         .enumerate()
-        .fold(u64::from(known), |bits, (slot, op)| {
-            bits | (u64::from(op.matches(value)) << (slot + 1))
+        .fold(TraitBits::from(known), |bits, (slot, op)| {
+            bits | (TraitBits::from(op.matches(value)) << (slot + 1))
         })
 }
 
