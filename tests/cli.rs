@@ -52,7 +52,7 @@ fn check_accepts_the_example_and_summarises_it() {
     );
     assert!(stdout.contains("tiers (4):"));
     assert!(stdout.contains(
-        "sql          score >= 80 if grade B or better and any of [budget, authority] known"
+        "sql          score >= 85 if grade B or better and any of [budget, authority] known"
     ));
     assert!(stdout.contains("ok: "));
 }
@@ -75,7 +75,7 @@ fn check_rejects_bad_files_with_the_line_and_reason() {
             "bad regex",
         ),
         (
-            "min_score = 60",
+            "min_score = 70",
             "min_score = 30",
             "min_score = 30",
             "tiers out of order",

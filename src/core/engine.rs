@@ -70,7 +70,9 @@ pub struct LeadSnapshot {
 
 pub struct Engine {
     rules: Arc<Rules>,
-    leads: HashMap<Box<str>, LeadState>,
+    /// Boxed so the map's table stays small: it is sized in powers of two,
+    /// and every empty slot would otherwise cost a whole lead state.
+    leads: HashMap<Box<str>, Box<LeadState>>,
     /// (due time, lead id) for every lead whose tier decay will change.
     timers: BTreeSet<(Timestamp, Box<str>)>,
     /// Identities merged by `alias` calls, to the lead they now belong to:
@@ -98,12 +100,21 @@ impl Engine {
     }
 
     pub fn lead(&self, lead_id: &str) -> Option<&LeadState> {
-        self.leads.get(lead_id)
+        self.leads.get(lead_id).map(|lead| &**lead)
     }
 
     /// Number of message ids held for dedup, over all leads.
     pub fn remembered_ids(&self) -> usize {
         self.leads.values().map(|l| l.seen.len()).sum()
+    }
+
+    /// Heap bytes the dedup memory takes, over all leads (capacity, not
+    /// just length): lets benchmarks report state size with and without it.
+    pub fn remembered_id_bytes(&self) -> usize {
+        self.leads
+            .values()
+            .map(|l| l.seen.capacity() * std::mem::size_of::<crate::core::lead::SeenId>())
+            .sum()
     }
 
     /// The lead an identity belongs to, following `alias` merges.
@@ -171,7 +182,7 @@ impl Engine {
             None => self
                 .leads
                 .entry(lead_id.as_ref().into())
-                .or_insert_with(|| LeadState::new(t)),
+                .or_insert_with(|| Box::new(LeadState::new(t))),
         };
         if !lead.remember(id_hash, t, settings) {
             return Outcome::Duplicate;
@@ -181,7 +192,7 @@ impl Engine {
         advance_lead(rules, &lead_id, lead, t, &mut outputs);
 
         if let Some(previous) = absorbed {
-            lead.absorb(rules, previous);
+            lead.absorb(rules, *previous);
         }
         if event.kind != EventKind::Group {
             // Group traits describe the account, not the person.

@@ -35,7 +35,9 @@ pub struct RuleCredit {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CapWindow {
     pub rule: u16,
-    pub window: i64,
+    /// Window index since the epoch; config keeps windows at least a
+    /// minute long, so 32 bits last until the year 6000.
+    pub window: i32,
     pub raw: f64,
     pub credit: Decaying,
 }
@@ -72,9 +74,12 @@ pub struct LeadState {
     pub tier: u8,
     /// Score carried by the lead's last `score_changed` output (0 before any).
     pub last_emitted_score: f64,
-    pub traits: Vec<TraitState>,
-    pub credits: Vec<RuleCredit>,
-    pub windows: Vec<CapWindow>,
+    // Boxed slices, not vectors: they grow rarely (a new trait, a rule's
+    // first hit), and across millions of leads the spare capacity and the
+    // third word of a Vec would cost more than the occasional reallocation.
+    pub traits: Box<[TraitState]>,
+    pub credits: Box<[RuleCredit]>,
+    pub windows: Box<[CapWindow]>,
     pub seen: Vec<SeenId>,
     pub account: Option<AccountLink>,
     /// When decay alone will next change the tier, if it will.
@@ -96,9 +101,9 @@ impl LeadState {
             clock,
             tier: 0,
             last_emitted_score: 0.0,
-            traits: Vec::new(),
-            credits: Vec::new(),
-            windows: Vec::new(),
+            traits: Box::default(),
+            credits: Box::default(),
+            windows: Box::default(),
             seen: Vec::new(),
             account: None,
             due: None,
@@ -175,7 +180,7 @@ impl LeadState {
         let half_life = rules.half_life_of(rule);
         let rule_key = rule as u16;
         if let Some(cap) = spec.cap {
-            let window = at.millis().div_euclid(cap.window_ms);
+            let window = window_index(at, cap.window_ms);
             match self
                 .windows
                 .iter_mut()
@@ -218,20 +223,31 @@ impl LeadState {
     /// credits. No event can land in them any more (it would be too late),
     /// so their scale is final; this only bounds memory.
     pub fn fold_closed_windows(&mut self, rules: &Rules, closed_before: Timestamp) {
-        let mut index = 0;
-        while index < self.windows.len() {
-            let w = &self.windows[index];
+        let window_end = |w: &CapWindow| {
             let cap = rules.engagement[usize::from(w.rule)]
                 .cap
                 .expect("cap windows exist only for capped rules");
-            let window_end = (w.window + 1).saturating_mul(cap.window_ms);
-            if window_end > closed_before.millis() {
-                index += 1;
-                continue;
-            }
-            let w = self.windows.swap_remove(index);
-            let scaled = Decaying::new(w.credit.value * w.scale(cap.points), w.credit.anchor);
-            let half_life = rules.half_life_of(usize::from(w.rule));
+            (i64::from(w.window) + 1).saturating_mul(cap.window_ms)
+        };
+        if !self
+            .windows
+            .iter()
+            .any(|w| window_end(w) <= closed_before.millis())
+        {
+            return;
+        }
+        let (closed, open): (Vec<CapWindow>, Vec<CapWindow>) = std::mem::take(&mut self.windows)
+            .into_vec()
+            .into_iter()
+            .partition(|w| window_end(w) <= closed_before.millis());
+        self.windows = open.into_boxed_slice();
+        for w in closed {
+            let rule = usize::from(w.rule);
+            let cap = rules.engagement[rule]
+                .cap
+                .map_or(f64::INFINITY, |c| c.points);
+            let scaled = Decaying::new(w.credit.value * w.scale(cap), w.credit.anchor);
+            let half_life = rules.half_life_of(rule);
             match self.credits.iter_mut().find(|c| c.rule == w.rule) {
                 Some(c) => c.credit.merge(&scaled, half_life),
                 None => push_compact(
@@ -243,7 +259,6 @@ impl LeadState {
                 ),
             }
         }
-        self.windows.shrink_to_fit();
     }
 
     /// Remembers a message id; false if it was already seen (a duplicate).
@@ -466,7 +481,7 @@ impl LeadState {
 
     /// Merges the history of `other` (an identity aliased into this lead).
     pub fn absorb(&mut self, rules: &Rules, other: LeadState) {
-        for t in other.traits {
+        for t in other.traits.into_vec() {
             match self.traits.iter_mut().find(|mine| mine.key == t.key) {
                 Some(mine) => {
                     if (t.set_at, t.bits) > (mine.set_at, mine.bits) {
@@ -476,7 +491,7 @@ impl LeadState {
                 None => push_compact(&mut self.traits, t),
             }
         }
-        for c in other.credits {
+        for c in other.credits.into_vec() {
             let rule = usize::from(c.rule);
             match self.credits.iter_mut().find(|mine| mine.rule == c.rule) {
                 Some(mine) if rules.engagement[rule].once => {
@@ -488,7 +503,7 @@ impl LeadState {
                 None => push_compact(&mut self.credits, c),
             }
         }
-        for w in other.windows {
+        for w in other.windows.into_vec() {
             let rule = usize::from(w.rule);
             match self
                 .windows
@@ -517,9 +532,17 @@ impl LeadState {
 
 /// Pushes without spare capacity: these lists grow rarely (a new trait, a
 /// rule's first hit) and there are many leads, so slack would dominate.
-fn push_compact<T>(list: &mut Vec<T>, item: T) {
-    list.reserve_exact(1);
-    list.push(item);
+fn push_compact<T>(list: &mut Box<[T]>, item: T) {
+    let mut grown = std::mem::take(list).into_vec();
+    grown.reserve_exact(1);
+    grown.push(item);
+    *list = grown.into_boxed_slice();
+}
+
+/// The index of the fixed cap window holding `at`.
+fn window_index(at: Timestamp, window_ms: i64) -> i32 {
+    let index = at.millis().div_euclid(window_ms);
+    i32::try_from(index).unwrap_or(if index < 0 { i32::MIN } else { i32::MAX })
 }
 
 /// `email` → its domain, lowercased; anything without an `@` is unknown.
