@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Apache Kafka (KRaft, one node) from its Maven jars, for tests and the demo.
+#
+#   scripts/kafka.sh install            fetch the jars once per machine
+#   scripts/kafka.sh start [--watch PID] start on free loopback ports; prints
+#                                       KAFKA_BOOTSTRAP=, KAFKA_PID=, KAFKA_DIR=
+#                                       and returns once the broker is ready.
+#                                       With --watch, the broker stops when PID exits.
+#   scripts/kafka.sh stop DIR           stop the broker started in DIR
+#
+# Jars go to ${LEADSCORE_CACHE:-~/.cache/leadscore}/kafka-<version>, outside
+# the work tree. Needs Java 17+ and Maven.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/kafka/pom.xml")"
+cache="${LEADSCORE_CACHE:-$HOME/.cache/leadscore}"
+jars="$cache/kafka-$version"
+
+install() {
+  if [ -f "$jars/.complete" ]; then
+    return
+  fi
+  echo "kafka.sh: fetching Apache Kafka $version jars into $jars" >&2
+  mkdir -p "$jars"
+  (cd "$here/kafka" && mvn -q -B -Dstyle.color=never \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DoutputDirectory="$jars" -DincludeScope=runtime >&2)
+  touch "$jars/.complete"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start() {
+  local watch=""
+  if [ "${1:-}" = "--watch" ]; then
+    watch="$2"
+  fi
+  install
+  local dir port cport cluster
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/leadscore-kafka.XXXXXX")"
+  port="$(free_port)"
+  cport="$(free_port)"
+  while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
+  cluster="$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=4
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+transaction.abort.timed.out.transaction.cleanup.interval.ms=2000
+group.initial.rebalance.delay.ms=0
+group.consumer.min.session.timeout.ms=1000
+group.classic.min.session.timeout.ms=1000
+log.flush.interval.messages=9223372036854775807
+PROPS
+  cat > "$dir/log4j2.properties" <<'LOG'
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = out
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+logger.ready.name = kafka.server.KafkaRaftServer
+logger.ready.level = INFO
+LOG
+  local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC "-Dlog4j2.configurationFile=$dir/log4j2.properties")
+  java "${java_opts[@]}" -cp "$jars/*" kafka.tools.StorageTool format \
+    -t "$cluster" -c "$dir/server.properties" > "$dir/format.log" 2>&1 || {
+      cat "$dir/format.log" >&2; exit 1; }
+  nohup java "${java_opts[@]}" -cp "$jars/*" kafka.Kafka "$dir/server.properties" \
+    > "$dir/broker.log" 2>&1 &
+  local pid=$!
+  echo "$pid" > "$dir/pid"
+  if [ -n "$watch" ]; then
+    # Stop the broker when the process that asked for it is gone.
+    nohup bash -c "while kill -0 $watch 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 1; done;
+                   kill $pid 2>/dev/null; sleep 5; kill -9 $pid 2>/dev/null; rm -rf '$dir'" \
+      > /dev/null 2>&1 &
+  fi
+  local waited=0
+  until grep -q "Kafka Server started" "$dir/broker.log" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "kafka.sh: broker exited during start-up:" >&2
+      tail -n 40 "$dir/broker.log" >&2
+      exit 1
+    fi
+    if [ "$waited" -ge 1200 ]; then
+      echo "kafka.sh: broker not ready after 120 s:" >&2
+      tail -n 40 "$dir/broker.log" >&2
+      kill "$pid" || true
+      exit 1
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  echo "KAFKA_BOOTSTRAP=127.0.0.1:$port"
+  echo "KAFKA_PID=$pid"
+  echo "KAFKA_DIR=$dir"
+}
+
+stop() {
+  local dir="$1" pid
+  pid="$(cat "$dir/pid")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -rf "$dir"
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) shift; start "$@" ;;
+  stop) stop "$2" ;;
+  *) echo "usage: $0 install | start [--watch PID] | stop DIR" >&2; exit 2 ;;
+esac
