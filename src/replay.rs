@@ -146,7 +146,7 @@ impl Replayer {
                 }
                 Ok(())
             }
-            Outcome::Duplicate => {
+            Outcome::Duplicate | Outcome::AlreadyApplied => {
                 self.stats.duplicates += 1;
                 Ok(())
             }

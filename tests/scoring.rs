@@ -275,10 +275,18 @@ fn duplicates_count_once() {
 fn late_and_future_events_are_rejected_with_a_reason() {
     let mut e = engine();
     let now = T0 + 30 * DAY;
-    match e.apply(&track("late", "l", "Demo Requested", T0), Timestamp(now)) {
+    // Lateness is measured behind the latest event time applied (the
+    // watermark), not the wall clock: a backlog is not "late".
+    applied(e.apply(&page("first", "l", "/pricing", T0), Timestamp(now)));
+    applied(e.apply(&page("recent", "other", "/pricing", now), Timestamp(now)));
+    match e.apply(
+        &track("late", "l", "Demo Requested", T0 + DAY),
+        Timestamp(now),
+    ) {
         Outcome::Rejected(r @ Rejection::TooLate { .. }) => assert_eq!(r.reason_code(), "too_late"),
         other => panic!("{other:?}"),
     }
+    // The future is measured against the processing clock.
     match e.apply(
         &track("future", "l", "Demo Requested", now + DAY),
         Timestamp(now),
@@ -286,7 +294,62 @@ fn late_and_future_events_are_rejected_with_a_reason() {
         Outcome::Rejected(Rejection::TooFarInFuture { .. }) => {}
         other => panic!("{other:?}"),
     }
-    assert!(e.lead("l").is_none(), "nothing was stored");
+    assert_eq!(score(&e, "l", T0), 10.0, "only the pricing view counted");
+}
+
+#[test]
+fn a_redelivered_position_is_recognised_without_the_dedup_memory() {
+    let mut rules = rules(RULES);
+    rules.settings.dedup_max_ids = 1;
+    let mut e = Engine::new(arc(rules));
+    assert!(matches!(
+        e.apply_from(&page("a", "l", "/pricing", T0), Timestamp(T0), Some(7)),
+        Outcome::Applied(_)
+    ));
+    assert!(matches!(
+        e.apply_from(&page("b", "l", "/pricing", T0), Timestamp(T0), Some(9)),
+        Outcome::Applied(_)
+    ));
+    // "a" is no longer in the one-id dedup memory, but its position is old.
+    assert_eq!(
+        e.apply_from(&page("a", "l", "/pricing", T0), Timestamp(T0), Some(7)),
+        Outcome::AlreadyApplied
+    );
+    assert_eq!(score(&e, "l", T0), 20.0);
+}
+
+#[test]
+fn changes_are_reported_for_the_changelog_and_restore_gives_the_same_engine() {
+    use leadscore::core::engine::StateChange;
+    let mut e = Engine::new(arc(rules(RULES))).track_changes();
+    applied(e.apply(&page("p", "anon", "/pricing", T0), Timestamp(T0)));
+    applied(e.apply(
+        &track("d", "known", "Demo Requested", T0 + 1),
+        Timestamp(T0),
+    ));
+    let mut alias = Event::new("a", "known", EventKind::Alias, Timestamp(T0 + 2));
+    alias.previous_id = Some("anon".into());
+    applied(e.apply(&alias, Timestamp(T0)));
+    let mut restored = Engine::new(arc(rules(RULES)));
+    let mut seen = Vec::new();
+    e.take_changes(|id, change| {
+        match change {
+            StateChange::Lead(state) => restored.restore_lead(id, state.clone()),
+            StateChange::AliasOf(to) => restored.restore_alias(id, to),
+        }
+        seen.push(id.to_string());
+    });
+    assert_eq!(
+        seen,
+        ["anon", "known"],
+        "the alias, then the lead (anon's own state is gone)"
+    );
+    assert_eq!(
+        restored.snapshot(Timestamp(T0 + 2)),
+        e.snapshot(Timestamp(T0 + 2))
+    );
+    assert_eq!(restored.resolve("anon"), "known");
+    e.take_changes(|id, _| panic!("{id} reported twice"));
 }
 
 #[test]

@@ -258,8 +258,49 @@ pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
         account_set_at_ms: state.account.as_ref().map_or(0, |a| a.set_at.millis()),
         has_due: state.due.is_some(),
         due_ms: state.due.map_or(0, Timestamp::millis),
+        position: state.position,
     }
     .encode_to_vec()
+}
+
+/// One changelog record's value.
+pub enum ChangelogValue {
+    Lead {
+        state: LeadState,
+        rules_version: String,
+    },
+    AliasOf(String),
+}
+
+pub fn encode_changelog(
+    change: &crate::core::engine::StateChange<'_>,
+    rules_version: &str,
+) -> Vec<u8> {
+    use crate::core::engine::StateChange;
+    let kind = match change {
+        StateChange::Lead(state) => wire::changelog_record::Kind::Lead(
+            wire::LeadStateRecord::decode(encode_lead_state(state, rules_version).as_slice())
+                .expect("just encoded"),
+        ),
+        StateChange::AliasOf(target) => wire::changelog_record::Kind::AliasOf(target.to_string()),
+    };
+    wire::ChangelogRecord { kind: Some(kind) }.encode_to_vec()
+}
+
+pub fn decode_changelog(bytes: &[u8]) -> Result<ChangelogValue, DecodeError> {
+    let record =
+        wire::ChangelogRecord::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    match record.kind {
+        Some(wire::changelog_record::Kind::Lead(lead)) => {
+            let (state, rules_version) = decode_lead_state(&lead.encode_to_vec())?;
+            Ok(ChangelogValue::Lead {
+                state,
+                rules_version,
+            })
+        }
+        Some(wire::changelog_record::Kind::AliasOf(target)) => Ok(ChangelogValue::AliasOf(target)),
+        None => Err(DecodeError::MissingField("kind")),
+    }
 }
 
 /// Reads a changelog record back; the rules version it was written under
@@ -333,6 +374,7 @@ pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, String), DecodeErro
             set_at: Timestamp(r.account_set_at_ms),
         }),
         due: r.has_due.then_some(Timestamp(r.due_ms)),
+        position: r.position,
     };
     Ok((state, r.rules_version))
 }

@@ -25,6 +25,9 @@ pub enum Outcome {
     Applied(Vec<Output>),
     /// Its message id was already applied to this lead: nothing changed.
     Duplicate,
+    /// The lead's state already includes this input position (a redelivery
+    /// after a crash): nothing changed.
+    AlreadyApplied,
     Rejected(Rejection),
 }
 
@@ -79,6 +82,26 @@ pub struct Engine {
     /// an anonymous event that arrives after its alias still lands on the
     /// right lead, so the result does not depend on arrival order.
     aliases: HashMap<Box<str>, Box<str>>,
+    /// The latest event time applied: lateness is measured against it, so a
+    /// backlog processed hours late is not rejected for being old.
+    watermark: Option<Timestamp>,
+    /// Leads and aliases changed since the last `take_changes`, when
+    /// tracking is on (the stream processor writes them to its changelog).
+    changes: Option<Changes>,
+}
+
+#[derive(Default)]
+struct Changes {
+    leads: BTreeSet<Box<str>>,
+    aliases: Vec<(Box<str>, Box<str>)>,
+}
+
+/// A change to persist, as reported by [`Engine::take_changes`].
+pub enum StateChange<'a> {
+    /// The lead's state is now this.
+    Lead(&'a LeadState),
+    /// The identity now belongs to another lead (its own state is gone).
+    AliasOf(&'a str),
 }
 
 impl Engine {
@@ -88,7 +111,62 @@ impl Engine {
             leads: HashMap::new(),
             timers: BTreeSet::new(),
             aliases: HashMap::new(),
+            watermark: None,
+            changes: None,
         }
+    }
+
+    /// Records which leads change, for [`Engine::take_changes`].
+    pub fn track_changes(mut self) -> Self {
+        self.changes = Some(Changes::default());
+        self
+    }
+
+    /// Calls `each` for every lead and alias changed since the last call,
+    /// leads in id order, and forgets them.
+    pub fn take_changes(&mut self, mut each: impl FnMut(&str, StateChange<'_>)) {
+        let Some(changes) = self.changes.as_mut() else {
+            return;
+        };
+        let changes = std::mem::take(changes);
+        for (from, to) in &changes.aliases {
+            each(from, StateChange::AliasOf(to));
+        }
+        for id in &changes.leads {
+            if let Some(lead) = self.leads.get(id) {
+                each(id, StateChange::Lead(lead));
+            }
+        }
+    }
+
+    /// Puts back a lead's state read from a changelog.
+    pub fn restore_lead(&mut self, lead_id: &str, state: LeadState) {
+        self.aliases.remove(lead_id);
+        if let Some(old) = self.leads.get(lead_id) {
+            if let Some(due) = old.due {
+                self.timers.remove(&(due, lead_id.into()));
+            }
+        }
+        if let Some(due) = state.due {
+            self.timers.insert((due, lead_id.into()));
+        }
+        self.watermark = self.watermark.max(Some(state.clock));
+        self.leads.insert(lead_id.into(), Box::new(state));
+    }
+
+    /// Puts back an alias read from a changelog.
+    pub fn restore_alias(&mut self, from: &str, to: &str) {
+        if let Some(old) = self.leads.remove(from) {
+            if let Some(due) = old.due {
+                self.timers.remove(&(due, from.into()));
+            }
+        }
+        self.aliases.insert(from.into(), to.into());
+    }
+
+    /// The latest event time applied (or restored).
+    pub fn watermark(&self) -> Option<Timestamp> {
+        self.watermark
     }
 
     pub fn rules(&self) -> &Arc<Rules> {
@@ -127,16 +205,27 @@ impl Engine {
         self.timers.first().map(|(due, _)| *due)
     }
 
-    /// Applies one event, checking its time against the processing clock
-    /// `now` (lateness and future skew). Scores are evaluated at the lead's
-    /// own clock, the latest event time it has seen, so outputs do not depend
-    /// on when the event was processed.
+    /// Applies one event. It is rejected if it lies further in the future
+    /// than the allowed skew from `now` (the processing clock), or further
+    /// behind the engine's watermark (the latest event time applied) than
+    /// the allowed lateness. Scores are evaluated at the lead's own clock,
+    /// the latest event time it has seen, so outputs do not depend on when
+    /// the event was processed.
     pub fn apply(&mut self, event: &Event, now: Timestamp) -> Outcome {
+        self.apply_from(event, now, None)
+    }
+
+    /// [`Engine::apply`] for an event read from a log at `position` (a
+    /// partition offset). A lead remembers the highest position applied to
+    /// it, so an event redelivered after a crash is recognised even where
+    /// the dedup memory or the broker's transactions cannot be trusted.
+    pub fn apply_from(&mut self, event: &Event, now: Timestamp, position: Option<i64>) -> Outcome {
         let rules = &*self.rules;
         let settings = &rules.settings;
         let t = event.timestamp;
-        if let Some(allowed_ms) = settings.allowed_lateness_ms {
-            let age_ms = now.millis().saturating_sub(t.millis());
+        if let (Some(allowed_ms), Some(watermark)) = (settings.allowed_lateness_ms, self.watermark)
+        {
+            let age_ms = watermark.millis().saturating_sub(t.millis());
             if age_ms > allowed_ms {
                 return Outcome::Rejected(Rejection::TooLate { age_ms, allowed_ms });
             }
@@ -156,6 +245,11 @@ impl Engine {
         } else {
             Cow::Owned(resolved.to_string())
         };
+        if let (Some(position), Some(lead)) = (position, self.leads.get(lead_id.as_ref())) {
+            if position <= lead.position {
+                return Outcome::AlreadyApplied;
+            }
+        }
         let mut absorbed = None;
         if event.kind == EventKind::Alias {
             if let Some(previous) = event.previous_id.as_deref() {
@@ -172,6 +266,11 @@ impl Engine {
                     if let Some(due) = absorbed.as_ref().and_then(|p| p.due) {
                         self.timers.remove(&(due, previous.clone()));
                     }
+                    if let Some(changes) = self.changes.as_mut() {
+                        changes
+                            .aliases
+                            .push((previous.clone(), lead_id.as_ref().into()));
+                    }
                     self.aliases.insert(previous, lead_id.as_ref().into());
                 }
             }
@@ -184,6 +283,16 @@ impl Engine {
                 .entry(lead_id.as_ref().into())
                 .or_insert_with(|| Box::new(LeadState::new(t))),
         };
+        if let Some(position) = position {
+            lead.position = lead.position.max(position);
+        }
+        if let Some(changes) = self.changes.as_mut() {
+            if !changes.leads.contains(lead_id.as_ref()) {
+                changes.leads.insert(lead_id.as_ref().into());
+            }
+        }
+        let watermark = self.watermark.map_or(t, |w| w.max(t));
+        self.watermark = Some(watermark);
         if !lead.remember(id_hash, t, settings) {
             return Outcome::Duplicate;
         }
@@ -204,7 +313,7 @@ impl Engine {
         rules.for_each_matching_rule(event, |rule| lead.credit(rules, rule, t));
         lead.clock = lead.clock.max(t);
         if let Some(allowed_ms) = settings.allowed_lateness_ms {
-            lead.fold_closed_windows(rules, now.saturating_sub_ms(allowed_ms));
+            lead.fold_closed_windows(rules, watermark.saturating_sub_ms(allowed_ms));
         }
         emit(
             rules,
@@ -235,6 +344,9 @@ impl Engine {
             };
             advance_lead(rules, &lead_id, lead, due, &mut outputs);
             reschedule(&mut self.timers, &lead_id, None, lead.due);
+            if let Some(changes) = self.changes.as_mut() {
+                changes.leads.insert(lead_id);
+            }
         }
         outputs
     }

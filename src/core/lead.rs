@@ -84,6 +84,8 @@ pub struct LeadState {
     pub account: Option<AccountLink>,
     /// When decay alone will next change the tier, if it will.
     pub due: Option<Timestamp>,
+    /// The highest input position (partition offset) applied, or -1.
+    pub position: i64,
 }
 
 /// A lead's numbers at one point in time.
@@ -107,6 +109,7 @@ impl LeadState {
             seen: Vec::new(),
             account: None,
             due: None,
+            position: -1,
         }
     }
 
@@ -526,6 +529,7 @@ impl LeadState {
             self.link_account(&link.id, link.set_at);
         }
         self.clock = self.clock.max(other.clock);
+        self.position = self.position.max(other.position);
         self.prune_seen(&rules.settings);
     }
 }
