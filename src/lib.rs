@@ -1,5 +1,6 @@
 pub mod codec;
 pub mod config;
 pub mod core;
+pub mod kafka;
 pub mod replay;
 pub mod sample;

@@ -27,6 +27,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the stream processor: consume tracking events from Kafka, publish
+    /// score changes and threshold crossings. Stops cleanly on SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run the engine over a file of JSON events, event time as the clock.
     Replay {
         #[arg(long, short)]
@@ -53,6 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
         Command::Replay {
             config,
             input,
@@ -87,10 +95,54 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {
-    let rules = config::load_rules(path)?;
-    print!("{}", config::summarize(&rules));
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = config::load(path, &env)?;
+    print!("{}", config::summarize(&config.rules));
+    let k = &config.kafka;
+    println!(
+        "kafka: {} -> {} (dead letters {}, changelog {}), group {}, {:?}",
+        k.input_topic,
+        k.output_topic,
+        k.dead_letter_topic,
+        k.changelog_topic,
+        k.group_id,
+        config.processing.guarantee
+    );
+    for name in &config.overridden_by_env {
+        println!("overridden by environment: {name}");
+    }
     println!("ok: {} is valid", path.display());
     Ok(())
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let config = config::load(path, &env)?;
+    let shutdown = leadscore::kafka::Shutdown::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let on_signal = shutdown.clone();
+    runtime.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested; finishing the batch in flight");
+        on_signal.request();
+    });
+    // The processor loop blocks (librdkafka calls); it runs on this thread.
+    leadscore::kafka::run(&config, &shutdown)
 }
 
 fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {

@@ -2,11 +2,23 @@
 //! Every error names the file, the line and the reason.
 
 mod rules;
+mod runtime;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use rules::{parse_rules, summarize};
+pub use runtime::{Guarantee, KafkaSettings, OutputEncoding, ProcessingSettings};
+
+/// Everything one configuration file holds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rules: crate::core::Rules,
+    pub kafka: KafkaSettings,
+    pub processing: ProcessingSettings,
+    /// Environment variables that overrode a setting.
+    pub overridden_by_env: Vec<String>,
+}
 
 /// A configuration problem, located in its file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -60,20 +72,172 @@ fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Reads and validates a rules file.
+/// Reads and validates the rules of a configuration file.
 pub fn load_rules(path: &Path) -> Result<crate::core::Rules, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse_rules(&read(path)?, path)
+}
+
+/// Reads and validates a whole configuration file, applying environment
+/// overrides from `env` (pass `std::env::vars().collect()`).
+pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    parse(&read(path)?, path, env)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: 0,
         column: 0,
         message: format!("cannot read: {e}"),
-    })?;
-    parse_rules(&text, path)
+    })
+}
+
+/// [`load`] over a file's text.
+pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let (rules, sections) = rules::parse_file(source, file)?;
+    let mut overridden_by_env = Vec::new();
+    let mut section = |name: &str, raw: Option<(usize, toml::Table)>| {
+        let (offset, mut table) = raw.map_or((None, toml::Table::new()), |(o, t)| (Some(o), t));
+        let applied = runtime::apply_env(name, &mut table, env);
+        let blame = if applied.is_empty() {
+            format!("[{name}]")
+        } else {
+            format!("[{name}] (with {})", applied.join(", "))
+        };
+        overridden_by_env.extend(applied);
+        (offset, table, blame)
+    };
+    let (offset, table, blame) = section("kafka", sections.kafka);
+    let kafka: KafkaSettings =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ConfigError::at(
+                    file,
+                    source,
+                    offset,
+                    format!("{blame}: {}", e.message().trim_end()),
+                )
+            })?;
+    let (offset, table, blame) = section("processing", sections.processing);
+    let processing: ProcessingSettings =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ConfigError::at(
+                    file,
+                    source,
+                    offset,
+                    format!("{blame}: {}", e.message().trim_end()),
+                )
+            })?;
+    let problem = |message: String| Err(ConfigError::at(file, source, offset, message));
+    if processing.commit_interval_ms == 0 {
+        return problem("[processing] commit_interval_ms must be positive".into());
+    }
+    if processing.max_batch == 0 {
+        return problem("[processing] max_batch must be positive".into());
+    }
+    if processing.commit_interval_ms >= processing.transaction_timeout_ms {
+        return problem(format!(
+            "[processing] commit_interval_ms ({}) must be below transaction_timeout_ms ({})",
+            processing.commit_interval_ms, processing.transaction_timeout_ms
+        ));
+    }
+    if let Err(e) = crate::codec::Encoding::from_content_type(&processing.default_content_type) {
+        return problem(format!("[processing] default_content_type: {e}"));
+    }
+    if kafka.partitions < 1 {
+        return Err(ConfigError::at(
+            file,
+            source,
+            None,
+            "[kafka] partitions must be at least 1",
+        ));
+    }
+    Ok(Config {
+        rules,
+        kafka,
+        processing,
+        overridden_by_env,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RULES: &str = "version = \"t\"\n[grades]\nA = 3\nB = 2\nC = 1\n[[tiers]]\nname = \"all\"\nmin_score = 0\n";
+
+    #[test]
+    fn runtime_sections_default_and_take_environment_overrides() {
+        let file = Path::new("t.toml");
+        let config = parse(RULES, file, &[]).unwrap();
+        assert_eq!(config.kafka, KafkaSettings::default());
+        assert_eq!(config.processing.guarantee, Guarantee::ExactlyOnce);
+        let text = format!(
+            "{RULES}[kafka]\ninput_topic = \"events\"\n[processing]\ncommit_interval_ms = 250\n"
+        );
+        let env = vec![
+            (
+                "LEADSCORE_KAFKA_TRANSACTIONAL_ID".to_string(),
+                "leadscore-7".to_string(),
+            ),
+            (
+                "LEADSCORE_PROCESSING_GUARANTEE".to_string(),
+                "at_least_once".to_string(),
+            ),
+            (
+                "LEADSCORE_PROCESSING_MAX_BATCH".to_string(),
+                "500".to_string(),
+            ),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let config = parse(&text, file, &env).unwrap();
+        assert_eq!(config.kafka.input_topic, "events");
+        assert_eq!(config.kafka.transactional_id(), "leadscore-7");
+        assert_eq!(config.processing.guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(
+            (
+                config.processing.commit_interval_ms,
+                config.processing.max_batch
+            ),
+            (250, 500)
+        );
+        assert_eq!(config.overridden_by_env.len(), 3);
+    }
+
+    #[test]
+    fn bad_runtime_settings_name_the_setting() {
+        let file = Path::new("t.toml");
+        let text = format!("{RULES}[kafka]\nbootstrap = \"x\"\n");
+        let e = parse(&text, file, &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("t.toml:9:1: [kafka]: unknown field `bootstrap`"),
+            "{e}"
+        );
+        let env = vec![(
+            "LEADSCORE_PROCESSING_GUARANTEE".to_string(),
+            "maybe".to_string(),
+        )];
+        let e = parse(RULES, file, &env).unwrap_err();
+        assert!(
+            e.to_string().contains("LEADSCORE_PROCESSING_GUARANTEE"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("maybe"), "{e}");
+        let env = vec![(
+            "LEADSCORE_PROCESSING_COMMIT_INTERVAL_MS".to_string(),
+            "60000".to_string(),
+        )];
+        let e = parse(RULES, file, &env).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("must be below transaction_timeout_ms"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn lines_and_columns_are_one_based() {

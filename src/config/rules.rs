@@ -33,6 +33,17 @@ struct RawRulesFile {
     fit: Vec<Spanned<RawFitRule>>,
     #[serde(default)]
     engagement: Vec<Spanned<RawEngagementRule>>,
+    /// Runtime sections, checked by `super::load` (not part of the rules).
+    #[serde(default)]
+    kafka: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    processing: Option<Spanned<toml::Table>>,
+}
+
+/// The runtime sections as written, with where they start.
+pub(super) struct RuntimeSections {
+    pub kafka: Option<(usize, toml::Table)>,
+    pub processing: Option<(usize, toml::Table)>,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +244,14 @@ impl Ctx<'_> {
 
 /// Parses and validates a rules file's text. `file` is only used in errors.
 pub fn parse_rules(source: &str, file: &Path) -> Result<Rules, ConfigError> {
-    let raw: RawRulesFile = toml::from_str(source).map_err(|e| {
+    parse_file(source, file).map(|(rules, _)| rules)
+}
+
+pub(super) fn parse_file(
+    source: &str,
+    file: &Path,
+) -> Result<(Rules, RuntimeSections), ConfigError> {
+    let mut raw: RawRulesFile = toml::from_str(source).map_err(|e| {
         ConfigError::at(
             file,
             source,
@@ -242,7 +260,14 @@ pub fn parse_rules(source: &str, file: &Path) -> Result<Rules, ConfigError> {
         )
     })?;
     let ctx = Ctx { file, source };
-    compile(&ctx, raw)
+    let runtime = RuntimeSections {
+        kafka: raw.kafka.take().map(|t| (t.span().start, t.into_inner())),
+        processing: raw
+            .processing
+            .take()
+            .map(|t| (t.span().start, t.into_inner())),
+    };
+    compile(&ctx, raw).map(|rules| (rules, runtime))
 }
 
 fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {

@@ -1,0 +1,193 @@
+//! The `[kafka]` and `[processing]` sections: where the stream processor
+//! reads and writes, and how it commits. Every key can be overridden by an
+//! environment variable `LEADSCORE_<SECTION>_<KEY>` (e.g.
+//! `LEADSCORE_KAFKA_TRANSACTIONAL_ID`), so one file serves every instance.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers` for every client.
+    #[serde(default = "default_bootstrap_servers")]
+    pub bootstrap_servers: String,
+    /// Consumer group: run more instances with the same group to scale out.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Stable per instance, so a restarted instance fences its dead
+    /// predecessor at once. Default: `<group_id>-<HOSTNAME>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// Tracking events, keyed by lead id.
+    #[serde(default = "default_input_topic")]
+    pub input_topic: String,
+    /// Score changes and threshold crossings.
+    #[serde(default = "default_output_topic")]
+    pub output_topic: String,
+    /// Messages that could not be decoded or validated, with the reason.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Compacted topic of lead state, partitioned like the input.
+    #[serde(default = "default_changelog_topic")]
+    pub changelog_topic: String,
+    /// Create missing topics at start-up (the changelog compacted, with the
+    /// input's partition count).
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Partitions for an input topic created at start-up.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor for topics created at start-up (-1: the broker's
+    /// default).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Any librdkafka property, passed to every client (SASL, TLS,
+    /// timeouts...). These win over leadscore's own settings.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect("every field has a default")
+    }
+}
+
+impl KafkaSettings {
+    pub fn transactional_id(&self) -> String {
+        self.transactional_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "0".to_string());
+            format!("{}-{host}", self.group_id)
+        })
+    }
+}
+
+fn default_bootstrap_servers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group_id() -> String {
+    "leadscore".into()
+}
+fn default_input_topic() -> String {
+    "tracking-events".into()
+}
+fn default_output_topic() -> String {
+    "lead-scores".into()
+}
+fn default_dead_letter_topic() -> String {
+    "leadscore-dead-letter".into()
+}
+fn default_changelog_topic() -> String {
+    "leadscore-changelog".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication_factor() -> i32 {
+    -1
+}
+
+/// Delivery guarantee of the stream processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs, changelog and offsets commit in one Kafka transaction.
+    ExactlyOnce,
+    /// No transactions (for brokers without them): outputs are acknowledged
+    /// before the changelog, the changelog before the offsets; repeats keep
+    /// their `event_id`.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputEncoding {
+    Json,
+    Protobuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingSettings {
+    #[serde(default = "default_guarantee")]
+    pub guarantee: Guarantee,
+    /// A batch closes after this long (or at `max_batch` messages).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Encoding of input messages without a `content-type` header.
+    #[serde(default = "default_content_type")]
+    pub default_content_type: String,
+    #[serde(default = "default_output_encoding")]
+    pub output_encoding: OutputEncoding,
+    /// How long a transaction may stay open before the broker aborts it.
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// Longest accepted input message.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for ProcessingSettings {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect("every field has a default")
+    }
+}
+
+fn default_guarantee() -> Guarantee {
+    Guarantee::ExactlyOnce
+}
+fn default_commit_interval_ms() -> u64 {
+    100
+}
+fn default_max_batch() -> usize {
+    10_000
+}
+fn default_content_type() -> String {
+    "application/json".into()
+}
+fn default_output_encoding() -> OutputEncoding {
+    OutputEncoding::Json
+}
+fn default_transaction_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_message_bytes() -> usize {
+    256 * 1024
+}
+
+/// Applies `LEADSCORE_<SECTION>_<KEY>` variables to a section's raw table.
+/// A value that reads as a TOML number, boolean or quoted string is taken
+/// as such; anything else as a plain string.
+pub(super) fn apply_env(
+    section: &str,
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Vec<String> {
+    let prefix = format!("LEADSCORE_{}_", section.to_ascii_uppercase());
+    let mut applied = Vec::new();
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_table() && !v.is_array())
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        table.insert(key, parsed);
+        applied.push(name.clone());
+    }
+    applied
+}

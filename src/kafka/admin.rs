@@ -1,0 +1,79 @@
+//! Topic set-up at start-up.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaSettings;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Partition count of `topic`, or `None` if it does not exist.
+pub(crate) fn partition_count(base: &ClientConfig, topic: &str) -> anyhow::Result<Option<usize>> {
+    let probe: BaseConsumer = base.create().context("cannot create a metadata client")?;
+    let metadata = probe
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .with_context(|| format!("cannot read metadata of topic {topic}"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0))
+}
+
+/// Creates the topics that are missing: input, output and dead-letter with
+/// `partitions`, the changelog compacted with the input's partition count.
+pub(crate) fn ensure_topics(base: &ClientConfig, kafka: &KafkaSettings) -> anyhow::Result<()> {
+    let input_partitions =
+        partition_count(base, &kafka.input_topic)?.map_or(kafka.partitions, |n| n as i32);
+    let wanted = [
+        (kafka.input_topic.as_str(), input_partitions, false),
+        (kafka.output_topic.as_str(), kafka.partitions, false),
+        (kafka.dead_letter_topic.as_str(), kafka.partitions, false),
+        (kafka.changelog_topic.as_str(), input_partitions, true),
+    ];
+    let mut missing = Vec::new();
+    for (name, partitions, compacted) in wanted {
+        if partition_count(base, name)?.is_none() {
+            let topic = NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(kafka.replication_factor),
+            );
+            missing.push(if compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            });
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        base.create().context("cannot create an admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the admin runtime")?;
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = runtime
+        .block_on(admin.create_topics(missing.iter(), &options))
+        .context("cannot create topics")?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %name, "topic already exists")
+            }
+            Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}

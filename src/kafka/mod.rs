@@ -1,0 +1,26 @@
+//! The Kafka edge: the stream processor (`leadscore run`), its changelog
+//! restore, topic set-up and the records it writes.
+//!
+//! Delivery guarantees, and where they stop holding:
+//!
+//! - `exactly_once` (default): per batch, one Kafka transaction holds the
+//!   outputs, the dead-letter records, the changelog records of every lead
+//!   the batch touched and the consumer offsets (KIP-447, with the group's
+//!   metadata). On brokers with full transaction support a `read_committed`
+//!   subscriber sees every output once, across crashes and rebalances.
+//! - On any broker, transactions or not (`at_least_once`), state stays
+//!   exact: a lead remembers the highest input offset applied to it, so a
+//!   redelivered event is never applied twice; outputs are acknowledged
+//!   before the changelog records of their batch are sent, so a visible
+//!   changelog record implies its outputs are visible too. Repeated outputs
+//!   carry the same deterministic `event_id` and content.
+//! - Not covered: an `alias` whose anonymous id hashes to another input
+//!   partition than the user id merges only what that partition holds.
+
+mod admin;
+mod processor;
+mod records;
+mod restore;
+
+pub use processor::{run, Shutdown};
+pub use records::headers;

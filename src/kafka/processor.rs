@@ -1,0 +1,684 @@
+//! `leadscore run`: one consumer-group member that scores tracking events.
+//!
+//! The loop owns every side effect; the core only returns what should
+//! happen. Per batch (closed by `commit_interval_ms` or `max_batch`):
+//! decode and score the batch's messages, fire due decay timers, produce
+//! outputs and dead letters, wait until they are acknowledged, produce the
+//! changelog records of every lead the batch changed, then commit the
+//! input offsets — inside one transaction in `exactly_once` mode.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::admin;
+use super::records::{dead_letter_headers, header_text, output_headers, output_value, DeadLetter};
+use super::restore::restore_partitions;
+use crate::codec::proto::encode_changelog;
+use crate::codec::{Decoder, Encoding};
+use crate::config::{Config, Guarantee};
+use crate::core::{Engine, Outcome, Output, Rules, Timestamp};
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Items of one batch envelope share an input offset; each gets its own
+/// position below it. Envelopes with more items are dead-lettered.
+const MAX_BATCH_ITEMS: usize = 1 << POSITION_ITEM_BITS;
+const POSITION_ITEM_BITS: u32 = 10;
+
+/// A request to stop after the batch in flight, shared with signal handlers.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Partition assignment changes, recorded during `poll` and acted on by the
+/// loop right after it.
+enum AssignmentChange {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+struct GroupContext {
+    input_topic: String,
+    changes: Mutex<Vec<AssignmentChange>>,
+}
+
+impl GroupContext {
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.input_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    fn record(&self, change: AssignmentChange) {
+        self.changes.lock().expect("poisoned").push(change);
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet_error(error, reason);
+    }
+}
+
+/// Client errors worth a log line; the end of a partition is not one.
+pub(super) fn quiet_error(error: KafkaError, reason: &str) {
+    if !matches!(error, KafkaError::PartitionEOF(_)) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            self.record(AssignmentChange::Revoked(self.partitions(list)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            self.record(AssignmentChange::Assigned(self.partitions(list)));
+        }
+    }
+}
+
+/// Counts deliveries that failed, so a batch is never committed over a
+/// lost record.
+#[derive(Default)]
+struct DeliveryContext {
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet_error(error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            *self.last_error.lock().expect("poisoned") =
+                Some(format!("delivery to {} failed: {error}", message.topic()));
+        }
+    }
+}
+
+struct PartitionState {
+    engine: Engine,
+    /// The consumer has read to the end of the partition: decay timers then
+    /// follow the wall clock; while catching up they follow event time.
+    at_end: bool,
+}
+
+/// A batch failed in a way the processor recovers from: abort, rewind to
+/// the committed offsets, restore state, go on.
+struct Retry(anyhow::Error);
+
+#[derive(Default)]
+struct Counters {
+    consumed: u64,
+    scored: u64,
+    duplicates: u64,
+    dead_lettered: u64,
+    outputs: u64,
+    batches: u64,
+}
+
+struct Processor<'c> {
+    config: &'c Config,
+    rules: Arc<Rules>,
+    decoder: Decoder,
+    default_encoding: Encoding,
+    base: ClientConfig,
+    consumer: BaseConsumer<GroupContext>,
+    producer: BaseProducer<DeliveryContext>,
+    transactional: bool,
+    partitions: BTreeMap<i32, PartitionState>,
+    counters: Counters,
+}
+
+/// Runs the processor until `shutdown` is requested (then finishes and
+/// commits the batch in flight, leaves the group and returns `Ok`) or a
+/// fatal error (fenced by a newer instance, broker refuses the
+/// transaction): then returns the error.
+pub fn run(config: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let kafka = &config.kafka;
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.properties {
+        base.set(key, value);
+    }
+    if kafka.create_topics {
+        admin::ensure_topics(&base, kafka)?;
+    } else if admin::partition_count(&base, &kafka.input_topic)?.is_none() {
+        bail!(
+            "input topic {} does not exist (and create_topics is off)",
+            kafka.input_topic
+        );
+    }
+    let transactional = config.processing.guarantee == Guarantee::ExactlyOnce;
+
+    let mut producer_config = base.clone();
+    producer_config
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set(
+            "transaction.timeout.ms",
+            config.processing.transaction_timeout_ms.to_string(),
+        );
+    if transactional {
+        producer_config.set("transactional.id", kafka.transactional_id());
+    }
+    user_wins(&mut producer_config, kafka);
+    let producer: BaseProducer<DeliveryContext> = producer_config
+        .create_with_context(DeliveryContext::default())
+        .context("cannot create the producer")?;
+    if transactional {
+        // Also fences a dead predecessor with the same transactional id and
+        // ends its open transaction, before anything is restored.
+        producer
+            .init_transactions(CLIENT_TIMEOUT)
+            .context("cannot initialise transactions")?;
+    }
+
+    let mut consumer_config = base.clone();
+    consumer_config
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if transactional {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    user_wins(&mut consumer_config, kafka);
+    let consumer: BaseConsumer<GroupContext> = consumer_config
+        .create_with_context(GroupContext {
+            input_topic: kafka.input_topic.clone(),
+            changes: Mutex::new(Vec::new()),
+        })
+        .context("cannot create the consumer")?;
+    consumer
+        .subscribe(&[&kafka.input_topic])
+        .context("cannot subscribe to the input topic")?;
+
+    let default_encoding = Encoding::from_content_type(&config.processing.default_content_type)
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut decoder = Decoder::for_rules(&config.rules);
+    decoder.limits.max_message_bytes = config.processing.max_message_bytes;
+    let mut processor = Processor {
+        config,
+        rules: Arc::new(config.rules.clone()),
+        decoder,
+        default_encoding,
+        base,
+        consumer,
+        producer,
+        transactional,
+        partitions: BTreeMap::new(),
+        counters: Counters::default(),
+    };
+    tracing::info!(
+        input = %kafka.input_topic,
+        output = %kafka.output_topic,
+        guarantee = ?config.processing.guarantee,
+        rules_version = %config.rules.version,
+        "processor started"
+    );
+    let mut last_report = Instant::now();
+    while !shutdown.is_requested() {
+        let batch = processor.collect(shutdown)?;
+        processor.process_or_recover(batch)?;
+        if last_report.elapsed() > Duration::from_secs(10) {
+            processor.report();
+            last_report = Instant::now();
+        }
+    }
+    processor.report();
+    processor.consumer.unsubscribe();
+    tracing::info!("processor stopped");
+    Ok(())
+}
+
+/// librdkafka properties from the config file win over leadscore's own.
+fn user_wins(config: &mut ClientConfig, kafka: &crate::config::KafkaSettings) {
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+}
+
+fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Timestamp(ms)
+}
+
+impl Processor<'_> {
+    /// Polls until the commit interval passes or the batch is full, acting
+    /// on assignment changes as they come.
+    fn collect(&mut self, shutdown: &Shutdown) -> anyhow::Result<Vec<OwnedMessage>> {
+        let interval = Duration::from_millis(self.config.processing.commit_interval_ms);
+        let deadline = Instant::now() + interval;
+        let mut batch = Vec::new();
+        while batch.len() < self.config.processing.max_batch && !shutdown.is_requested() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left) {
+                Some(Ok(message)) => {
+                    if let Some(p) = self.partitions.get_mut(&message.partition()) {
+                        p.at_end = false;
+                    }
+                    batch.push(message.detach());
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(p) = self.partitions.get_mut(&partition) {
+                        p.at_end = true;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => {}
+            }
+            self.apply_assignment_changes(&mut batch)?;
+        }
+        Ok(batch)
+    }
+
+    fn apply_assignment_changes(&mut self, batch: &mut Vec<OwnedMessage>) -> anyhow::Result<()> {
+        let changes =
+            std::mem::take(&mut *self.consumer.context().changes.lock().expect("poisoned"));
+        for change in changes {
+            match change {
+                AssignmentChange::Revoked(partitions) => {
+                    for p in &partitions {
+                        self.partitions.remove(p);
+                    }
+                    batch.retain(|m| !partitions.contains(&m.partition()));
+                    tracing::info!(?partitions, "partitions revoked; their state dropped");
+                }
+                AssignmentChange::Assigned(partitions) => self.restore(&partitions)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the partitions' state from the changelog, all at once.
+    fn restore(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let restored = restore_partitions(
+            &self.base,
+            &self.config.kafka.changelog_topic,
+            partitions,
+            &self.rules,
+            self.transactional,
+        )?;
+        let seconds = restored.elapsed.as_secs_f64().max(1e-3);
+        let leads: usize = restored.engines.values().map(Engine::lead_count).sum();
+        tracing::info!(
+            ?partitions,
+            leads,
+            records = restored.records,
+            seconds = format!("{seconds:.3}"),
+            leads_per_second = format!("{:.0}", leads as f64 / seconds),
+            "partitions restored from changelog"
+        );
+        for (partition, engine) in restored.engines {
+            self.partitions.insert(
+                partition,
+                PartitionState {
+                    engine,
+                    at_end: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn process_or_recover(&mut self, batch: Vec<OwnedMessage>) -> anyhow::Result<()> {
+        match self.process(&batch) {
+            Ok(()) => Ok(()),
+            Err(Retry(error)) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "batch failed; rewinding to the committed offsets"
+                );
+                if self.transactional {
+                    self.producer
+                        .abort_transaction(CLIENT_TIMEOUT)
+                        .map_err(|e| fatal_or(e, "cannot abort the transaction"))?;
+                }
+                self.rewind()
+            }
+        }
+    }
+
+    /// After a failed batch: state back to what the changelog holds, input
+    /// back to the committed offsets.
+    fn rewind(&mut self) -> anyhow::Result<()> {
+        let assigned: Vec<i32> = self.partitions.keys().copied().collect();
+        let committed = self
+            .consumer
+            .committed(CLIENT_TIMEOUT)
+            .context("cannot read committed offsets")?;
+        self.restore(&assigned)?;
+        for p in assigned {
+            let offset = committed
+                .find_partition(&self.config.kafka.input_topic, p)
+                .map(|e| e.offset())
+                .filter(|o| matches!(o, Offset::Offset(_)))
+                .unwrap_or(Offset::Beginning);
+            self.consumer
+                .seek(&self.config.kafka.input_topic, p, offset, CLIENT_TIMEOUT)
+                .with_context(|| format!("cannot seek partition {p}"))?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), Retry> {
+        let wall = wall_clock();
+        let timers_due = self.partitions.values().any(|p| {
+            let clock = timer_clock(p, wall);
+            p.engine
+                .next_due()
+                .zip(clock)
+                .is_some_and(|(due, clock)| due <= clock)
+        });
+        if batch.is_empty() && !timers_due {
+            return Ok(());
+        }
+        if self.transactional {
+            self.producer
+                .begin_transaction()
+                .map_err(retry("cannot begin a transaction"))?;
+        }
+        let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        for message in batch {
+            let partition = message.partition();
+            if !self.partitions.contains_key(&partition) {
+                continue; // revoked while buffered
+            }
+            next_offsets.insert(partition, message.offset() + 1);
+            self.counters.consumed += 1;
+            self.score(message, wall)?;
+        }
+        let mut decay_outputs = Vec::new();
+        for p in self.partitions.values_mut() {
+            if let Some(clock) = timer_clock(p, wall) {
+                decay_outputs.extend(p.engine.advance(clock));
+            }
+        }
+        for output in &decay_outputs {
+            self.send_output(output)?;
+        }
+        // Outputs first: a changelog record a reader can see implies the
+        // outputs of its batch are visible too.
+        self.flush()?;
+        self.send_changelog()?;
+        if self.transactional {
+            if !next_offsets.is_empty() {
+                let offsets = self.offset_list(&next_offsets)?;
+                let group = self
+                    .consumer
+                    .group_metadata()
+                    .ok_or_else(|| Retry(anyhow!("no consumer group metadata")))?;
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
+                    .map_err(retry("cannot add offsets to the transaction"))?;
+            }
+            self.producer
+                .commit_transaction(CLIENT_TIMEOUT)
+                .map_err(retry("cannot commit the transaction"))?;
+        } else {
+            self.flush()?;
+            if !next_offsets.is_empty() {
+                let offsets = self.offset_list(&next_offsets)?;
+                self.consumer
+                    .commit(&offsets, CommitMode::Sync)
+                    .map_err(retry("cannot commit offsets"))?;
+            }
+        }
+        self.counters.batches += 1;
+        Ok(())
+    }
+
+    fn offset_list(&self, next: &BTreeMap<i32, i64>) -> Result<TopicPartitionList, Retry> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in next {
+            list.add_partition_offset(
+                &self.config.kafka.input_topic,
+                partition,
+                Offset::Offset(offset),
+            )
+            .map_err(retry("bad offset"))?;
+        }
+        Ok(list)
+    }
+
+    fn score(&mut self, message: &OwnedMessage, wall: Timestamp) -> Result<(), Retry> {
+        let encoding = match header_text(message.headers(), super::headers::CONTENT_TYPE) {
+            Some(value) => Encoding::from_content_type(value),
+            None => Ok(self.default_encoding),
+        };
+        let decoded = encoding.and_then(|encoding| {
+            self.decoder
+                .decode(message.payload().unwrap_or_default(), encoding)
+        });
+        let items = match decoded {
+            Ok(items) if items.len() > MAX_BATCH_ITEMS => {
+                return self.dead_letter(
+                    message,
+                    "batch_too_large",
+                    format!("a batch envelope may hold at most {MAX_BATCH_ITEMS} items"),
+                    None,
+                );
+            }
+            Ok(items) => items,
+            Err(e) => return self.dead_letter(message, e.reason_code(), e.to_string(), None),
+        };
+        let several = items.len() > 1;
+        for (index, item) in items.into_iter().enumerate() {
+            let item_number = several.then_some(index + 1);
+            let event = match item {
+                Ok(event) => event,
+                Err(e) => {
+                    self.dead_letter(message, e.reason_code(), e.to_string(), item_number)?;
+                    continue;
+                }
+            };
+            let position = (message.offset() << POSITION_ITEM_BITS) | index as i64;
+            let engine = &mut self
+                .partitions
+                .get_mut(&message.partition())
+                .expect("checked by the caller")
+                .engine;
+            match engine.apply_from(&event, wall, Some(position)) {
+                Outcome::Applied(outputs) => {
+                    self.counters.scored += 1;
+                    for output in &outputs {
+                        self.send_output(output)?;
+                    }
+                }
+                Outcome::Duplicate | Outcome::AlreadyApplied => self.counters.duplicates += 1,
+                Outcome::Rejected(r) => {
+                    self.dead_letter(message, r.reason_code(), r.to_string(), item_number)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_output(&mut self, output: &Output) -> Result<(), Retry> {
+        let encoding = self.config.processing.output_encoding;
+        let value = output_value(output, encoding);
+        let record = BaseRecord::to(&self.config.kafka.output_topic)
+            .key(output.lead_id.as_bytes())
+            .payload(&value)
+            .headers(output_headers(output, encoding));
+        self.counters.outputs += 1;
+        send(&self.producer, record)
+    }
+
+    fn dead_letter(
+        &mut self,
+        message: &OwnedMessage,
+        reason_code: &'static str,
+        reason: String,
+        item: Option<usize>,
+    ) -> Result<(), Retry> {
+        self.counters.dead_lettered += 1;
+        let headers = dead_letter_headers(
+            message.headers(),
+            &DeadLetter {
+                reason_code,
+                reason,
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                item,
+            },
+        );
+        let mut record =
+            BaseRecord::<[u8], [u8]>::to(&self.config.kafka.dead_letter_topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        send(&self.producer, record)
+    }
+
+    fn send_changelog(&mut self) -> Result<(), Retry> {
+        let topic = self.config.kafka.changelog_topic.clone();
+        let version = self.rules.version.clone();
+        let mut records: Vec<(i32, String, Vec<u8>)> = Vec::new();
+        for (&partition, p) in self.partitions.iter_mut() {
+            p.engine.take_changes(|lead_id, change| {
+                records.push((
+                    partition,
+                    lead_id.to_string(),
+                    encode_changelog(&change, &version),
+                ));
+            });
+        }
+        for (partition, key, value) in &records {
+            let record = BaseRecord::<str, [u8]>::to(&topic)
+                .partition(*partition)
+                .key(key.as_str())
+                .payload(value.as_slice())
+                .headers(OwnedHeaders::new());
+            send(&self.producer, record)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), Retry> {
+        self.producer
+            .flush(CLIENT_TIMEOUT)
+            .map_err(retry("cannot flush the producer"))?;
+        let failures = self.producer.context().failures.swap(0, Ordering::SeqCst);
+        if failures > 0 {
+            let last = self
+                .producer
+                .context()
+                .last_error
+                .lock()
+                .expect("poisoned")
+                .take();
+            return Err(Retry(anyhow!(
+                "{failures} records were not delivered; last: {}",
+                last.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    fn report(&self) {
+        let c = &self.counters;
+        let leads: usize = self
+            .partitions
+            .values()
+            .map(|p| p.engine.lead_count())
+            .sum();
+        tracing::info!(
+            consumed = c.consumed,
+            scored = c.scored,
+            duplicates = c.duplicates,
+            dead_lettered = c.dead_lettered,
+            outputs = c.outputs,
+            batches = c.batches,
+            partitions = self.partitions.len(),
+            leads,
+            "progress"
+        );
+    }
+}
+
+/// The clock decay timers follow: event time (the partition's watermark)
+/// while catching up, so a backlog fires timers exactly as `replay` does;
+/// the wall clock once the partition is read to its end.
+fn timer_clock(p: &PartitionState, wall: Timestamp) -> Option<Timestamp> {
+    if p.at_end {
+        Some(wall.max(p.engine.watermark().unwrap_or(wall)))
+    } else {
+        p.engine.watermark()
+    }
+}
+
+fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &BaseProducer<DeliveryContext>,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), Retry> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                producer.poll(Duration::from_millis(50));
+                record = back;
+            }
+            Err((e, _)) => return Err(Retry(anyhow::Error::new(e).context("cannot produce"))),
+        }
+    }
+}
+
+fn retry(what: &'static str) -> impl Fn(KafkaError) -> Retry {
+    move |e| Retry(anyhow::Error::new(e).context(what))
+}
+
+/// A transactional error that cannot be recovered from (fenced by a newer
+/// instance, or fatal) ends the process; others are reported as `what`.
+fn fatal_or(e: KafkaError, what: &'static str) -> anyhow::Error {
+    anyhow::Error::new(e).context(what)
+}

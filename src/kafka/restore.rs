@@ -1,0 +1,143 @@
+//! Rebuilding a partition's lead state from its changelog partition.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use crate::codec::proto::{decode_changelog, ChangelogValue};
+use crate::core::{Engine, Rules};
+
+/// Give up when the changelog makes no progress for this long.
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub(crate) struct Restored {
+    pub engines: BTreeMap<i32, Engine>,
+    pub records: u64,
+    pub elapsed: Duration,
+}
+
+struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::processor::quiet_error(error, reason);
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
+/// Reads the changelog `partitions` from the start to their end and
+/// returns the engine each describes. With `read_committed`, records of aborted
+/// transactions are skipped (on brokers that hide them); either way the
+/// leads' recorded input offsets keep reprocessing exact.
+pub(crate) fn restore_partitions(
+    base: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+    rules: &Arc<Rules>,
+    read_committed: bool,
+) -> anyhow::Result<Restored> {
+    let started = Instant::now();
+    let mut config = base.clone();
+    config
+        .set("group.id", "leadscore-restore")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    let consumer: BaseConsumer<QuietContext> = config
+        .create_with_context(QuietContext)
+        .context("cannot create the restore consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    for &partition in partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .context("bad changelog partition")?;
+    }
+    consumer
+        .assign(&assignment)
+        .context("cannot assign the changelog partitions")?;
+
+    let mut engines: BTreeMap<i32, Engine> = partitions
+        .iter()
+        .map(|&p| (p, Engine::new(rules.clone()).track_changes()))
+        .collect();
+    let mut unfinished: BTreeSet<i32> = partitions.iter().copied().collect();
+    let mut records = 0u64;
+    let mut last_progress = Instant::now();
+    while !unfinished.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                if last_progress.elapsed() > STALL_TIMEOUT {
+                    bail!("changelog {topic} partitions {unfinished:?} made no progress for {STALL_TIMEOUT:?}");
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                unfinished.remove(&partition);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(topic, error = %e, "changelog read failed; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                records += 1;
+                let partition = message.partition();
+                let Some(engine) = engines.get_mut(&partition) else {
+                    continue;
+                };
+                let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    bail!(
+                        "changelog {topic}/{partition} offset {}: no lead id key",
+                        message.offset()
+                    );
+                };
+                let Some(value) = message.payload() else {
+                    continue; // a tombstone: nothing to restore
+                };
+                match decode_changelog(value).with_context(|| {
+                    format!("changelog {topic}/{partition} offset {}", message.offset())
+                })? {
+                    ChangelogValue::Lead {
+                        state,
+                        rules_version,
+                    } => {
+                        if rules_version != rules.version.as_ref() {
+                            bail!(
+                                "changelog {topic}/{partition} holds state scored by rules version \
+                                 \"{rules_version}\", but this instance runs \"{}\": rule indexes \
+                                 would not match. Use a new changelog topic (and consumer group) \
+                                 for new rules, and replay history into it.",
+                                rules.version
+                            );
+                        }
+                        engine.restore_lead(key, state);
+                    }
+                    ChangelogValue::AliasOf(target) => engine.restore_alias(key, &target),
+                }
+            }
+        }
+    }
+    for engine in engines.values_mut() {
+        // What was restored is not a change to write back.
+        engine.take_changes(|_, _| {});
+    }
+    Ok(Restored {
+        engines,
+        records,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,348 @@
+//! Real brokers for integration tests: Apache Kafka started once per test
+//! binary by `scripts/kafka.sh` (stopped when the test process exits), and
+//! helpers for topics, producing, reading and running `leadscore run`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Header name/value pairs of a record to produce.
+pub type HeaderList = Vec<(String, String)>;
+/// A record to produce: key, value, headers.
+pub type InputRecord = (Option<String>, Vec<u8>, HeaderList);
+
+pub struct Broker {
+    pub bootstrap: String,
+}
+
+/// The shared Apache Kafka broker of this test binary.
+pub fn kafka() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .args(["start", "--watch", &std::process::id().to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/kafka.sh runs");
+        assert!(out.status.success(), "the Kafka broker did not start");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let bootstrap = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
+            .expect("bootstrap address")
+            .to_string();
+        Broker { bootstrap }
+    })
+}
+
+/// Topic and group names unique to one test.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub input: String,
+    pub output: String,
+    pub dead_letter: String,
+    pub changelog: String,
+    pub group: String,
+}
+
+impl Names {
+    pub fn new(test: &str) -> Names {
+        let tag = format!("{test}-{:08x}", fastrand::u32(..));
+        Names {
+            input: format!("{tag}-in"),
+            output: format!("{tag}-out"),
+            dead_letter: format!("{tag}-dlq"),
+            changelog: format!("{tag}-changelog"),
+            group: format!("{tag}-group"),
+        }
+    }
+}
+
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("cannot create {t}: {e}"));
+    }
+}
+
+/// The example rules plus runtime sections for these topics.
+pub fn write_config(
+    dir: &Path,
+    bootstrap: &str,
+    names: &Names,
+    guarantee: &str,
+    extra: &str,
+) -> PathBuf {
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
+    )
+    .unwrap();
+    let text = format!(
+        "{rules}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n\
+         output_topic = \"{}\"\ndead_letter_topic = \"{}\"\nchangelog_topic = \"{}\"\npartitions = 4\n\
+         [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [processing]\nguarantee = \"{guarantee}\"\n{extra}",
+        names.group, names.input, names.output, names.dead_letter, names.changelog
+    );
+    let path = dir.join(format!("{}.toml", names.group));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Produces lines keyed by their lead id, in order.
+pub fn produce_lines(bootstrap: &str, topic: &str, lines: &[String]) {
+    let records: Vec<InputRecord> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let key = v["userId"]
+                .as_str()
+                .or(v["anonymousId"].as_str())
+                .map(str::to_string);
+            (key, l.clone().into_bytes(), Vec::new())
+        })
+        .collect();
+    produce(bootstrap, topic, &records);
+}
+
+pub fn produce(bootstrap: &str, topic: &str, records: &[InputRecord]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "10")
+        .set("message.max.bytes", "10000000")
+        .create()
+        .unwrap();
+    for (key, value, headers) in records {
+        let mut hs = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            hs = hs.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(v.as_str()),
+            });
+        }
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .payload(value.as_slice())
+            .headers(hs);
+        if let Some(k) = key {
+            record = record.key(k.as_str());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(20));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.value).expect("JSON value")
+    }
+}
+
+/// Every record of `topic`, read from the start to the end of each
+/// partition (by a `read_committed` reader unless told otherwise).
+pub fn read_topic(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "leadscore-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !open.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} took too long");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => records.push(Record {
+                partition: m.partition(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Waits until the group has committed offsets at the end of every input
+/// partition.
+pub fn wait_caught_up(bootstrap: &str, names: &Names, timeout: Duration) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &names.group)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(&names.input), Duration::from_secs(10))
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in metadata.topics()[0].partitions() {
+            list.add_partition(&names.input, p.id());
+            let (_, high) = consumer
+                .fetch_watermarks(&names.input, p.id(), Duration::from_secs(10))
+                .unwrap();
+            ends.insert(p.id(), high);
+        }
+        // The group coordinator may be moving while the group starts.
+        let done = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .is_ok_and(|committed| {
+                committed.elements().iter().all(|e| match e.offset() {
+                    Offset::Offset(o) => o >= ends[&e.partition()],
+                    _ => ends[&e.partition()] == 0,
+                })
+            });
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the processor did not catch up within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A `leadscore run` child process.
+pub struct Instance {
+    pub child: Child,
+}
+
+impl Instance {
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Instance {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_leadscore"));
+        command
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Instance {
+            child: command.spawn().expect("leadscore starts"),
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status (within 30 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe_sigterm(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leadscore did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
