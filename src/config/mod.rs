@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use rules::{parse_rules, summarize};
-pub use runtime::{Guarantee, KafkaSettings, OutputEncoding, ProcessingSettings};
+pub use runtime::{Guarantee, KafkaSettings, OutputEncoding, ProcessingSettings, TimerClock};
 
 /// Everything one configuration file holds.
 #[derive(Debug, Clone)]

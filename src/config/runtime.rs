@@ -134,6 +134,23 @@ pub struct ProcessingSettings {
     /// Longest accepted input message.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// What decay timers follow once a partition is read to its end.
+    #[serde(default = "default_timer_clock")]
+    pub timer_clock: TimerClock,
+}
+
+/// The clock that fires decay-driven changes (tier cool-downs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerClock {
+    /// Event time while catching up, the wall clock once a partition is
+    /// read to its end: a lead cools down on time even when no event comes.
+    Wall,
+    /// Always the partition's latest event time, never the wall clock: for
+    /// backfills of historical events, where the wall clock would cool
+    /// leads down before their later history arrives. Reproduces `replay`
+    /// exactly; an idle partition then publishes no cool-downs.
+    EventTime,
 }
 
 impl Default for ProcessingSettings {
@@ -161,6 +178,9 @@ fn default_output_encoding() -> OutputEncoding {
 }
 fn default_transaction_timeout_ms() -> u64 {
     10_000
+}
+fn default_timer_clock() -> TimerClock {
+    TimerClock::Wall
 }
 fn default_max_message_bytes() -> usize {
     256 * 1024

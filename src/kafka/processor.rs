@@ -25,7 +25,7 @@ use super::records::{dead_letter_headers, header_text, output_headers, output_va
 use super::restore::restore_partitions;
 use crate::codec::proto::encode_changelog;
 use crate::codec::{Decoder, Encoding};
-use crate::config::{Config, Guarantee};
+use crate::config::{Config, Guarantee, TimerClock};
 use crate::core::{Engine, Outcome, Output, Rules, Timestamp};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -408,8 +408,9 @@ impl Processor<'_> {
 
     fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), Retry> {
         let wall = wall_clock();
+        let mode = self.config.processing.timer_clock;
         let timers_due = self.partitions.values().any(|p| {
-            let clock = timer_clock(p, wall);
+            let clock = timer_clock(p, wall, mode);
             p.engine
                 .next_due()
                 .zip(clock)
@@ -435,7 +436,7 @@ impl Processor<'_> {
         }
         let mut decay_outputs = Vec::new();
         for p in self.partitions.values_mut() {
-            if let Some(clock) = timer_clock(p, wall) {
+            if let Some(clock) = timer_clock(p, wall, mode) {
                 decay_outputs.extend(p.engine.advance(clock));
             }
         }
@@ -648,9 +649,10 @@ impl Processor<'_> {
 
 /// The clock decay timers follow: event time (the partition's watermark)
 /// while catching up, so a backlog fires timers exactly as `replay` does;
-/// the wall clock once the partition is read to its end.
-fn timer_clock(p: &PartitionState, wall: Timestamp) -> Option<Timestamp> {
-    if p.at_end {
+/// the wall clock once the partition is read to its end (unless the
+/// config says event time only).
+fn timer_clock(p: &PartitionState, wall: Timestamp, mode: TimerClock) -> Option<Timestamp> {
+    if p.at_end && mode == TimerClock::Wall {
         Some(wall.max(p.engine.watermark().unwrap_or(wall)))
     } else {
         p.engine.watermark()

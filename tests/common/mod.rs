@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod verify;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,196 @@
+//! Checking a processor's outputs and state against `replay`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::kafka::{read_topic, Names, Record};
+use leadscore::codec::output::output_to_json;
+use leadscore::codec::proto::{decode_changelog, ChangelogValue};
+use leadscore::core::{Engine, Timestamp};
+use leadscore::replay::Replayer;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn rules() -> leadscore::core::Rules {
+    leadscore::config::load_rules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
+    )
+    .unwrap()
+}
+
+/// Sample traffic without anonymous browsing: an anonymous id and the user
+/// id it is aliased to usually hash to different partitions, and merging
+/// across partitions is not built yet (see the note in `src/kafka/mod.rs`).
+pub fn sample(leads: usize, seed: u64) -> Vec<String> {
+    leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads,
+        seed,
+        anonymous_share: 0.0,
+        ..Default::default()
+    })
+}
+
+/// `replay`'s outputs (as JSON values) and final engine for `lines`, with
+/// decay up to `cut`.
+pub fn replay(lines: &[String], cut: i64) -> (Vec<serde_json::Value>, Replayer) {
+    let mut replayer = Replayer::new(&rules(), false);
+    let mut outputs = Vec::new();
+    let mut emit = |o: &leadscore::core::Output| {
+        outputs.push(serde_json::from_str(&output_to_json(o)).unwrap())
+    };
+    for (i, line) in lines.iter().enumerate() {
+        replayer.feed_line(i as u64 + 1, line, &mut emit, &mut |r| {
+            panic!("replay rejected {r}")
+        });
+    }
+    // Decay up to `cut`, or to the last event if that is later (outputs
+    // after `cut` are not compared).
+    let at = replayer
+        .watermark()
+        .map_or(Timestamp(cut), |w| w.max(Timestamp(cut)));
+    replayer.finish(Some(at), &mut emit).unwrap();
+    (outputs, replayer)
+}
+
+/// For processors on `timer_clock = "event_time"`: a day before the last
+/// event, a time every partition's event time has passed, so decay up to
+/// it has fired in the processor as in replay.
+pub fn event_time_cut(lines: &[String]) -> i64 {
+    let last = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["timestamp"].as_str().and_then(Timestamp::parse_rfc3339))
+        .max()
+        .expect("events with timestamps");
+    last.millis() - 86_400_000
+}
+
+pub fn at_millis(output: &serde_json::Value) -> i64 {
+    Timestamp::parse_rfc3339(output["at"].as_str().unwrap())
+        .unwrap()
+        .millis()
+}
+
+/// Equal, numbers within 1e-9: where the processor has folded closed cap
+/// windows (replay keeps them open), sums can differ in the last bit.
+pub fn same_content(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Number(x), Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 1e-9,
+        (Array(x), Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_content(x, y))
+        }
+        (Object(x), Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_content(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// Asserts the run's outputs are exactly the replay's (those before
+/// `cut`): no id twice, none missing, none extra, the same content.
+pub fn assert_exactly_replay(run: &[Record], expected: &[serde_json::Value], cut: i64) {
+    let mut got = BTreeMap::<String, serde_json::Value>::new();
+    let mut repeats = 0;
+    for v in run.iter().map(Record::json) {
+        if at_millis(&v) >= cut {
+            continue;
+        }
+        if got
+            .insert(v["event_id"].as_str().unwrap().to_string(), v)
+            .is_some()
+        {
+            repeats += 1;
+        }
+    }
+    let want: BTreeMap<String, serde_json::Value> = expected
+        .iter()
+        .filter(|v| at_millis(v) < cut)
+        .map(|v| (v["event_id"].as_str().unwrap().to_string(), v.clone()))
+        .collect();
+    assert_eq!(
+        want.len(),
+        expected.iter().filter(|v| at_millis(v) < cut).count(),
+        "replay ids are unique"
+    );
+    let missing: Vec<&String> = want.keys().filter(|id| !got.contains_key(*id)).collect();
+    let extra: Vec<&String> = got.keys().filter(|id| !want.contains_key(*id)).collect();
+    let differing: Vec<&String> = want
+        .iter()
+        .filter(|(id, w)| got.get(*id).is_some_and(|g| !same_content(g, w)))
+        .map(|(id, _)| id)
+        .collect();
+    let show = |id: Option<&&String>| {
+        id.map(|id| format!("\nreplay: {:?}\nrun:    {:?}", want.get(*id), got.get(*id)))
+            .unwrap_or_default()
+    };
+    assert!(
+        repeats == 0 && missing.is_empty() && extra.is_empty() && differing.is_empty(),
+        "of {} expected outputs: {repeats} repeated, {} missing, {} extra, {} different{}{}{}",
+        want.len(),
+        missing.len(),
+        extra.len(),
+        differing.len(),
+        show(missing.first()),
+        show(extra.first()),
+        show(differing.first()),
+    );
+}
+
+/// Every lead in both, with the same tier, grade and account, and numbers
+/// within 1e-9 (see `same_content`).
+pub fn assert_same_state(
+    run: &[leadscore::core::engine::LeadSnapshot],
+    replay: &[leadscore::core::engine::LeadSnapshot],
+) {
+    assert_eq!(run.len(), replay.len(), "lead count");
+    for (a, b) in run.iter().zip(replay) {
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9;
+        let same = a.lead_id == b.lead_id
+            && a.account_id == b.account_id
+            && a.tier == b.tier
+            && a.grade == b.grade
+            && a.last_event_at == b.last_event_at
+            && close(a.score, b.score)
+            && close(a.fit, b.fit)
+            && close(a.engagement, b.engagement)
+            && a.contributions.len() == b.contributions.len()
+            && a.contributions.iter().all(|c| {
+                b.contributions
+                    .iter()
+                    .any(|d| d.rule == c.rule && close(d.points, c.points))
+            });
+        assert!(same, "lead state differs:\nrun:    {a:?}\nreplay: {b:?}");
+    }
+}
+
+/// The leads' state as the changelog holds it, advanced to `at` and
+/// evaluated there.
+pub fn changelog_snapshot(
+    bootstrap: &str,
+    names: &Names,
+    at: i64,
+) -> Vec<leadscore::core::engine::LeadSnapshot> {
+    let mut engine = Engine::new(Arc::new(rules()));
+    for record in read_topic(bootstrap, &names.changelog, true) {
+        let key = record.key.clone().unwrap();
+        match decode_changelog(&record.value).unwrap() {
+            ChangelogValue::Lead { state, .. } => engine.restore_lead(&key, state),
+            ChangelogValue::AliasOf(to) => engine.restore_alias(&key, &to),
+        }
+    }
+    // Decay still due up to `at` (a processor on event time stops at its
+    // partition's last event) is fired here, by the same core.
+    engine.advance(Timestamp(at));
+    engine.snapshot(Timestamp(at))
+}
