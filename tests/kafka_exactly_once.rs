@@ -181,3 +181,59 @@ fn the_same_events_produced_twice_are_scored_once() {
         cut,
     );
 }
+
+#[test]
+fn a_hot_lead_cools_down_with_no_new_event_and_it_is_published_once() {
+    let broker = kafka();
+    let names = Names::new("decay");
+    create_topic(&broker.bootstrap, &names.input, 4);
+    // Seconds instead of weeks, so the wall clock reaches the due time.
+    let rules = r#"
+        version = "decay-test"
+        [scoring]
+        half_life = "4s"
+        hysteresis = 5
+        [events]
+        max_future_skew = "1m"
+        [grades]
+        A = 3
+        B = 2
+        C = 1
+        [[tiers]]
+        name = "cold"
+        min_score = 0
+        [[tiers]]
+        name = "hot"
+        min_score = 40
+        [[engagement]]
+        name = "demo"
+        type = "track"
+        event = "Demo Requested"
+        points = 50
+    "#;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with_rules(dir.path(), rules, &broker.bootstrap, &names, "exactly_once", "");
+    let instance = Instance::start(&config, &[]);
+    let now = Timestamp(now_ms()).to_rfc3339();
+    let event = format!(r#"{{"type":"track","messageId":"d-1","userId":"hot-lead","event":"Demo Requested","timestamp":"{now}"}}"#);
+    produce_lines(&broker.bootstrap, &names.input, &[event]);
+    // 50 points fall below 35 after 4 * log2(50/35) = 2.06 s; the processor
+    // is killed and restarted after that, and must not publish it again.
+    std::thread::sleep(Duration::from_secs(6));
+    instance.kill9();
+    let instance = Instance::start(&config, &[]);
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(instance.terminate().success());
+
+    let outputs: Vec<serde_json::Value> = read_topic(&broker.bootstrap, &names.output, true).iter().map(Record::json).collect();
+    let crossings: Vec<&serde_json::Value> = outputs.iter().filter(|o| o["type"] == "threshold_crossed").collect();
+    assert_eq!(crossings.len(), 2, "{crossings:?}");
+    assert_eq!((crossings[0]["tier"].as_str(), crossings[0]["direction"].as_str()), (Some("hot"), Some("up")));
+    let down = crossings[1];
+    assert_eq!((down["previous_tier"].as_str(), down["tier"].as_str()), (Some("hot"), Some("cold")));
+    assert!(down["cause_event_id"].is_null());
+    let score = down["score"].as_f64().unwrap();
+    assert!(score < 35.0 && score > 34.9, "{score}");
+    let cooled_after = at_millis(down) - Timestamp::parse_rfc3339(&now).unwrap().millis();
+    assert!((2000..2200).contains(&cooled_after), "cooled down after {cooled_after} ms");
+}

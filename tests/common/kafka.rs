@@ -103,6 +103,18 @@ pub fn write_config(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
     )
     .unwrap();
+    write_config_with_rules(dir, &rules, bootstrap, names, guarantee, extra)
+}
+
+/// `rules` (a rules file's text) plus runtime sections for these topics.
+pub fn write_config_with_rules(
+    dir: &Path,
+    rules: &str,
+    bootstrap: &str,
+    names: &Names,
+    guarantee: &str,
+    extra: &str,
+) -> PathBuf {
     let text = format!(
         "{rules}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n\
          output_topic = \"{}\"\ndead_letter_topic = \"{}\"\nchangelog_topic = \"{}\"\npartitions = 4\n\
