@@ -29,23 +29,33 @@ pub struct Broker {
 /// The shared Apache Kafka broker of this test binary.
 pub fn kafka() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
-    BROKER.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .args(["start", "--watch", &std::process::id().to_string()])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("scripts/kafka.sh runs");
-        assert!(out.status.success(), "the Kafka broker did not start");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let bootstrap = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
-            .expect("bootstrap address")
-            .to_string();
-        Broker { bootstrap }
-    })
+    BROKER.get_or_init(|| start_broker("kafka.sh", "KAFKA_BOOTSTRAP="))
+}
+
+/// The shared tansu broker (weak transactions) of this test binary.
+pub fn tansu() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| start_broker("tansu.sh", "TANSU_BOOTSTRAP="))
+}
+
+/// Starts a broker with the project's script; it stops when this test
+/// process exits.
+fn start_broker(script: &str, prefix: &str) -> Broker {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["start", "--watch", &std::process::id().to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the broker script runs");
+    assert!(out.status.success(), "{} did not start a broker", script.display());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bootstrap = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .expect("bootstrap address")
+        .to_string();
+    Broker { bootstrap }
 }
 
 /// Topic and group names unique to one test.

@@ -194,3 +194,32 @@ pub fn changelog_snapshot(
     engine.advance(Timestamp(at));
     engine.snapshot(Timestamp(at))
 }
+
+/// Drops repeated outputs by `event_id`, asserting that every repeat has
+/// the same content as the first; returns the unique ones and the number
+/// of repeats dropped.
+pub fn drop_repeats(records: &[Record]) -> (Vec<Record>, usize) {
+    let mut first: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut unique = Vec::new();
+    let mut repeats = 0;
+    for r in records {
+        let id = r.json()["event_id"].as_str().unwrap().to_string();
+        match first.get(&id) {
+            Some(value) => {
+                assert_eq!(
+                    value,
+                    &r.value,
+                    "a repeat of {id} with different content:\n{}\n{}",
+                    String::from_utf8_lossy(value),
+                    String::from_utf8_lossy(&r.value)
+                );
+                repeats += 1;
+            }
+            None => {
+                first.insert(id, r.value.clone());
+                unique.push(r.clone());
+            }
+        }
+    }
+    (unique, repeats)
+}
