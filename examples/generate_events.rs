@@ -1,7 +1,11 @@
 //! Writes realistic sample Segment events as JSON lines to stdout.
 //!
-//!     cargo run --example generate_events -- [LEADS] [SEED] > events.jsonl
+//!     cargo run --example generate_events -- [LEADS] [SEED] [START] > events.jsonl
+//!
+//! START (RFC 3339) is the time of the first event; events span 30 days
+//! from it. Default: 2025-12-01T00:00:00Z.
 
+use leadscore::core::Timestamp;
 use leadscore::sample::{generate, SampleConfig};
 
 fn main() {
@@ -12,11 +16,14 @@ fn main() {
     let seed = args
         .next()
         .map_or(7, |a| a.parse().expect("SEED must be a number"));
-    let config = SampleConfig {
+    let mut config = SampleConfig {
         leads,
         seed,
         ..SampleConfig::default()
     };
+    if let Some(start) = args.next() {
+        config.start = Timestamp::parse_rfc3339(&start).expect("START must be an RFC 3339 time");
+    }
     for line in generate(&config) {
         println!("{line}");
     }

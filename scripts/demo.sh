@@ -1,45 +1,48 @@
 #!/usr/bin/env bash
-# Runs the scoring engine end to end over realistic sample traffic:
-# validates the example rules, generates Segment events for 2,000 leads,
-# replays them with event time as the clock, prints threshold crossings as
-# they happen and the hottest leads at the end.
+# The engine end to end on a local Apache Kafka: starts a broker (fetching
+# its jars on first use), runs `leadscore run` with the example rules,
+# feeds it realistic Segment events for LEADS leads over the last 30 days,
+# and prints threshold crossings as the processor commits them.
 #
 #   scripts/demo.sh [LEADS]
 #
-# (The Kafka stream processor, `leadscore run`, is not built yet; until it
-# is, this is the engine's end-to-end path.)
+# Needs Java 17+ and Maven (for the broker) and Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-leads="${1:-2000}"
-work="${TMPDIR:-/tmp}/leadscore-demo"
-mkdir -p "$work"
+leads="${1:-300}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/leadscore-demo.XXXXXX")"
 
-cargo build --release --quiet --bin leadscore --example generate_events
-bin=target/release/leadscore
+cargo build --release --quiet --bin leadscore \
+  --example generate_events --example produce_events --example print_crossings
 
-echo "== leadscore check --config config/leadscore.toml"
-"$bin" check --config config/leadscore.toml | tail -n 3
+eval "$(scripts/kafka.sh start --watch $$)"
+echo "== Apache Kafka on $KAFKA_BOOTSTRAP"
+trap 'kill "${processor:-}" 2>/dev/null || true; scripts/kafka.sh stop "$KAFKA_DIR" >/dev/null 2>&1 || true' EXIT
 
-echo "== generating sample events for $leads leads -> $work/events.jsonl"
-target/release/examples/generate_events "$leads" > "$work/events.jsonl"
-wc -l < "$work/events.jsonl" | xargs echo "events:"
+cp config/leadscore.toml "$work/leadscore.toml"
+cat >> "$work/leadscore.toml" <<TOML
 
-echo "== leadscore replay (threshold crossings as they happen; first 25 shown)"
-"$bin" replay --config config/leadscore.toml --input "$work/events.jsonl" \
-  --output "$work/outputs.jsonl" --snapshot "$work/snapshot.jsonl"
-python3 - "$work" <<'PY'
-import collections, json, sys
-work = sys.argv[1]
-crossings = [o for o in map(json.loads, open(f"{work}/outputs.jsonl")) if o["type"] == "threshold_crossed"]
-for o in crossings[:25]:
-    why = ", ".join(f'{c["rule"]} {c["points"]:+.1f}' for c in o["contributions"][:3])
-    print(f'{o["at"]}  {o["lead_id"]:<12} {o["previous_tier"]:>5} -> {o["tier"]:<5} {o["direction"]:<4} score {o["score"]:5.1f}  ({why})')
-print(f"... {len(crossings)} crossings in all, {sum(o['direction'] == 'down' for o in crossings)} of them cool-downs")
-snapshot = [json.loads(l) for l in open(f"{work}/snapshot.jsonl")]
-print("tiers now:", dict(collections.Counter(s["tier"] for s in snapshot)))
-print("hottest leads:")
-for s in sorted(snapshot, key=lambda s: -s["score"])[:5]:
-    why = ", ".join(f'{c["rule"]} {c["points"]:+.1f}' for c in s["contributions"][:4])
-    print(f'  {s["lead_id"]:<12} {s["score"]:5.1f} grade {s["grade"]} {s["tier"]:<5} {why}')
-PY
-echo "outputs: $work/outputs.jsonl, snapshot: $work/snapshot.jsonl"
+[kafka]
+bootstrap_servers = "$KAFKA_BOOTSTRAP"
+transactional_id = "leadscore-demo"
+TOML
+
+echo "== leadscore run (log: $work/leadscore.log)"
+target/release/leadscore run --config "$work/leadscore.toml" > "$work/leadscore.log" 2>&1 &
+processor=$!
+for _ in $(seq 1 100); do
+  grep -q "partitions restored" "$work/leadscore.log" && break
+  sleep 0.2
+done
+
+start="$(python3 -c 'import datetime as d; print((d.datetime.now(d.timezone.utc) - d.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"))')"
+target/release/examples/generate_events "$leads" 7 "$start" > "$work/events.jsonl"
+echo "== feeding $(wc -l < "$work/events.jsonl") events for $leads leads into tracking-events"
+target/release/examples/produce_events "$KAFKA_BOOTSTRAP" tracking-events < "$work/events.jsonl"
+
+echo "== threshold crossings (read_committed from lead-scores)"
+target/release/examples/print_crossings "$KAFKA_BOOTSTRAP" lead-scores 8
+
+kill -TERM "$processor"
+wait "$processor" && echo "== leadscore stopped cleanly on SIGTERM"
+grep '"progress"\|progress ' "$work/leadscore.log" | tail -n 1 || true

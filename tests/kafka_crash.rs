@@ -32,16 +32,9 @@ fn kill_9_five_times_mid_stream_loses_nothing_and_repeats_nothing() {
     let cut = event_time_cut(&lines);
     let txn = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "crash-test-instance")];
     // Six chunks: each restart finds new work, so every kill lands mid-stream.
-    let chunks: Vec<&[String]> = lines.chunks(lines.len() / 6 + 1).collect();
-    let mut rng = fastrand::Rng::with_seed(5);
-    produce_lines(&broker.bootstrap, &names.input, chunks[0]);
-    let mut instance = Instance::start(&config, &txn);
-    for chunk in &chunks[1..] {
-        std::thread::sleep(Duration::from_millis(rng.u64(1500..4000)));
-        instance.kill9();
-        produce_lines(&broker.bootstrap, &names.input, chunk);
-        instance = Instance::start(&config, &txn);
-    }
+    // All events up front, then five kills at points spread over the work.
+    produce_lines(&broker.bootstrap, &names.input, &lines);
+    let instance = kill_five_times_mid_stream(broker, &names, &config, &txn, lines.len(), 5);
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(600));
     std::thread::sleep(Duration::from_secs(2));
     assert!(instance.terminate().success());
@@ -53,6 +46,10 @@ fn kill_9_five_times_mid_stream_loses_nothing_and_repeats_nothing() {
         "crash test: {} committed outputs; {} raw records including aborted transactions",
         committed.len(),
         raw.len()
+    );
+    assert!(
+        raw.len() > committed.len(),
+        "some kill landed inside a transaction"
     );
     assert_exactly_replay(&committed, &expected, cut);
     let last = replayer.watermark().unwrap().millis();

@@ -212,10 +212,19 @@ fn a_hot_lead_cools_down_with_no_new_event_and_it_is_published_once() {
         points = 50
     "#;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config_with_rules(dir.path(), rules, &broker.bootstrap, &names, "exactly_once", "");
+    let config = write_config_with_rules(
+        dir.path(),
+        rules,
+        &broker.bootstrap,
+        &names,
+        "exactly_once",
+        "",
+    );
     let instance = Instance::start(&config, &[]);
     let now = Timestamp(now_ms()).to_rfc3339();
-    let event = format!(r#"{{"type":"track","messageId":"d-1","userId":"hot-lead","event":"Demo Requested","timestamp":"{now}"}}"#);
+    let event = format!(
+        r#"{{"type":"track","messageId":"d-1","userId":"hot-lead","event":"Demo Requested","timestamp":"{now}"}}"#
+    );
     produce_lines(&broker.bootstrap, &names.input, &[event]);
     // 50 points fall below 35 after 4 * log2(50/35) = 2.06 s; the processor
     // is killed and restarted after that, and must not publish it again.
@@ -225,15 +234,33 @@ fn a_hot_lead_cools_down_with_no_new_event_and_it_is_published_once() {
     std::thread::sleep(Duration::from_secs(6));
     assert!(instance.terminate().success());
 
-    let outputs: Vec<serde_json::Value> = read_topic(&broker.bootstrap, &names.output, true).iter().map(Record::json).collect();
-    let crossings: Vec<&serde_json::Value> = outputs.iter().filter(|o| o["type"] == "threshold_crossed").collect();
+    let outputs: Vec<serde_json::Value> = read_topic(&broker.bootstrap, &names.output, true)
+        .iter()
+        .map(Record::json)
+        .collect();
+    let crossings: Vec<&serde_json::Value> = outputs
+        .iter()
+        .filter(|o| o["type"] == "threshold_crossed")
+        .collect();
     assert_eq!(crossings.len(), 2, "{crossings:?}");
-    assert_eq!((crossings[0]["tier"].as_str(), crossings[0]["direction"].as_str()), (Some("hot"), Some("up")));
+    assert_eq!(
+        (
+            crossings[0]["tier"].as_str(),
+            crossings[0]["direction"].as_str()
+        ),
+        (Some("hot"), Some("up"))
+    );
     let down = crossings[1];
-    assert_eq!((down["previous_tier"].as_str(), down["tier"].as_str()), (Some("hot"), Some("cold")));
+    assert_eq!(
+        (down["previous_tier"].as_str(), down["tier"].as_str()),
+        (Some("hot"), Some("cold"))
+    );
     assert!(down["cause_event_id"].is_null());
     let score = down["score"].as_f64().unwrap();
     assert!(score < 35.0 && score > 34.9, "{score}");
     let cooled_after = at_millis(down) - Timestamp::parse_rfc3339(&now).unwrap().millis();
-    assert!((2000..2200).contains(&cooled_after), "cooled down after {cooled_after} ms");
+    assert!(
+        (2000..2200).contains(&cooled_after),
+        "cooled down after {cooled_after} ms"
+    );
 }

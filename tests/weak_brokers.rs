@@ -17,9 +17,13 @@ const TANSU_CLIENTS: &str = "timer_clock = \"event_time\"\n";
 fn crash_and_check(broker: &Broker, test: &str, guarantee: &str, extra_properties: &str) {
     let names = Names::new(test);
     create_topic(&broker.bootstrap, &names.input, 4);
-    let lines = sample(3000, 31);
+    let lines = sample(6000, 31);
     let dir = tempfile::tempdir().unwrap();
-    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadscore.toml")).unwrap();
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/leadscore.toml"
+    ))
+    .unwrap();
     let config = write_config_with_rules(
         dir.path(),
         &rules,
@@ -30,16 +34,9 @@ fn crash_and_check(broker: &Broker, test: &str, guarantee: &str, extra_propertie
     );
     let cut = event_time_cut(&lines);
     let txn = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "weak-broker-instance")];
-    let chunks: Vec<&[String]> = lines.chunks(lines.len() / 6 + 1).collect();
-    let mut rng = fastrand::Rng::with_seed(9);
-    produce_lines(&broker.bootstrap, &names.input, chunks[0]);
-    let mut instance = Instance::start(&config, &txn);
-    for chunk in &chunks[1..] {
-        std::thread::sleep(Duration::from_millis(rng.u64(1500..4000)));
-        instance.kill9();
-        produce_lines(&broker.bootstrap, &names.input, chunk);
-        instance = Instance::start(&config, &txn);
-    }
+    // All events up front, then five kills at points spread over the work.
+    produce_lines(&broker.bootstrap, &names.input, &lines);
+    let instance = kill_five_times_mid_stream(broker, &names, &config, &txn, lines.len(), 9);
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(600));
     std::thread::sleep(Duration::from_secs(2));
     assert!(instance.terminate().success());
@@ -47,7 +44,11 @@ fn crash_and_check(broker: &Broker, test: &str, guarantee: &str, extra_propertie
     let (expected, replayer) = replay(&lines, cut);
     let raw = read_topic(&broker.bootstrap, &names.output, true);
     let (unique, repeats) = drop_repeats(&raw);
-    eprintln!("{test}: {} raw outputs, {repeats} repeats let through, {} unique", raw.len(), unique.len());
+    eprintln!(
+        "{test}: {} raw outputs, {repeats} repeats let through, {} unique",
+        raw.len(),
+        unique.len()
+    );
     assert_exactly_replay(&unique, &expected, cut);
     let last = replayer.watermark().unwrap().millis();
     assert_same_state(

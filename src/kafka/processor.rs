@@ -81,7 +81,11 @@ impl ClientContext for GroupContext {
 
 /// Client errors worth a log line; the end of a partition is not one.
 pub(super) fn quiet_error(error: KafkaError, reason: &str) {
-    if !matches!(error, KafkaError::PartitionEOF(_)) {
+    let end_of_partition = matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    );
+    if !end_of_partition {
         tracing::warn!(error = %error, reason, "kafka client error");
     }
 }

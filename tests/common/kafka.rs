@@ -41,14 +41,20 @@ pub fn tansu() -> &'static Broker {
 /// Starts a broker with the project's script; it stops when this test
 /// process exits.
 fn start_broker(script: &str, prefix: &str) -> Broker {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(script);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
     let out = Command::new("bash")
         .arg(&script)
         .args(["start", "--watch", &std::process::id().to_string()])
         .stderr(Stdio::inherit())
         .output()
         .expect("the broker script runs");
-    assert!(out.status.success(), "{} did not start a broker", script.display());
+    assert!(
+        out.status.success(),
+        "{} did not start a broker",
+        script.display()
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let bootstrap = stdout
         .lines()
@@ -267,6 +273,66 @@ pub fn read_topic(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<Rec
         }
     }
     records
+}
+
+/// Input messages the group has committed, over all partitions (None
+/// while the coordinator cannot say).
+pub fn committed_total(bootstrap: &str, names: &Names) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &names.group)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(&names.input), Duration::from_secs(10))
+        .ok()?;
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        list.add_partition(&names.input, p.id());
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .ok()?;
+    Some(
+        committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum(),
+    )
+}
+
+/// Kills and restarts `instance` five times, each time once the group has
+/// committed past another stretch of the `total` input messages, so every
+/// kill lands mid-stream (almost always inside an open transaction).
+pub fn kill_five_times_mid_stream(
+    broker: &Broker,
+    names: &Names,
+    config: &Path,
+    env: &[(&str, &str)],
+    total: usize,
+    seed: u64,
+) -> Instance {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut instance = Instance::start(config, env);
+    for stage in 1..=5 {
+        let target = (total as f64 * (0.12 * stage as f64 + rng.f64() * 0.05)) as i64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while committed_total(&broker.bootstrap, names).unwrap_or(0) < target {
+            assert!(
+                Instant::now() < deadline,
+                "no progress to {target} committed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(0..150)));
+        instance.kill9();
+        instance = Instance::start(config, env);
+    }
+    instance
 }
 
 /// Waits until the group has committed offsets at the end of every input
