@@ -19,16 +19,12 @@ eval "$(scripts/kafka.sh start --watch $$)"
 echo "== Apache Kafka on $KAFKA_BOOTSTRAP"
 trap 'kill "${processor:-}" 2>/dev/null || true; scripts/kafka.sh stop "$KAFKA_DIR" >/dev/null 2>&1 || true' EXIT
 
-cp config/leadscore.toml "$work/leadscore.toml"
-cat >> "$work/leadscore.toml" <<TOML
+# The example config as it is; the broker address comes from the environment.
+export LEADSCORE_KAFKA_BOOTSTRAP_SERVERS="$KAFKA_BOOTSTRAP"
+export LEADSCORE_KAFKA_TRANSACTIONAL_ID="leadscore-demo"
 
-[kafka]
-bootstrap_servers = "$KAFKA_BOOTSTRAP"
-transactional_id = "leadscore-demo"
-TOML
-
-echo "== leadscore run (log: $work/leadscore.log)"
-target/release/leadscore run --config "$work/leadscore.toml" > "$work/leadscore.log" 2>&1 &
+echo "== leadscore run --config config/leadscore.toml (log: $work/leadscore.log)"
+target/release/leadscore run --config config/leadscore.toml > "$work/leadscore.log" 2>&1 &
 processor=$!
 for _ in $(seq 1 100); do
   grep -q "partitions restored" "$work/leadscore.log" && break

@@ -12,9 +12,10 @@ use common::kafka::*;
 use common::verify::*;
 use leadscore::core::Timestamp;
 
-const TANSU_CLIENTS: &str = "timer_clock = \"event_time\"\n";
+/// Historical events: decay timers on event time, as in `replay`.
+const EVENT_TIME: &str = "timer_clock = \"event_time\"\n";
 
-fn crash_and_check(broker: &Broker, test: &str, guarantee: &str, extra_properties: &str) {
+fn crash_and_check(broker: &Broker, test: &str, guarantee: &str) {
     let names = Names::new(test);
     create_topic(&broker.bootstrap, &names.input, 4);
     let lines = sample(6000, 31);
@@ -30,7 +31,7 @@ fn crash_and_check(broker: &Broker, test: &str, guarantee: &str, extra_propertie
         &broker.bootstrap,
         &names,
         guarantee,
-        &format!("{TANSU_CLIENTS}{extra_properties}"),
+        EVENT_TIME,
     );
     let cut = event_time_cut(&lines);
     let txn = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "weak-broker-instance")];
@@ -59,15 +60,15 @@ fn crash_and_check(broker: &Broker, test: &str, guarantee: &str, extra_propertie
 
 #[test]
 fn tansu_exactly_once_mode_keeps_state_exact_and_outputs_dedupable() {
-    crash_and_check(tansu(), "tansu-eos", "exactly_once", "");
+    crash_and_check(tansu(), "tansu-eos", "exactly_once");
 }
 
 #[test]
 fn tansu_at_least_once_keeps_state_exact_and_outputs_dedupable() {
-    crash_and_check(tansu(), "tansu-alo", "at_least_once", "");
+    crash_and_check(tansu(), "tansu-alo", "at_least_once");
 }
 
 #[test]
 fn kafka_at_least_once_keeps_state_exact_and_outputs_dedupable() {
-    crash_and_check(kafka(), "kafka-alo", "at_least_once", "");
+    crash_and_check(kafka(), "kafka-alo", "at_least_once");
 }

@@ -97,7 +97,7 @@ struct RawClamp {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEvents {
-    /// Events older than this (against the processing clock) are rejected.
+    /// Events further behind the latest event time seen are rejected.
     #[serde(default = "default_allowed_lateness")]
     allowed_lateness: Spanned<String>,
     /// Events further than this in the future are rejected.

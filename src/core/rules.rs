@@ -271,8 +271,9 @@ pub struct Settings {
     /// tier's minimum.
     pub hysteresis: f64,
     pub top_contributions: usize,
-    /// Events older than this (relative to the processing clock) are
-    /// rejected; `None` accepts any age (replay does this by default).
+    /// Events further than this behind the engine's watermark (the latest
+    /// event time applied) are rejected; `None` accepts any age (replay
+    /// does this by default).
     pub allowed_lateness_ms: Option<i64>,
     pub max_future_skew_ms: i64,
     /// How long a message id is remembered per lead, in event time.

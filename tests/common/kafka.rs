@@ -119,7 +119,9 @@ pub fn write_config(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
     )
     .unwrap();
-    write_config_with_rules(dir, &rules, bootstrap, names, guarantee, extra)
+    // The example's own runtime sections come last; these replace them.
+    let rules = rules.split("\n[kafka]\n").next().unwrap();
+    write_config_with_rules(dir, rules, bootstrap, names, guarantee, extra)
 }
 
 /// `rules` (a rules file's text) plus runtime sections for these topics.
