@@ -20,19 +20,7 @@ fn crash_and_check(broker: &Broker, test: &str, guarantee: &str) {
     create_topic(&broker.bootstrap, &names.input, 4);
     let lines = sample(6000, 31);
     let dir = tempfile::tempdir().unwrap();
-    let rules = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/leadscore.toml"
-    ))
-    .unwrap();
-    let config = write_config_with_rules(
-        dir.path(),
-        &rules,
-        &broker.bootstrap,
-        &names,
-        guarantee,
-        EVENT_TIME,
-    );
+    let config = write_config(dir.path(), &broker.bootstrap, &names, guarantee, EVENT_TIME);
     let cut = event_time_cut(&lines);
     let txn = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "weak-broker-instance")];
     // All events up front, then five kills at points spread over the work.

@@ -389,7 +389,7 @@ impl Instance {
         let mut command = Command::new(env!("CARGO_BIN_EXE_leadscore"));
         command
             .args(["run", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env("RUST_LOG", "info,librdkafka=error,rdkafka=error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
