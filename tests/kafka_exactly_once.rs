@@ -20,10 +20,7 @@ fn end_to_end_outputs_are_exactly_the_replay() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &broker.bootstrap, &names, "exactly_once", "");
     let cut = now_ms();
-    let instance = Instance::start(&config, &[]);
-    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(180));
-    std::thread::sleep(Duration::from_secs(2)); // decay timers on the wall clock
-    assert!(instance.terminate().success(), "exit 0 on SIGTERM");
+    process_all(broker, &names, &config, Duration::from_secs(2));
 
     let run = read_topic(&broker.bootstrap, &names.output, true);
     let (expected, replayer) = replay(&lines, cut);
@@ -113,10 +110,7 @@ fn bad_messages_go_to_the_dead_letter_topic_and_good_ones_are_scored() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &broker.bootstrap, &names, "exactly_once", "");
     let cut = now_ms();
-    let instance = Instance::start(&config, &[]);
-    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(instance.terminate().success());
+    process_all(broker, &names, &config, Duration::from_secs(1));
 
     let dead = read_topic(&broker.bootstrap, &names.dead_letter, true);
     assert_eq!(dead.len(), expected_bad);
@@ -170,10 +164,7 @@ fn the_same_events_produced_twice_are_scored_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &broker.bootstrap, &names, "exactly_once", "");
     let cut = now_ms();
-    let instance = Instance::start(&config, &[]);
-    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(instance.terminate().success());
+    process_all(broker, &names, &config, Duration::from_secs(1));
     let (expected, _) = replay(&lines, cut);
     assert_exactly_replay(
         &read_topic(&broker.bootstrap, &names.output, true),

@@ -92,45 +92,58 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// One runtime section: its table from the file (if any) with environment
+/// overrides applied, deserialised; errors point at the section and name
+/// the variables involved. Also returns where the section starts.
+fn runtime_section<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    source: &str,
+    env: &[(String, String)],
+    name: &str,
+    raw: Option<(usize, toml::Table)>,
+    overridden_by_env: &mut Vec<String>,
+) -> Result<(T, Option<usize>), ConfigError> {
+    let (offset, mut table) = raw.map_or((None, toml::Table::new()), |(o, t)| (Some(o), t));
+    let applied = runtime::apply_env(name, &mut table, env);
+    let blame = if applied.is_empty() {
+        format!("[{name}]")
+    } else {
+        format!("[{name}] (with {})", applied.join(", "))
+    };
+    overridden_by_env.extend(applied);
+    let settings = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            ConfigError::at(
+                file,
+                source,
+                offset,
+                format!("{blame}: {}", e.message().trim_end()),
+            )
+        })?;
+    Ok((settings, offset))
+}
+
 /// [`load`] over a file's text.
 pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let (rules, sections) = rules::parse_file(source, file)?;
     let mut overridden_by_env = Vec::new();
-    let mut section = |name: &str, raw: Option<(usize, toml::Table)>| {
-        let (offset, mut table) = raw.map_or((None, toml::Table::new()), |(o, t)| (Some(o), t));
-        let applied = runtime::apply_env(name, &mut table, env);
-        let blame = if applied.is_empty() {
-            format!("[{name}]")
-        } else {
-            format!("[{name}] (with {})", applied.join(", "))
-        };
-        overridden_by_env.extend(applied);
-        (offset, table, blame)
-    };
-    let (offset, table, blame) = section("kafka", sections.kafka);
-    let kafka: KafkaSettings =
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                ConfigError::at(
-                    file,
-                    source,
-                    offset,
-                    format!("{blame}: {}", e.message().trim_end()),
-                )
-            })?;
-    let (offset, table, blame) = section("processing", sections.processing);
-    let processing: ProcessingSettings =
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                ConfigError::at(
-                    file,
-                    source,
-                    offset,
-                    format!("{blame}: {}", e.message().trim_end()),
-                )
-            })?;
+    let (kafka, _): (KafkaSettings, _) = runtime_section(
+        file,
+        source,
+        env,
+        "kafka",
+        sections.kafka,
+        &mut overridden_by_env,
+    )?;
+    let (processing, offset): (ProcessingSettings, _) = runtime_section(
+        file,
+        source,
+        env,
+        "processing",
+        sections.processing,
+        &mut overridden_by_env,
+    )?;
     let problem = |message: String| Err(ConfigError::at(file, source, offset, message));
     if processing.commit_interval_ms == 0 {
         return problem("[processing] commit_interval_ms must be positive".into());

@@ -379,6 +379,16 @@ pub fn wait_caught_up(bootstrap: &str, names: &Names, timeout: Duration) {
     }
 }
 
+/// Runs one `leadscore run` until the group has committed every input
+/// message, lets it run `settle` longer (decay timers), then stops it with
+/// SIGTERM and checks it exits 0.
+pub fn process_all(broker: &Broker, names: &Names, config: &Path, settle: Duration) {
+    let instance = Instance::start(config, &[]);
+    wait_caught_up(&broker.bootstrap, names, Duration::from_secs(300));
+    std::thread::sleep(settle);
+    assert!(instance.terminate().success(), "exit 0 on SIGTERM");
+}
+
 /// A `leadscore run` child process.
 pub struct Instance {
     pub child: Child,
