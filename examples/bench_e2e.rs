@@ -1,0 +1,495 @@
+//! End-to-end benchmark on a local Apache Kafka, all in one run:
+//!
+//! (a) a bare transactional consume -> produce passthrough (same batch
+//!     bounds and transaction settings as leadscore), (b) `leadscore run`
+//!     exactly-once, (c) `leadscore run` at-least-once, each over the same
+//!     backlog of N typical ~300-byte `track` events (throughput, events/s);
+//!     then event-to-output latency (p50/p99) of (a) and (b) with events
+//!     produced at a steady rate while they run.
+//!
+//!     cargo build --release --bin leadscore --example bench_e2e
+//!     target/release/examples/bench_e2e [EVENTS]        (default 1,000,000)
+//!
+//! Starts its own broker with scripts/kafka.sh; run from the repository.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+const LEADS: usize = 50_000;
+const LATENCY_EVENTS: usize = 10_000;
+const LATENCY_RATE_PER_S: u64 = 2_000;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let events: usize = std::env::args()
+        .nth(1)
+        .map_or(Ok(1_000_000), |a| a.parse())?;
+    let broker = start_kafka()?;
+    println!(
+        "broker: Apache Kafka on {broker}; {events} events, {PARTITIONS} partitions, {LEADS} leads"
+    );
+    let start_ms = now_ms() - 3_600_000;
+
+    let input = "bench-in";
+    create_topic(&broker, input)?;
+    let t = Instant::now();
+    produce(&broker, input, 0..events, start_ms, None)?;
+    println!("produced the backlog in {:.1} s", t.elapsed().as_secs_f64());
+
+    create_topic(&broker, "bench-pass-out")?;
+    let passthrough =
+        run_passthrough(&broker, input, "bench-pass-out", "bench-pass", events, None)?;
+    println!(
+        "(a) passthrough, exactly-once:   {:>9.0} events/s",
+        passthrough
+    );
+    let eos = run_leadscore(&broker, input, "bench-eos", "exactly_once", events)?;
+    println!("(b) leadscore run, exactly-once: {:>9.0} events/s", eos);
+    let alo = run_leadscore(&broker, input, "bench-alo", "at_least_once", events)?;
+    println!("(c) leadscore run, at-least-once:{:>9.0} events/s", alo);
+    println!(
+        "(b)/(a) = {:.2}   (b)/(c) = {:.2}",
+        eos / passthrough,
+        eos / alo
+    );
+
+    let (p50, p99) = latency_passthrough(&broker, start_ms)?;
+    println!("(a) latency event -> output: p50 {p50:.0} ms, p99 {p99:.0} ms");
+    let (p50, p99) = latency_leadscore(&broker, start_ms)?;
+    println!("(b) latency event -> output: p50 {p50:.0} ms, p99 {p99:.0} ms");
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn start_kafka() -> Result<String, Box<dyn std::error::Error>> {
+    let out = Command::new("bash")
+        .args([
+            "scripts/kafka.sh",
+            "start",
+            "--watch",
+            &std::process::id().to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let bootstrap = text
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
+        .ok_or("scripts/kafka.sh did not start a broker")?;
+    Ok(bootstrap.to_string())
+}
+
+fn create_topic(broker: &str, topic: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for result in runtime.block_on(admin.create_topics(
+        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))? {
+        result.map_err(|(t, e)| format!("cannot create {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A typical `track` call (~300 bytes), like the core benchmark's.
+fn event(i: usize, at_ms: i64) -> (String, String) {
+    let lead = format!("lead-{:06}", (i * 7919) % LEADS);
+    let names = [
+        "Email Opened",
+        "Email Link Clicked",
+        "Whitepaper Downloaded",
+        "Webinar Attended",
+        "Product Viewed",
+    ];
+    let at = chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let json = format!(
+        r#"{{"type":"track","messageId":"bench-{i:09}","userId":"{lead}","event":"{}","properties":{{"campaign":"nurture-q4","email_id":{}}},"context":{{"ip":"203.0.113.7","library":{{"name":"analytics-node","version":"6.0.0"}}}},"timestamp":"{at}"}}"#,
+        names[i % names.len()],
+        i % 20
+    );
+    (lead, json)
+}
+
+/// Produces events `range` (event time start_ms + i ms); with `rate`, at
+/// that many per second.
+fn produce(
+    broker: &str,
+    topic: &str,
+    range: std::ops::Range<usize>,
+    start_ms: i64,
+    rate: Option<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("linger.ms", if rate.is_some() { "0" } else { "20" })
+        .set("batch.size", "1000000")
+        .create()?;
+    let began = Instant::now();
+    for (n, i) in range.enumerate() {
+        if let Some(rate) = rate {
+            let due = Duration::from_micros(n as u64 * 1_000_000 / rate);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let (key, value) = event(i, start_ms + i as i64);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// Input messages `consumer`'s group has committed, over all partitions.
+fn committed_total(consumer: &BaseConsumer, topic: &str) -> i64 {
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .map(|c| {
+            c.elements()
+                .iter()
+                .map(|e| {
+                    if let Offset::Offset(o) = e.offset() {
+                        o
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `group` has committed `events` input messages; events/s
+/// from the first to the last commit seen (group start-up excluded).
+fn wait_for(broker: &str, group: &str, topic: &str, events: usize) -> f64 {
+    // One client for all the polling: a new one per poll would load the
+    // broker enough to skew what is measured.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .create()
+        .expect("a client");
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        let done = committed_total(&consumer, topic);
+        if done > 0 && first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+        if done >= events as i64 {
+            let (t0, n0) = first.expect("progress seen");
+            let seconds = t0.elapsed().as_secs_f64().max(1e-3);
+            return (events as i64 - n0) as f64 / seconds;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (a): consume -> produce each message unchanged, in transactions bounded
+/// like leadscore's (100 ms or 10,000 messages), offsets in the transaction.
+/// Reports the first failed delivery, for a clear error.
+struct Deliveries;
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| eprintln!("delivery to {} failed: {e}", m.topic()));
+        }
+    }
+}
+
+fn run_passthrough(
+    broker: &str,
+    input: &str,
+    output: &str,
+    group: &str,
+    events: usize,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("transactional.id", format!("{group}-txn"))
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("transaction.timeout.ms", "10000")
+        .create_with_context(Deliveries)?;
+    producer.init_transactions(Duration::from_secs(30))?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let broker_owned = broker.to_string();
+    let (group_owned, input_owned) = (group.to_string(), input.to_string());
+    let measure = std::thread::spawn(move || {
+        if events == 0 {
+            0.0
+        } else {
+            wait_for(&broker_owned, &group_owned, &input_owned, events)
+        }
+    });
+    let mut consumed = 0usize;
+    loop {
+        if stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            break;
+        }
+        if stop.is_none() && consumed >= events {
+            break;
+        }
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let mut batch = Vec::new();
+        while batch.len() < 10_000 && Instant::now() < deadline {
+            if let Some(m) = consumer.poll(deadline.saturating_duration_since(Instant::now())) {
+                batch.push(m?.detach());
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin_transaction()?;
+        let mut offsets = HashMap::new();
+        for m in &batch {
+            let mut record =
+                BaseRecord::<[u8], [u8]>::to(output).payload(m.payload().unwrap_or_default());
+            if let Some(key) = m.key() {
+                record = record.key(key);
+            }
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = back;
+                    }
+                }
+            }
+            offsets.insert(m.partition(), m.offset() + 1);
+        }
+        let mut list = TopicPartitionList::new();
+        for (p, o) in offsets {
+            list.add_partition_offset(input, p, Offset::Offset(o))?;
+        }
+        producer.send_offsets_to_transaction(
+            &list,
+            &consumer.group_metadata().ok_or("no group")?,
+            Duration::from_secs(30),
+        )?;
+        producer.commit_transaction(Duration::from_secs(30))?;
+        consumed += batch.len();
+    }
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    Ok(measure.join().unwrap())
+}
+
+fn leadscore_process(
+    broker: &str,
+    input: &str,
+    name: &str,
+    guarantee: &str,
+) -> std::io::Result<std::process::Child> {
+    Command::new("target/release/leadscore")
+        .args(["run", "--config", "config/leadscore.toml"])
+        .env("RUST_LOG", "warn")
+        .env("LEADSCORE_KAFKA_BOOTSTRAP_SERVERS", broker)
+        .env("LEADSCORE_KAFKA_GROUP_ID", name)
+        .env("LEADSCORE_KAFKA_TRANSACTIONAL_ID", format!("{name}-txn"))
+        .env("LEADSCORE_KAFKA_INPUT_TOPIC", input)
+        .env("LEADSCORE_KAFKA_OUTPUT_TOPIC", format!("{name}-out"))
+        .env("LEADSCORE_KAFKA_DEAD_LETTER_TOPIC", format!("{name}-dlq"))
+        .env(
+            "LEADSCORE_KAFKA_CHANGELOG_TOPIC",
+            format!("{name}-changelog"),
+        )
+        .env("LEADSCORE_PROCESSING_GUARANTEE", guarantee)
+        .stdout(Stdio::null())
+        .spawn()
+}
+
+fn run_leadscore(
+    broker: &str,
+    input: &str,
+    name: &str,
+    guarantee: &str,
+    events: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    assert!(
+        Path::new("target/release/leadscore").exists(),
+        "build target/release/leadscore first"
+    );
+    let mut child = leadscore_process(broker, input, name, guarantee)?;
+    let rate = wait_for(broker, name, input, events);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    Ok(rate)
+}
+
+/// Produces LATENCY_EVENTS at a steady rate to a fresh topic while a
+/// `read_committed` reader of `output` notes when each arrives; returns the
+/// p50 and p99 of arrival minus send time. `key_of` maps an output record
+/// to the index of the event that caused it.
+fn latency(
+    broker: &str,
+    input: &str,
+    output: &str,
+    start_ms: i64,
+    key_of: fn(&[u8]) -> Option<usize>,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("{output}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    reader.subscribe(&[output])?;
+    let base = 10_000_000; // event indexes distinct from the backlog's
+    let sent_at: Arc<std::sync::Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let (broker_owned, input_owned, sent) =
+        (broker.to_string(), input.to_string(), sent_at.clone());
+    let producer = std::thread::spawn(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &broker_owned)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        let began = Instant::now();
+        for n in 0..LATENCY_EVENTS {
+            let due = Duration::from_micros(n as u64 * 1_000_000 / LATENCY_RATE_PER_S);
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            let i = base + n;
+            let (key, value) = event(i, start_ms + 3_600_000 + n as i64);
+            sent.lock().unwrap().insert(i, Instant::now());
+            let _ = producer.send(BaseRecord::to(&input_owned).key(&key).payload(&value));
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    });
+    let mut latencies = Vec::new();
+    let deadline =
+        Instant::now() + Duration::from_secs(LATENCY_EVENTS as u64 / LATENCY_RATE_PER_S + 60);
+    let mut seen = std::collections::HashSet::new();
+    while Instant::now() < deadline && seen.len() < LATENCY_EVENTS {
+        let Some(m) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        let arrived = Instant::now();
+        let Some(i) = m.payload().and_then(key_of) else {
+            continue;
+        };
+        if i < base || !seen.insert(i) {
+            continue;
+        }
+        if let Some(sent) = sent_at.lock().unwrap().get(&i) {
+            latencies.push(arrived.duration_since(*sent).as_secs_f64() * 1000.0);
+        }
+    }
+    producer.join().unwrap();
+    latencies.sort_by(f64::total_cmp);
+    if latencies.is_empty() {
+        return Err("no outputs arrived".into());
+    }
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!("    ({} events timed)", latencies.len());
+    Ok((pick(0.5), pick(0.99)))
+}
+
+/// The event index in a message id `bench-NNNNNNNNN`.
+fn index_in(text: &str, field: &str) -> Option<usize> {
+    let at = text.find(field)? + field.len();
+    let rest = &text[at..];
+    let start = rest.find("bench-")? + "bench-".len();
+    rest[start..start + 9].parse().ok()
+}
+
+fn latency_passthrough(
+    broker: &str,
+    start_ms: i64,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let input = "bench-lat-pass-in";
+    create_topic(broker, input)?;
+    create_topic(broker, "bench-lat-pass-out")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (b, s) = (broker.to_string(), stop.clone());
+    let runner = std::thread::spawn(move || {
+        run_passthrough(
+            &b,
+            "bench-lat-pass-in",
+            "bench-lat-pass-out",
+            "bench-lat-pass",
+            0,
+            Some(s),
+        )
+        .map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_secs(5)); // group join
+    let result = latency(broker, input, "bench-lat-pass-out", start_ms, |v| {
+        index_in(std::str::from_utf8(v).ok()?, "\"messageId\"")
+    });
+    stop.store(true, Ordering::SeqCst);
+    runner.join().unwrap()?;
+    result
+}
+
+fn latency_leadscore(
+    broker: &str,
+    start_ms: i64,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let input = "bench-lat-ls-in";
+    create_topic(broker, input)?;
+    let mut child = leadscore_process(broker, input, "bench-lat-ls", "exactly_once")?;
+    std::thread::sleep(Duration::from_secs(5)); // group join and restore
+                                                // Only events that change a score produce an output; those are timed.
+    let result = latency(broker, input, "bench-lat-ls-out", start_ms, |v| {
+        index_in(std::str::from_utf8(v).ok()?, "\"cause_event_id\"")
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    result
+}
