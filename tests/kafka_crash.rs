@@ -20,8 +20,8 @@ fn kill_9_five_times_mid_stream_loses_nothing_and_repeats_nothing() {
     let lines = sample(8000, 21);
     assert!(lines.len() > 95_000, "{} events", lines.len());
     let dir = tempfile::tempdir().unwrap();
-    // Historical events arriving in pieces: timers must follow event time
-    // (the wall clock would cool leads down before their later events).
+    // Historical events: timers follow event time, so the state can be
+    // compared with replay's at the last event time.
     let config = write_config(
         dir.path(),
         &broker.bootstrap,
@@ -31,7 +31,6 @@ fn kill_9_five_times_mid_stream_loses_nothing_and_repeats_nothing() {
     );
     let cut = event_time_cut(&lines);
     let txn = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "crash-test-instance")];
-    // Six chunks: each restart finds new work, so every kill lands mid-stream.
     // All events up front, then five kills at points spread over the work.
     produce_lines(&broker.bootstrap, &names.input, &lines);
     let instance = kill_five_times_mid_stream(broker, &names, &config, &txn, lines.len(), 5);
