@@ -44,7 +44,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     create_topic(&broker, "bench-warm-in")?;
     create_topic(&broker, "bench-warm-out")?;
     produce(&broker, "bench-warm-in", 0..100_000, start_ms, None)?;
-    run_passthrough(&broker, "bench-warm-in", "bench-warm-out", "bench-warm", 100_000, None)?;
+    run_passthrough(
+        &broker,
+        "bench-warm-in",
+        "bench-warm-out",
+        "bench-warm",
+        100_000,
+        None,
+    )?;
     println!("warmed up the broker with a 100,000-event passthrough");
 
     let input = "bench-in";

@@ -103,3 +103,46 @@ fn a_second_instance_takes_over_when_the_first_is_killed() {
         &replayer.engine().snapshot(Timestamp(last)),
     );
 }
+
+#[test]
+fn an_instance_fenced_by_a_newer_one_with_its_transactional_id_exits_non_zero() {
+    let broker = kafka();
+    let names = Names::new("fenced");
+    create_topic(&broker.bootstrap, &names.input, 4);
+    let lines = sample(400, 23);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &broker.bootstrap,
+        &names,
+        "exactly_once",
+        EVENT_TIME,
+    );
+    let same_id = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "fenced-instance")];
+    produce_lines(&broker.bootstrap, &names.input, first);
+    let mut old = Instance::start(&config, &same_id);
+    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
+    // A second instance with the same transactional id: its
+    // init_transactions fences the first, whose next commit must fail.
+    let new = Instance::start(&config, &same_id);
+    std::thread::sleep(Duration::from_secs(3));
+    produce_lines(&broker.bootstrap, &names.input, second);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = old.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fenced instance kept running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        !status.success(),
+        "a fenced instance exits non-zero: {status}"
+    );
+    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(180));
+    assert!(new.terminate().success());
+}

@@ -373,6 +373,7 @@ impl Processor<'_> {
     fn process_or_recover(&mut self, batch: Vec<OwnedMessage>) -> anyhow::Result<()> {
         match self.process(&batch) {
             Ok(()) => Ok(()),
+            Err(Retry(error)) if is_fatal(&error) => Err(stop_reason(error, "batch failed")),
             Err(Retry(error)) => {
                 tracing::warn!(
                     error = format!("{error:#}"),
@@ -381,7 +382,9 @@ impl Processor<'_> {
                 if self.transactional {
                     self.producer
                         .abort_transaction(CLIENT_TIMEOUT)
-                        .map_err(|e| fatal_or(e, "cannot abort the transaction"))?;
+                        .map_err(|e| {
+                            stop_reason(anyhow::Error::new(e), "cannot abort the transaction")
+                        })?;
                 }
                 self.rewind()
             }
@@ -683,8 +686,27 @@ fn retry(what: &'static str) -> impl Fn(KafkaError) -> Retry {
     move |e| Retry(anyhow::Error::new(e).context(what))
 }
 
-/// A transactional error that cannot be recovered from (fenced by a newer
-/// instance, or fatal) ends the process; others are reported as `what`.
-fn fatal_or(e: KafkaError, what: &'static str) -> anyhow::Error {
-    anyhow::Error::new(e).context(what)
+/// The error to end the process with: why, in words an operator can act on.
+fn stop_reason(error: anyhow::Error, otherwise: &'static str) -> anyhow::Error {
+    if is_fatal(&error) {
+        error.context(
+            "the producer cannot go on: fenced by a newer instance with the same \
+             transactional id (or another fatal broker error); exiting",
+        )
+    } else {
+        error.context(otherwise)
+    }
+}
+
+/// Whether librdkafka says the producer is done for: fenced by a newer
+/// instance with its transactional id, or another fatal error. Aborting and
+/// retrying cannot help; the process must end.
+fn is_fatal(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| match cause.downcast_ref::<KafkaError>() {
+            Some(KafkaError::Transaction(e)) => e.is_fatal(),
+            Some(e) => e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced),
+            None => false,
+        })
 }
