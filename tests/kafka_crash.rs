@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::kafka::*;
 use common::verify::*;
-use leadscore::core::Timestamp;
 
 const EVENT_TIME: &str = "timer_clock = \"event_time\"\n";
 
@@ -51,11 +50,7 @@ fn kill_9_five_times_mid_stream_loses_nothing_and_repeats_nothing() {
         "some kill landed inside a transaction"
     );
     assert_exactly_replay(&committed, &expected, cut);
-    let last = replayer.watermark().unwrap().millis();
-    assert_same_state(
-        &changelog_snapshot(&broker.bootstrap, &names, last),
-        &replayer.engine().snapshot(Timestamp(last)),
-    );
+    assert_changelog_equals_replay(&broker.bootstrap, &names, &replayer);
 }
 
 #[test]
@@ -97,11 +92,7 @@ fn a_second_instance_takes_over_when_the_first_is_killed() {
         &expected,
         cut,
     );
-    let last = replayer.watermark().unwrap().millis();
-    assert_same_state(
-        &changelog_snapshot(&broker.bootstrap, &names, last),
-        &replayer.engine().snapshot(Timestamp(last)),
-    );
+    assert_changelog_equals_replay(&broker.bootstrap, &names, &replayer);
 }
 
 #[test]

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::kafka::*;
 use common::verify::*;
-use leadscore::core::Timestamp;
 
 /// Historical events: decay timers on event time, as in `replay`.
 const EVENT_TIME: &str = "timer_clock = \"event_time\"\n";
@@ -39,11 +38,7 @@ fn crash_and_check(broker: &Broker, test: &str, guarantee: &str) {
         unique.len()
     );
     assert_exactly_replay(&unique, &expected, cut);
-    let last = replayer.watermark().unwrap().millis();
-    assert_same_state(
-        &changelog_snapshot(&broker.bootstrap, &names, last),
-        &replayer.engine().snapshot(Timestamp(last)),
-    );
+    assert_changelog_equals_replay(&broker.bootstrap, &names, &replayer);
 }
 
 #[test]

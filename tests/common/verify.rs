@@ -223,3 +223,13 @@ pub fn drop_repeats(records: &[Record]) -> (Vec<Record>, usize) {
     }
     (unique, repeats)
 }
+
+/// Asserts the processor's state, as its changelog holds it, equals the
+/// replay's, both advanced to the replay's last event time.
+pub fn assert_changelog_equals_replay(bootstrap: &str, names: &Names, replayer: &Replayer) {
+    let last = replayer.watermark().expect("replayed events").millis();
+    assert_same_state(
+        &changelog_snapshot(bootstrap, names, last),
+        &replayer.engine().snapshot(Timestamp(last)),
+    );
+}
