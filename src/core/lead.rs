@@ -43,7 +43,12 @@ pub struct CapWindow {
 }
 
 impl CapWindow {
-    fn scale(&self, cap: f64) -> f64 {
+    /// The factor each hit in the window is credited at: 1 under the rule's
+    /// cap, `cap / |raw|` over it.
+    fn scale(&self, rules: &Rules) -> f64 {
+        let cap = rules.engagement[usize::from(self.rule)]
+            .cap
+            .map_or(f64::INFINITY, |c| c.points);
         if self.raw.abs() <= cap {
             1.0
         } else {
@@ -246,10 +251,7 @@ impl LeadState {
         self.windows = open.into_boxed_slice();
         for w in closed {
             let rule = usize::from(w.rule);
-            let cap = rules.engagement[rule]
-                .cap
-                .map_or(f64::INFINITY, |c| c.points);
-            let scaled = Decaying::new(w.credit.value * w.scale(cap), w.credit.anchor);
+            let scaled = Decaying::new(w.credit.value * w.scale(rules), w.credit.anchor);
             let half_life = rules.half_life_of(rule);
             match self.credits.iter_mut().find(|c| c.rule == w.rule) {
                 Some(c) => c.credit.merge(&scaled, half_life),
@@ -305,12 +307,9 @@ impl LeadState {
         }
         for w in &self.windows {
             let rule = usize::from(w.rule);
-            let cap = rules.engagement[rule]
-                .cap
-                .map_or(f64::INFINITY, |c| c.points);
             add(
                 rule,
-                w.scale(cap) * w.credit.at(at, rules.half_life_of(rule)),
+                w.scale(rules) * w.credit.at(at, rules.half_life_of(rule)),
             );
         }
         by_rule.sort_unstable_by_key(|(r, _)| *r);
@@ -328,10 +327,7 @@ impl LeadState {
             .iter()
             .map(|w| {
                 let rule = usize::from(w.rule);
-                let cap = rules.engagement[rule]
-                    .cap
-                    .map_or(f64::INFINITY, |c| c.points);
-                w.scale(cap) * w.credit.at(at, rules.half_life_of(rule))
+                w.scale(rules) * w.credit.at(at, rules.half_life_of(rule))
             })
             .sum();
         credits + windows

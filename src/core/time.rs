@@ -10,8 +10,6 @@ use std::fmt;
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
-    pub const MIN: Timestamp = Timestamp(i64::MIN);
-
     pub fn from_millis(ms: i64) -> Self {
         Timestamp(ms)
     }
