@@ -192,6 +192,17 @@ fn once_rules_count_the_earliest_hit_only() {
 }
 
 #[test]
+fn base_points_start_every_lead_and_stay_out_of_fit() {
+    let with_base = RULES.replace("step = 1\n", "step = 1\nbase = 30\n");
+    assert_ne!(with_base, RULES);
+    let mut e = Engine::new(arc(rules(&with_base)));
+    applied(e.apply(&track("u", "l", "Unsubscribed", T0), Timestamp(T0)));
+    let s = e.explain("l", Timestamp(T0)).unwrap();
+    assert_eq!((s.fit, s.engagement, s.score), (0.0, -20.0, 10.0));
+    assert_eq!(s.grade.as_str(), "D", "grade is from fit alone");
+}
+
+#[test]
 fn negative_points_and_clamp() {
     let mut e = engine();
     applied(e.apply(&track("u", "l", "Unsubscribed", T0), Timestamp(T0)));

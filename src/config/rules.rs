@@ -52,6 +52,9 @@ struct RawScoring {
     /// Global engagement half-life ("30d", "2w", "none").
     #[serde(default = "default_half_life")]
     half_life: Spanned<String>,
+    /// Points every lead starts with.
+    #[serde(default = "default_base")]
+    base: Spanned<f64>,
     /// Score range, e.g. `{ min = 0, max = 100 }`; no clamp when absent.
     clamp: Option<Spanned<RawClamp>>,
     #[serde(default = "default_step")]
@@ -66,6 +69,7 @@ impl Default for RawScoring {
     fn default() -> Self {
         RawScoring {
             half_life: default_half_life(),
+            base: default_base(),
             clamp: None,
             step: default_step(),
             hysteresis: default_hysteresis(),
@@ -76,6 +80,9 @@ impl Default for RawScoring {
 
 fn default_half_life() -> Spanned<String> {
     Spanned::new(0..0, "30d".to_string())
+}
+fn default_base() -> Spanned<f64> {
+    Spanned::new(0..0, 0.0)
 }
 fn default_step() -> Spanned<f64> {
     Spanned::new(0..0, 5.0)
@@ -717,6 +724,10 @@ fn compile_settings(ctx: &Ctx, s: &RawScoring, e: &RawEvents) -> Result<Settings
             Some((r.min, r.max))
         }
     };
+    let base = *s.base.get_ref();
+    if !base.is_finite() {
+        return Err(ctx.err(&s.base.span(), "`scoring.base` must be a finite number"));
+    }
     let step = *s.step.get_ref();
     if !(step.is_finite() && step >= 0.0) {
         return Err(ctx.err(&s.step.span(), "`scoring.step` must be zero or positive"));
@@ -744,6 +755,7 @@ fn compile_settings(ctx: &Ctx, s: &RawScoring, e: &RawEvents) -> Result<Settings
     }
     Ok(Settings {
         half_life,
+        base,
         clamp,
         step,
         hysteresis,
@@ -766,6 +778,9 @@ pub fn summarize(rules: &Rules) -> String {
         _ => "none (no decay)".to_string(),
     };
     let _ = writeln!(out, "engagement half-life: {half_life}");
+    if s.base != 0.0 {
+        let _ = writeln!(out, "base points: {}", s.base);
+    }
     match s.clamp {
         Some((lo, hi)) => {
             let _ = writeln!(out, "score clamp: {lo} to {hi}");

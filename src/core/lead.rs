@@ -343,7 +343,7 @@ impl LeadState {
         Evaluation {
             fit,
             engagement,
-            score: rules.clamp(fit + engagement),
+            score: rules.clamp(rules.settings.base + fit + engagement),
             grade: rules.grades.grade(fit),
         }
     }

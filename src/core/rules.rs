@@ -264,6 +264,10 @@ pub struct Tier {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub half_life: HalfLife,
+    /// Points every lead starts with, before fit and engagement: the
+    /// intercept that `calibrate` derives, so a fitted model's negative
+    /// side is not lost to the clamp.
+    pub base: f64,
     pub clamp: Option<(f64, f64)>,
     /// Minimum score movement that produces a `score_changed` output.
     pub step: f64,
@@ -286,6 +290,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             half_life: HalfLife::days(30.0),
+            base: 0.0,
             clamp: Some((0.0, 100.0)),
             step: 5.0,
             hysteresis: 5.0,
