@@ -54,6 +54,47 @@ enum Command {
         #[arg(long)]
         enforce_lateness: bool,
     },
+    /// Fit weights and thresholds to a history of events and outcomes, and
+    /// report how well current and suggested rules rank converted leads.
+    Calibrate {
+        /// The rules to start from (their structure is kept; points,
+        /// base, grade and tier minimums are suggested).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Segment JSON events, one message (or batch) per line.
+        #[arg(long, short)]
+        events: PathBuf,
+        /// CSV with `lead_id,converted[,decided_at]`; events of a lead after
+        /// its decision time are left out.
+        #[arg(long)]
+        outcomes: PathBuf,
+        /// Decision time (RFC 3339) for leads without one (default: the
+        /// latest event time).
+        #[arg(long)]
+        at: Option<String>,
+        /// Write the suggested rules file here.
+        #[arg(long)]
+        out_rules: Option<PathBuf>,
+        /// Write report.md, charts (SVG) and per-lead scores into this directory.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Cross-validation folds.
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Ridge penalty on standardised weights; higher is more cautious.
+        #[arg(long, default_value_t = 1.0)]
+        l2: f64,
+        /// Suggest the lowest threshold whose leads convert at least this
+        /// often (0..1).
+        #[arg(long)]
+        target_precision: Option<f64>,
+        /// Suggest the threshold that sends sales about this many leads.
+        #[arg(long)]
+        capacity: Option<usize>,
+        /// Version of the suggested rules (default: `<current>-calibrated`).
+        #[arg(long = "rules-version")]
+        rules_version: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +125,31 @@ fn main() -> ExitCode {
             at.as_deref(),
             enforce_lateness,
         ),
+        Command::Calibrate {
+            config,
+            events,
+            outcomes,
+            at,
+            out_rules,
+            report,
+            folds,
+            l2,
+            target_precision,
+            capacity,
+            rules_version,
+        } => calibrate(CalibrateArgs {
+            config,
+            events,
+            outcomes,
+            at,
+            out_rules,
+            report,
+            folds,
+            l2,
+            target_precision,
+            capacity,
+            rules_version,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,6 +216,145 @@ fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
     Ok(BufWriter::new(file))
 }
 
+fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
+    match at {
+        Some(text) => match Timestamp::parse_rfc3339(text) {
+            Some(t) => Ok(Some(t)),
+            None => bail!("--at \"{text}\" is not an RFC 3339 time such as 2026-11-25T10:00:00Z"),
+        },
+        None => Ok(None),
+    }
+}
+
+struct CalibrateArgs {
+    config: PathBuf,
+    events: PathBuf,
+    outcomes: PathBuf,
+    at: Option<String>,
+    out_rules: Option<PathBuf>,
+    report: Option<PathBuf>,
+    folds: usize,
+    l2: f64,
+    target_precision: Option<f64>,
+    capacity: Option<usize>,
+    rules_version: Option<String>,
+}
+
+fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
+    use leadscore::calibrate::{self, history, report, Progress};
+
+    if !(args.l2.is_finite() && args.l2 >= 0.0) {
+        bail!("--l2 must be zero or positive");
+    }
+    if let Some(p) = args.target_precision {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("--target-precision is a share between 0 and 1, e.g. 0.8");
+        }
+    }
+    let source = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let outcomes_file = File::open(&args.outcomes)
+        .with_context(|| format!("cannot open {}", args.outcomes.display()))?;
+    let outcomes = history::read_outcomes(BufReader::new(outcomes_file))
+        .with_context(|| args.outcomes.display().to_string())?;
+    let events_size = std::fs::metadata(&args.events)
+        .with_context(|| format!("cannot open {}", args.events.display()))?
+        .len();
+    let options = calibrate::Options {
+        folds: args.folds,
+        fit: calibrate::logistic::FitOptions {
+            l2: args.l2,
+            ..Default::default()
+        },
+        version: args.rules_version.clone(),
+        at: parse_at(args.at.as_deref())?,
+        target_precision: args.target_precision,
+        capacity: args.capacity,
+    };
+
+    // Hidden when stderr is not a terminal.
+    let bar = indicatif::ProgressBar::new(events_size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {percent:>3}%")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let events_path = args.events.clone();
+    let mut open_events = || File::open(&events_path).map(BufReader::new);
+    let mut on_progress = |p: Progress| match p {
+        Progress::Replay { pass, bytes } => {
+            if bytes == 0 || bytes % (1 << 20) < 512 {
+                bar.set_length(events_size.max(1));
+                bar.set_message(if pass == 1 {
+                    "replaying current rules"
+                } else {
+                    "replaying suggested rules"
+                });
+                bar.set_position(bytes);
+            }
+        }
+        Progress::Folds { done, of } => {
+            bar.set_message("cross-validating");
+            bar.set_length(of as u64);
+            bar.set_position(done as u64);
+        }
+    };
+    let result = calibrate::calibrate(
+        &source,
+        &args.config,
+        &mut open_events,
+        &outcomes,
+        options,
+        &mut on_progress,
+    );
+    bar.finish_and_clear();
+    let calibration = result?;
+
+    let rules_name = args.config.display().to_string();
+    let mut summary = report::markdown(&calibration, &rules_name);
+    if let Some(path) = &args.out_rules {
+        std::fs::write(path, &calibration.suggested_rules)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("suggested rules written to {}", path.display());
+    }
+    if let Some(dir) = &args.report {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+        };
+        let labels = &calibration.labels;
+        let chart = |r: Result<String, String>| r.map_err(|e| anyhow::anyhow!("chart: {e}"));
+        write(
+            "bands.svg",
+            &chart(report::bands_svg(&calibration.suggested, labels))?,
+        )?;
+        write(
+            "bands-current.svg",
+            &chart(report::bands_svg(&calibration.current, labels))?,
+        )?;
+        write(
+            "roc.svg",
+            &chart(report::roc_svg(
+                &calibration.current,
+                &calibration.suggested,
+                labels,
+            ))?,
+        )?;
+        write("scores.csv", &report::scores_csv(&calibration))?;
+        write("rules.toml", &calibration.suggested_rules)?;
+        summary.push_str(
+            "\n## Charts\n\n![Leads and conversion by score band, suggested rules](bands.svg)\n\n\
+             ![Leads and conversion by score band, current rules](bands-current.svg)\n\n\
+             ![ROC curves](roc.svg)\n",
+        );
+        write("report.md", &summary)?;
+        eprintln!("report written to {}", dir.display());
+    }
+    print!("{summary}");
+    Ok(())
+}
+
 fn replay(
     config_path: &Path,
     input: &Path,
@@ -159,13 +364,7 @@ fn replay(
     enforce_lateness: bool,
 ) -> anyhow::Result<()> {
     let rules = config::load_rules(config_path)?;
-    let at = match at {
-        Some(text) => match Timestamp::parse_rfc3339(text) {
-            Some(t) => Some(t),
-            None => bail!("--at \"{text}\" is not an RFC 3339 time such as 2026-11-25T10:00:00Z"),
-        },
-        None => None,
-    };
+    let at = parse_at(at)?;
     let reader: Box<dyn BufRead> = if input == Path::new("-") {
         Box::new(BufReader::new(io::stdin()))
     } else {
