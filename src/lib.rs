@@ -4,5 +4,6 @@ pub mod config;
 pub mod core;
 pub mod datasets;
 pub mod kafka;
+pub mod ops;
 pub mod replay;
 pub mod sample;

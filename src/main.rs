@@ -97,16 +97,27 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs go to stderr: human lines by default, JSON objects when asked;
+/// `RUST_LOG` wins over the configured level.
+fn init_logging(logging: &config::LoggingSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&logging.level));
+    let builder = tracing_subscriber::fmt()
         .with_writer(io::stderr)
-        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match logging.format {
+        config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        config::LogFormat::Text => builder
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging(&config::LoggingSettings::default());
+    }
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
@@ -174,6 +185,17 @@ fn check(path: &Path) -> anyhow::Result<()> {
         k.group_id,
         config.processing.guarantee
     );
+    match config.http.listen.as_str() {
+        "" => println!("http: off"),
+        address => println!(
+            "http: {address} (query API {})",
+            if config.http.token.is_some() {
+                "behind a bearer token"
+            } else {
+                "open"
+            }
+        ),
+    }
     for name in &config.overridden_by_env {
         println!("overridden by environment: {name}");
     }
@@ -184,12 +206,42 @@ fn check(path: &Path) -> anyhow::Result<()> {
 fn run(path: &Path) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = config::load(path, &env)?;
+    init_logging(&config.logging);
     let shutdown = leadscore::kafka::Shutdown::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    let metrics = leadscore::ops::metrics::install().context("cannot set up metrics")?;
+    let status = std::sync::Arc::new(leadscore::ops::status::Status::default());
+    let (queries, answer_from) = std::sync::mpsc::channel();
+    if !config.http.listen.is_empty() {
+        let address = &config.http.listen;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(address))
+            .with_context(|| format!("cannot listen on [http] listen = {address}"))?;
+        tracing::info!(address = %address, "serving /metrics, /healthz, /readyz and /v1/leads");
+        let state = leadscore::ops::http::AppState {
+            status: status.clone(),
+            queries,
+            metrics: metrics.clone(),
+            token: config.http.token.clone(),
+            stuck_after: std::time::Duration::from_millis(config.http.stuck_after_ms),
+        };
+        runtime.spawn(async move {
+            if let Err(e) = leadscore::ops::http::serve(listener, state).await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        });
+    }
     let on_signal = shutdown.clone();
     runtime.spawn(async move {
         let mut term =
@@ -208,7 +260,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         on_signal.request();
     });
     // The processor loop blocks (librdkafka calls); it runs on this thread.
-    leadscore::kafka::run(&config, &shutdown)
+    leadscore::kafka::run(&config, &shutdown, &status, answer_from)
 }
 
 fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {

@@ -311,3 +311,36 @@ fn replay_refuses_an_as_of_time_before_the_events() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("before the latest event time"));
 }
+
+#[test]
+fn run_with_a_broken_setting_exits_non_zero_naming_it() {
+    let cases: [(&str, &str, &str); 4] = [
+        ("LEADSCORE_HTTP_LISTEN", "nowhere", "[http] listen"),
+        (
+            "LEADSCORE_LOGGING_FORMAT",
+            "xml",
+            "LEADSCORE_LOGGING_FORMAT",
+        ),
+        ("LEADSCORE_PROCESSING_MAX_BATCH", "0", "max_batch"),
+        (
+            "LEADSCORE_KAFKA_PARTITIONS",
+            "many",
+            "LEADSCORE_KAFKA_PARTITIONS",
+        ),
+    ];
+    for (variable, value, named) in cases {
+        let out = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(example_config())
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{variable}={value}: {stderr}");
+        assert!(stderr.contains(named), "{variable}={value}: {stderr}");
+        assert!(
+            stderr.contains("leadscore.toml"),
+            "the file is named: {stderr}"
+        );
+    }
+}

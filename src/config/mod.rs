@@ -8,7 +8,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use rules::{parse_rules, summarize};
-pub use runtime::{Guarantee, KafkaSettings, OutputEncoding, ProcessingSettings, TimerClock};
+pub use runtime::{
+    Guarantee, HttpSettings, KafkaSettings, LogFormat, LoggingSettings, OutputEncoding,
+    Partitioner, ProcessingSettings, TimerClock,
+};
 
 /// Everything one configuration file holds.
 #[derive(Debug, Clone)]
@@ -16,6 +19,8 @@ pub struct Config {
     pub rules: crate::core::Rules,
     pub kafka: KafkaSettings,
     pub processing: ProcessingSettings,
+    pub http: HttpSettings,
+    pub logging: LoggingSettings,
     /// Environment variables that overrode a setting.
     pub overridden_by_env: Vec<String>,
 }
@@ -144,6 +149,49 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         sections.processing,
         &mut overridden_by_env,
     )?;
+    let (http, http_offset): (HttpSettings, _) = runtime_section(
+        file,
+        source,
+        env,
+        "http",
+        sections.http,
+        &mut overridden_by_env,
+    )?;
+    let (logging, logging_offset): (LoggingSettings, _) = runtime_section(
+        file,
+        source,
+        env,
+        "logging",
+        sections.logging,
+        &mut overridden_by_env,
+    )?;
+    if !http.listen.is_empty() && http.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ConfigError::at(
+            file,
+            source,
+            http_offset,
+            format!(
+                "[http] listen = {:?} is not an address such as 127.0.0.1:9464 (\"\" turns the server off)",
+                http.listen
+            ),
+        ));
+    }
+    if http.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(ConfigError::at(
+            file,
+            source,
+            http_offset,
+            "[http] token is empty; remove it to leave the query API open",
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&logging.level) {
+        return Err(ConfigError::at(
+            file,
+            source,
+            logging_offset,
+            format!("[logging] level = {:?}: {e}", logging.level),
+        ));
+    }
     let problem = |message: String| Err(ConfigError::at(file, source, offset, message));
     if processing.commit_interval_ms == 0 {
         return problem("[processing] commit_interval_ms must be positive".into());
@@ -172,6 +220,8 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         rules,
         kafka,
         processing,
+        http,
+        logging,
         overridden_by_env,
     })
 }

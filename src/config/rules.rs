@@ -38,12 +38,18 @@ struct RawRulesFile {
     kafka: Option<Spanned<toml::Table>>,
     #[serde(default)]
     processing: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    http: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    logging: Option<Spanned<toml::Table>>,
 }
 
 /// The runtime sections as written, with where they start.
 pub(super) struct RuntimeSections {
     pub kafka: Option<(usize, toml::Table)>,
     pub processing: Option<(usize, toml::Table)>,
+    pub http: Option<(usize, toml::Table)>,
+    pub logging: Option<(usize, toml::Table)>,
 }
 
 #[derive(Deserialize)]
@@ -273,6 +279,8 @@ pub(super) fn parse_file(
             .processing
             .take()
             .map(|t| (t.span().start, t.into_inner())),
+        http: raw.http.take().map(|t| (t.span().start, t.into_inner())),
+        logging: raw.logging.take().map(|t| (t.span().start, t.into_inner())),
     };
     compile(&ctx, raw).map(|rules| (rules, runtime))
 }

@@ -186,6 +186,90 @@ fn default_max_message_bytes() -> usize {
     256 * 1024
 }
 
+/// The `[http]` section: metrics, health and the query API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of `/metrics`, `/healthz`, `/readyz` and `/v1/...`; loopback
+    /// by default. `"0.0.0.0:9464"` in a container. `""` turns it off.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// When set, `/v1/...` requires `Authorization: Bearer <token>`.
+    /// Metrics and probes stay open.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// How producers chose the input partition of a lead id, so the query
+    /// API can say which partition (and so which instance) holds a lead it
+    /// does not: `murmur2_random` (Java clients, Kafka Connect) or
+    /// `consistent_random` (librdkafka's default).
+    #[serde(default = "default_partitioner")]
+    pub partitioner: Partitioner,
+    /// `/healthz` fails when the processing loop has not come round for
+    /// this long.
+    #[serde(default = "default_stuck_after_ms")]
+    pub stuck_after_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect("every field has a default")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    Murmur2Random,
+    ConsistentRandom,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_partitioner() -> Partitioner {
+    Partitioner::Murmur2Random
+}
+fn default_stuck_after_ms() -> u64 {
+    120_000
+}
+
+/// The `[logging]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSettings {
+    /// `text` for people, `json` (one object per line) for log pipelines.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `leadscore=debug,rdkafka=warn`.
+    /// `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect("every field has a default")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
 /// Applies `LEADSCORE_<SECTION>_<KEY>` variables to a section's raw table.
 /// A value that reads as a TOML number, boolean or quoted string is taken
 /// as such; anything else as a plain string.

@@ -26,7 +26,10 @@ use super::restore::restore_partitions;
 use crate::codec::proto::encode_changelog;
 use crate::codec::{Decoder, Encoding};
 use crate::config::{Config, Guarantee, TimerClock};
-use crate::core::{Engine, Outcome, Output, Rules, Timestamp};
+use crate::core::{Engine, Outcome, Output, OutputKind, Rules, Timestamp};
+use crate::ops::metrics as m;
+use crate::ops::partitioner::partition_of;
+use crate::ops::status::{LeadAnswer, LeadQuery, Status};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Items of one batch envelope share an input offset; each gets its own
@@ -57,6 +60,7 @@ enum AssignmentChange {
 
 struct GroupContext {
     input_topic: String,
+    read_committed: bool,
     changes: Mutex<Vec<AssignmentChange>>,
 }
 
@@ -76,6 +80,35 @@ impl GroupContext {
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
         quiet_error(error, reason);
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`) give each
+    /// partition's end and the offset the loop has taken; their librdkafka
+    /// `consumer_lag` needs offsets committed by the consumer itself, which
+    /// transactions do not do.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.input_topic) else {
+            return;
+        };
+        for (&partition, p) in &topic.partitions {
+            if partition < 0 || !p.desired {
+                continue;
+            }
+            let end = if self.read_committed {
+                p.ls_offset
+            } else {
+                p.hi_offset
+            };
+            let taken = if p.app_offset >= 0 {
+                p.app_offset
+            } else {
+                p.next_offset
+            };
+            if end >= 0 && taken >= 0 {
+                metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string())
+                    .set((end - taken).max(0) as f64);
+            }
+        }
     }
 }
 
@@ -153,6 +186,10 @@ struct Counters {
 
 struct Processor<'c> {
     config: &'c Config,
+    status: &'c Status,
+    queries: std::sync::mpsc::Receiver<LeadQuery>,
+    /// Of the input topic, to name the partition of a lead held elsewhere.
+    input_partitions: i32,
     rules: Arc<Rules>,
     decoder: Decoder,
     default_encoding: Encoding,
@@ -168,7 +205,12 @@ struct Processor<'c> {
 /// commits the batch in flight, leaves the group and returns `Ok`) or a
 /// fatal error (fenced by a newer instance, broker refuses the
 /// transaction): then returns the error.
-pub fn run(config: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
+pub fn run(
+    config: &Config,
+    shutdown: &Shutdown,
+    status: &Status,
+    queries: std::sync::mpsc::Receiver<LeadQuery>,
+) -> anyhow::Result<()> {
     let kafka = &config.kafka;
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", &kafka.bootstrap_servers);
@@ -177,12 +219,13 @@ pub fn run(config: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
     }
     if kafka.create_topics {
         admin::ensure_topics(&base, kafka)?;
-    } else if admin::partition_count(&base, &kafka.input_topic)?.is_none() {
+    }
+    let Some(input_partitions) = admin::partition_count(&base, &kafka.input_topic)? else {
         bail!(
             "input topic {} does not exist (and create_topics is off)",
             kafka.input_topic
         );
-    }
+    };
     let transactional = config.processing.guarantee == Guarantee::ExactlyOnce;
 
     let mut producer_config = base.clone();
@@ -215,6 +258,7 @@ pub fn run(config: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
         .set(
             "isolation.level",
             if transactional {
@@ -227,6 +271,7 @@ pub fn run(config: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
     let consumer: BaseConsumer<GroupContext> = consumer_config
         .create_with_context(GroupContext {
             input_topic: kafka.input_topic.clone(),
+            read_committed: transactional,
             changes: Mutex::new(Vec::new()),
         })
         .context("cannot create the consumer")?;
@@ -240,6 +285,9 @@ pub fn run(config: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
     decoder.limits.max_message_bytes = config.processing.max_message_bytes;
     let mut processor = Processor {
         config,
+        status,
+        queries,
+        input_partitions: i32::try_from(input_partitions).unwrap_or(i32::MAX),
         rules: Arc::new(config.rules.clone()),
         decoder,
         default_encoding,
@@ -257,6 +305,8 @@ pub fn run(config: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
         rules_version = %config.rules.version,
         "processor started"
     );
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => config.rules.version.to_string()).set(1.0);
+    status.set_ready(false);
     let mut last_report = Instant::now();
     while !shutdown.is_requested() {
         let batch = processor.collect(shutdown)?;
@@ -294,6 +344,8 @@ impl Processor<'_> {
         let deadline = Instant::now() + interval;
         let mut batch = Vec::new();
         while batch.len() < self.config.processing.max_batch && !shutdown.is_requested() {
+            self.status.beat();
+            self.answer_queries();
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -324,13 +376,20 @@ impl Processor<'_> {
         for change in changes {
             match change {
                 AssignmentChange::Revoked(partitions) => {
+                    metrics::counter!(m::REBALANCES, "change" => "revoked").increment(1);
+                    self.status.set_ready(false);
                     for p in &partitions {
                         self.partitions.remove(p);
+                        metrics::gauge!(m::CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
                     }
                     batch.retain(|m| !partitions.contains(&m.partition()));
                     tracing::info!(?partitions, "partitions revoked; their state dropped");
                 }
-                AssignmentChange::Assigned(partitions) => self.restore(&partitions)?,
+                AssignmentChange::Assigned(partitions) => {
+                    metrics::counter!(m::REBALANCES, "change" => "assigned").increment(1);
+                    self.restore(&partitions)?;
+                    self.status.set_ready(true);
+                }
             }
         }
         Ok(())
@@ -350,6 +409,8 @@ impl Processor<'_> {
         )?;
         let seconds = restored.elapsed.as_secs_f64().max(1e-3);
         let leads: usize = restored.engines.values().map(Engine::lead_count).sum();
+        metrics::histogram!(m::RESTORE_DURATION).record(restored.elapsed.as_secs_f64());
+        metrics::counter!(m::RESTORED_LEADS).increment(leads as u64);
         tracing::info!(
             ?partitions,
             leads,
@@ -375,6 +436,9 @@ impl Processor<'_> {
             Ok(()) => Ok(()),
             Err(Retry(error)) if is_fatal(&error) => Err(stop_reason(error, "batch failed")),
             Err(Retry(error)) => {
+                if self.transactional {
+                    metrics::counter!(m::TRANSACTIONS, "result" => "aborted").increment(1);
+                }
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "batch failed; rewinding to the committed offsets"
@@ -424,8 +488,10 @@ impl Processor<'_> {
                 .is_some_and(|(due, clock)| due <= clock)
         });
         if batch.is_empty() && !timers_due {
+            self.update_gauges();
             return Ok(());
         }
+        let started = Instant::now();
         if self.transactional {
             self.producer
                 .begin_transaction()
@@ -439,6 +505,7 @@ impl Processor<'_> {
             }
             next_offsets.insert(partition, message.offset() + 1);
             self.counters.consumed += 1;
+            metrics::counter!(m::EVENTS_CONSUMED).increment(1);
             self.score(message, wall)?;
         }
         let mut decay_outputs = Vec::new();
@@ -468,6 +535,7 @@ impl Processor<'_> {
             self.producer
                 .commit_transaction(CLIENT_TIMEOUT)
                 .map_err(retry("cannot commit the transaction"))?;
+            metrics::counter!(m::TRANSACTIONS, "result" => "committed").increment(1);
         } else {
             self.flush()?;
             if !next_offsets.is_empty() {
@@ -478,7 +546,59 @@ impl Processor<'_> {
             }
         }
         self.counters.batches += 1;
+        metrics::histogram!(m::BATCH_MESSAGES).record(batch.len() as f64);
+        metrics::histogram!(m::BATCH_DURATION).record(started.elapsed().as_secs_f64());
+        self.update_gauges();
         Ok(())
+    }
+
+    /// Leads and partitions held (cheap: map sizes).
+    fn update_gauges(&self) {
+        let leads: usize = self
+            .partitions
+            .values()
+            .map(|p| p.engine.lead_count())
+            .sum();
+        metrics::gauge!(m::LEADS).set(leads as f64);
+        metrics::gauge!(m::PARTITIONS).set(self.partitions.len() as f64);
+    }
+
+    /// Answers the query API from committed state: called between batches.
+    fn answer_queries(&self) {
+        while let Ok(query) = self.queries.try_recv() {
+            let answer = self.answer(&query.lead_id);
+            let _ = query.reply.send(answer);
+        }
+    }
+
+    fn answer(&self, lead_id: &str) -> LeadAnswer {
+        if !self.status.is_ready() {
+            return LeadAnswer::NotReady;
+        }
+        let now = wall_clock();
+        for (&partition, p) in &self.partitions {
+            let id = p.engine.resolve(lead_id);
+            if let Some(snapshot) = p.engine.explain(id, now) {
+                return LeadAnswer::Found(crate::ops::http::lead_json(
+                    &snapshot,
+                    &self.rules,
+                    partition,
+                ));
+            }
+        }
+        let partition = partition_of(
+            self.config.http.partitioner,
+            lead_id.as_bytes(),
+            self.input_partitions,
+        );
+        if self.partitions.contains_key(&partition) {
+            LeadAnswer::Unknown { partition }
+        } else {
+            LeadAnswer::Elsewhere {
+                partition,
+                assigned: self.partitions.keys().copied().collect(),
+            }
+        }
     }
 
     fn offset_list(&self, next: &BTreeMap<i32, i64>) -> Result<TopicPartitionList, Retry> {
@@ -525,6 +645,7 @@ impl Processor<'_> {
                     continue;
                 }
             };
+            let lag_ms = wall.millis().saturating_sub(event.timestamp.millis());
             let position = (message.offset() << POSITION_ITEM_BITS) | index as i64;
             let engine = &mut self
                 .partitions
@@ -534,11 +655,16 @@ impl Processor<'_> {
             match engine.apply_from(&event, wall, Some(position)) {
                 Outcome::Applied(outputs) => {
                     self.counters.scored += 1;
+                    metrics::counter!(m::EVENTS_SCORED).increment(1);
+                    metrics::histogram!(m::EVENT_LAG).record(lag_ms as f64 / 1000.0);
                     for output in &outputs {
                         self.send_output(output)?;
                     }
                 }
-                Outcome::Duplicate | Outcome::AlreadyApplied => self.counters.duplicates += 1,
+                Outcome::Duplicate | Outcome::AlreadyApplied => {
+                    self.counters.duplicates += 1;
+                    metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                }
                 Outcome::Rejected(r) => {
                     self.dead_letter(message, r.reason_code(), r.to_string(), item_number)?
                 }
@@ -555,6 +681,15 @@ impl Processor<'_> {
             .payload(&value)
             .headers(output_headers(output, encoding));
         self.counters.outputs += 1;
+        metrics::counter!(m::OUTPUTS, "type" => output.kind.as_str()).increment(1);
+        if output.kind == OutputKind::ThresholdCrossed {
+            metrics::counter!(
+                m::CROSSINGS,
+                "tier" => output.tier.to_string(),
+                "direction" => output.direction.as_str()
+            )
+            .increment(1);
+        }
         send(&self.producer, record)
     }
 
@@ -566,6 +701,8 @@ impl Processor<'_> {
         item: Option<usize>,
     ) -> Result<(), Retry> {
         self.counters.dead_lettered += 1;
+        metrics::counter!(m::EVENTS_REJECTED, "reason" => reason_code).increment(1);
+        metrics::counter!(m::DEAD_LETTERS).increment(1);
         let headers = dead_letter_headers(
             message.headers(),
             &DeadLetter {

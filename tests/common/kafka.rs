@@ -137,6 +137,7 @@ pub fn write_config_with_rules(
         "{rules}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n\
          output_topic = \"{}\"\ndead_letter_topic = \"{}\"\nchangelog_topic = \"{}\"\npartitions = 4\n\
          [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\npartitioner = \"consistent_random\"\n\
          [processing]\nguarantee = \"{guarantee}\"\n{extra}",
         names.group, names.input, names.output, names.dead_letter, names.changelog
     );

@@ -1,0 +1,109 @@
+//! Every metric leadscore exports, in one place: names, units, help texts
+//! and histogram buckets. Labels are bounded: reasons, output types, tier
+//! names from the rules file, partitions; never a lead id.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_CONSUMED: &str = "leadscore_events_consumed_total";
+pub const EVENTS_SCORED: &str = "leadscore_events_scored_total";
+/// Label `reason`: the dead-letter reason code.
+pub const EVENTS_REJECTED: &str = "leadscore_events_rejected_total";
+pub const EVENTS_DUPLICATE: &str = "leadscore_events_duplicate_total";
+pub const DEAD_LETTERS: &str = "leadscore_dead_letters_total";
+/// Label `type`: `score_changed` or `threshold_crossed`.
+pub const OUTPUTS: &str = "leadscore_outputs_total";
+/// Labels `tier` (the tier entered) and `direction` (`up`, `down`).
+pub const CROSSINGS: &str = "leadscore_threshold_crossings_total";
+/// Label `result`: `committed` or `aborted`.
+pub const TRANSACTIONS: &str = "leadscore_transactions_total";
+pub const BATCH_MESSAGES: &str = "leadscore_batch_messages";
+pub const BATCH_DURATION: &str = "leadscore_batch_duration_seconds";
+pub const EVENT_LAG: &str = "leadscore_event_lag_seconds";
+/// Label `partition`.
+pub const CONSUMER_LAG: &str = "leadscore_consumer_lag_messages";
+pub const LEADS: &str = "leadscore_leads";
+pub const PARTITIONS: &str = "leadscore_partitions_assigned";
+pub const RESTORE_DURATION: &str = "leadscore_changelog_restore_duration_seconds";
+pub const RESTORED_LEADS: &str = "leadscore_changelog_restored_leads_total";
+/// Label `change`: `assigned` or `revoked`.
+pub const REBALANCES: &str = "leadscore_rebalances_total";
+pub const READY: &str = "leadscore_ready";
+/// Labels `version` (of leadscore) and `rules_version`.
+pub const BUILD_INFO: &str = "leadscore_build_info";
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0,
+    86400.0, 604800.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
+];
+
+/// Installs the Prometheus recorder for this process and describes every
+/// metric; render the exposition with the returned handle.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(BATCH_DURATION.into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RESTORE_DURATION.into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(EVENT_LAG.into()), LAG_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), BATCH_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(EVENTS_CONSUMED, "Input messages read from the input topic.");
+    describe_counter!(EVENTS_SCORED, "Events applied to lead state.");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Input messages or batch items not scored, by reason; each goes to the dead-letter topic."
+    );
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "Events skipped because their message id or input position was already applied."
+    );
+    describe_counter!(DEAD_LETTERS, "Records produced to the dead-letter topic.");
+    describe_counter!(OUTPUTS, "Output events produced, by type.");
+    describe_counter!(
+        CROSSINGS,
+        "Threshold crossings produced, by tier entered and direction."
+    );
+    describe_counter!(
+        TRANSACTIONS,
+        "Kafka transactions ended, by result (exactly_once mode)."
+    );
+    describe_histogram!(BATCH_MESSAGES, "Input messages per processed batch.");
+    describe_histogram!(
+        BATCH_DURATION,
+        Unit::Seconds,
+        "Time to process and commit one batch."
+    );
+    describe_histogram!(
+        EVENT_LAG,
+        Unit::Seconds,
+        "Wall clock minus event time, when an event is scored."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Input messages not yet processed, per assigned partition."
+    );
+    describe_gauge!(LEADS, "Leads held in state on this instance.");
+    describe_gauge!(PARTITIONS, "Input partitions assigned to this instance.");
+    describe_histogram!(
+        RESTORE_DURATION,
+        Unit::Seconds,
+        "Time to restore assigned partitions from the changelog."
+    );
+    describe_counter!(RESTORED_LEADS, "Leads restored from the changelog.");
+    describe_counter!(REBALANCES, "Partition assignment changes, by kind.");
+    describe_gauge!(
+        READY,
+        "1 when partitions are assigned and restored, else 0."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; labels carry the versions.");
+}

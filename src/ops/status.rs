@@ -1,0 +1,63 @@
+//! What the processing loop shares with the HTTP side: liveness, readiness
+//! and a queue of lead queries it answers between batches (so answers are
+//! always committed state, and the loop owns its state alone).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Status {
+    started: Instant,
+    /// Milliseconds since `started` when the loop last came round.
+    heartbeat_ms: AtomicU64,
+    ready: AtomicBool,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            started: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Status {
+    pub fn beat(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the loop last came round.
+    pub fn since_beat(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        metrics::gauge!(super::metrics::READY).set(f64::from(u8::from(ready)));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// A request for one lead's current state.
+pub struct LeadQuery {
+    pub lead_id: String,
+    pub reply: tokio::sync::oneshot::Sender<LeadAnswer>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeadAnswer {
+    /// The lead's state, as the query API's JSON body.
+    Found(serde_json::Value),
+    /// Its partition is assigned here, and no such lead exists.
+    Unknown { partition: i32 },
+    /// Its partition is assigned to another instance.
+    Elsewhere { partition: i32, assigned: Vec<i32> },
+    /// Partitions are still being assigned or restored.
+    NotReady,
+}
