@@ -43,6 +43,7 @@ start() {
   port="$(free_port)"
   cport="$(free_port)"
   while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
+  # May begin with "-", hence --cluster-id=... below.
   cluster="$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
   cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
@@ -79,7 +80,7 @@ logger.ready.level = INFO
 LOG
   local java_opts=(-Xms256m -Xmx768m -XX:+UseG1GC "-Dlog4j2.configurationFile=$dir/log4j2.properties")
   java "${java_opts[@]}" -cp "$jars/*" kafka.tools.StorageTool format \
-    -t "$cluster" -c "$dir/server.properties" > "$dir/format.log" 2>&1 || {
+    "--cluster-id=$cluster" -c "$dir/server.properties" > "$dir/format.log" 2>&1 || {
       cat "$dir/format.log" >&2; exit 1; }
   nohup java "${java_opts[@]}" -cp "$jars/*" kafka.Kafka "$dir/server.properties" \
     > "$dir/broker.log" 2>&1 &

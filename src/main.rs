@@ -221,7 +221,10 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(address))
             .with_context(|| format!("cannot listen on [http] listen = {address}"))?;
-        tracing::info!(address = %address, "serving /metrics, /healthz, /readyz and /v1/leads");
+        let bound = listener
+            .local_addr()
+            .map_or(address.clone(), |a| a.to_string());
+        tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz and /v1/leads");
         let state = leadscore::ops::http::AppState {
             status: status.clone(),
             queries,

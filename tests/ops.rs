@@ -169,6 +169,7 @@ fn metrics_probes_and_query_api_tell_the_truth() {
     });
     let (ok, words) = promtool_check_metrics(&exposition);
     assert!(ok, "promtool check metrics: {words}\n{exposition}");
+    assert_deploy_queries_name_scraped_metrics(&exposition);
     let s = samples(&exposition);
     let produced = (lines.len() + garbage.len()) as f64;
     assert_eq!(sum_of(&s, "leadscore_events_consumed_total"), produced);
@@ -262,6 +263,34 @@ fn metrics_probes_and_query_api_tell_the_truth() {
     );
 
     assert!(instance.terminate().success(), "exit 0 on SIGTERM");
+}
+
+/// Every `leadscore_*` metric the Grafana dashboard and the alert rules in
+/// `deploy/` query is a family in a real scrape.
+fn assert_deploy_queries_name_scraped_metrics(exposition: &str) {
+    let families: std::collections::BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut checked = 0;
+    let names = regex::Regex::new(r"leadscore_[a-z_]+").unwrap();
+    for file in ["grafana/dashboards/leadscore.json", "prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        for name in names.find_iter(&text).map(|m| m.as_str()) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| families.contains(f)))
+                .unwrap_or(name);
+            assert!(
+                families.contains(family),
+                "{file} queries {name}, which no scrape exports; families: {families:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} metric references found");
 }
 
 /// The answer's numbers agree with themselves and with `replay`.

@@ -53,7 +53,34 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();
+    start_at_zero();
     Ok(handle)
+}
+
+/// Series that exist from the start, at zero, so a rate over them is 0
+/// rather than no data, and dashboards show them before the first event.
+fn start_at_zero() {
+    for name in [
+        EVENTS_CONSUMED,
+        EVENTS_SCORED,
+        EVENTS_DUPLICATE,
+        DEAD_LETTERS,
+        RESTORED_LEADS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in ["score_changed", "threshold_crossed"] {
+        metrics::counter!(OUTPUTS, "type" => kind).increment(0);
+    }
+    for result in ["committed", "aborted"] {
+        metrics::counter!(TRANSACTIONS, "result" => result).increment(0);
+    }
+    for change in ["assigned", "revoked"] {
+        metrics::counter!(REBALANCES, "change" => change).increment(0);
+    }
+    for name in [LEADS, PARTITIONS, READY] {
+        metrics::gauge!(name).set(0.0);
+    }
 }
 
 fn describe() {
