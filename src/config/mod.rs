@@ -129,10 +129,69 @@ fn runtime_section<T: serde::de::DeserializeOwned>(
     Ok((settings, offset))
 }
 
+/// The sections of the rules whose scalar settings the environment may
+/// override (`LEADSCORE_SCORING_HALF_LIFE`, `LEADSCORE_GRADES_A`...).
+const OVERRIDABLE_RULES_SECTIONS: [&str; 3] = ["scoring", "events", "grades"];
+
+/// The rules text with `LEADSCORE_<SECTION>_<KEY>` overrides of the
+/// scalar rules settings written in, and the variables applied. Layout and
+/// comments are kept, so errors still point at the right lines.
+fn with_rules_overrides(
+    source: &str,
+    env: &[(String, String)],
+) -> Result<(String, Vec<String>), String> {
+    let wanted: Vec<(&str, String, &str, &String)> = env
+        .iter()
+        .filter_map(|(name, value)| {
+            OVERRIDABLE_RULES_SECTIONS.iter().find_map(|section| {
+                let prefix = format!("LEADSCORE_{}_", section.to_ascii_uppercase());
+                let key = name.strip_prefix(&prefix)?;
+                // Grades are named A, B, C; everything else is lowercase.
+                let key = if *section == "grades" {
+                    key.to_string()
+                } else {
+                    key.to_ascii_lowercase()
+                };
+                Some((*section, key, name.as_str(), value))
+            })
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok((source.to_string(), Vec::new()));
+    }
+    let mut doc: toml_edit::DocumentMut = source.parse().map_err(|e| format!("{e}"))?;
+    let mut applied = Vec::new();
+    for (section, key, name, value) in wanted {
+        let parsed = format!("v = {value}")
+            .parse::<toml_edit::DocumentMut>()
+            .ok()
+            .and_then(|d| d.get("v").and_then(|v| v.as_value().cloned()))
+            .filter(|v| !v.is_array())
+            .unwrap_or_else(|| toml_edit::Value::from(value.as_str()));
+        if doc.get(section).is_none() {
+            doc[section] = toml_edit::table();
+        }
+        let table = doc[section]
+            .as_table_like_mut()
+            .ok_or_else(|| format!("[{section}] is not a table, so {name} cannot override it"))?;
+        table.insert(&key, toml_edit::Item::Value(parsed));
+        applied.push(name.to_string());
+    }
+    Ok((doc.to_string(), applied))
+}
+
 /// [`load`] over a file's text.
 pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
-    let (rules, sections) = rules::parse_file(source, file)?;
-    let mut overridden_by_env = Vec::new();
+    let (source, rules_overrides) = with_rules_overrides(source, env)
+        .map_err(|message| ConfigError::at(file, source, None, message))?;
+    let source = source.as_str();
+    let (rules, sections) = rules::parse_file(source, file).map_err(|mut e| {
+        if !rules_overrides.is_empty() {
+            e.message = format!("{} (with {})", e.message, rules_overrides.join(", "));
+        }
+        e
+    })?;
+    let mut overridden_by_env = rules_overrides;
     let (kafka, _): (KafkaSettings, _) = runtime_section(
         file,
         source,
@@ -298,6 +357,35 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("must be below transaction_timeout_ms"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_settings_take_environment_overrides_too() {
+        let file = Path::new("t.toml");
+        let text = format!("{RULES}[scoring]\nhalf_life = \"30d\" # kept comment\nstep = 5\n");
+        let env = vec![
+            ("LEADSCORE_SCORING_STEP".to_string(), "2".to_string()),
+            ("LEADSCORE_SCORING_HALF_LIFE".to_string(), "7d".to_string()),
+            ("LEADSCORE_GRADES_A".to_string(), "5".to_string()),
+            (
+                "LEADSCORE_EVENTS_DEDUP_MAX_IDS".to_string(),
+                "10".to_string(),
+            ),
+        ];
+        let config = parse(&text, file, &env).unwrap();
+        let s = &config.rules.settings;
+        assert_eq!(s.step, 2.0);
+        assert_eq!(s.half_life, crate::core::decay::HalfLife::days(7.0));
+        assert_eq!(config.rules.grades.a, 5.0);
+        assert_eq!(s.dedup_max_ids, 10);
+        assert_eq!(config.overridden_by_env.len(), 4);
+        let env = vec![("LEADSCORE_SCORING_HYSTERESIS".to_string(), "-1".to_string())];
+        let e = parse(&text, file, &env).unwrap_err();
+        assert!(e.to_string().contains("hysteresis"), "{e}");
+        assert!(
+            e.to_string().contains("LEADSCORE_SCORING_HYSTERESIS"),
             "{e}"
         );
     }
