@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use leadscore::codec::output::{output_to_json, snapshot_to_json};
+use leadscore::codec::output::{account_snapshot_to_json, output_to_json, snapshot_to_json};
 use leadscore::config;
 use leadscore::core::Timestamp;
 use leadscore::replay::{replay_lines, Replayer};
@@ -454,6 +454,9 @@ fn replay(
         let mut file = create(path)?;
         for lead in &leads {
             writeln!(file, "{}", snapshot_to_json(lead))?;
+        }
+        for account in &replayer.account_snapshot(as_of) {
+            writeln!(file, "{}", account_snapshot_to_json(account))?;
         }
         file.flush()?;
     }

@@ -11,6 +11,7 @@ use std::io::BufRead;
 use std::sync::Arc;
 
 use crate::codec::{Decoder, Encoding};
+use crate::core::account::{AccountEngine, AccountSnapshot};
 use crate::core::engine::LeadSnapshot;
 use crate::core::{Engine, Event, Outcome, Output, OutputKind, Rules, Timestamp};
 
@@ -45,6 +46,9 @@ impl std::fmt::Display for RejectedLine {
 
 pub struct Replayer {
     engine: Engine,
+    /// When the rules score accounts: fed the lead engine's updates at once
+    /// (the stream processor will route them through a topic instead).
+    accounts: Option<AccountEngine>,
     watermark: Option<Timestamp>,
     decoder: Decoder,
     pub stats: ReplayStats,
@@ -63,8 +67,10 @@ impl Replayer {
             rules.settings.dedup_window_ms = i64::MAX;
             rules.settings.dedup_max_ids = usize::MAX;
         }
+        let rules = Arc::new(rules);
         Replayer {
-            engine: Engine::new(Arc::new(rules)),
+            accounts: AccountEngine::new(rules.clone()),
+            engine: Engine::new(rules),
             watermark: None,
             decoder,
             stats: ReplayStats::default(),
@@ -73,6 +79,48 @@ impl Replayer {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn accounts(&self) -> Option<&AccountEngine> {
+        self.accounts.as_ref()
+    }
+
+    /// Every account's state at `at` (none without account rules); call
+    /// after [`Replayer::finish`] for tiers that include decay up to `at`.
+    pub fn account_snapshot(&self, at: Timestamp) -> Vec<AccountSnapshot> {
+        self.accounts
+            .as_ref()
+            .map_or_else(Vec::new, |a| a.snapshot(at))
+    }
+
+    /// Hands the lead engine's account updates to the account engine.
+    fn route_account_updates(&mut self, emit: &mut dyn FnMut(&Output)) {
+        let updates = self.engine.take_account_updates();
+        let Some(accounts) = self.accounts.as_mut() else {
+            return;
+        };
+        for update in &updates {
+            for output in accounts.apply(update) {
+                match output.kind {
+                    OutputKind::ScoreChanged => self.stats.score_changes += 1,
+                    OutputKind::ThresholdCrossed => self.stats.crossings += 1,
+                }
+                emit(&output);
+            }
+        }
+    }
+
+    fn advance_accounts(&mut self, now: Timestamp, emit: &mut dyn FnMut(&Output)) {
+        let Some(accounts) = self.accounts.as_mut() else {
+            return;
+        };
+        for output in accounts.advance(now) {
+            match output.kind {
+                OutputKind::ScoreChanged => self.stats.score_changes += 1,
+                OutputKind::ThresholdCrossed => self.stats.crossings += 1,
+            }
+            emit(&output);
+        }
     }
 
     pub fn watermark(&self) -> Option<Timestamp> {
@@ -137,6 +185,7 @@ impl Replayer {
             self.count(&output);
             emit(&output);
         }
+        self.advance_accounts(now, emit);
         match self.engine.apply(event, now) {
             Outcome::Applied(outputs) => {
                 self.stats.applied += 1;
@@ -144,6 +193,7 @@ impl Replayer {
                     self.count(output);
                     emit(output);
                 }
+                self.route_account_updates(emit);
                 Ok(())
             }
             Outcome::Duplicate | Outcome::AlreadyApplied => {
@@ -179,6 +229,7 @@ impl Replayer {
             self.count(&output);
             emit(&output);
         }
+        self.advance_accounts(at, emit);
         Ok((at, self.engine.snapshot(at)))
     }
 

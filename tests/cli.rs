@@ -344,3 +344,62 @@ fn run_with_a_broken_setting_exits_non_zero_naming_it() {
         );
     }
 }
+
+#[test]
+fn run_refuses_account_rules_it_cannot_score_yet_and_replay_snapshots_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_accounts = broken_config(
+        dir.path(),
+        "\n[kafka]\n",
+        "\n[accounts]\nfrom_email_domain = true\n[[accounts.tiers]]\nname = \"quiet\"\nmin_score = 0\n[[accounts.tiers]]\nname = \"surging\"\nmin_score = 20\n\n[kafka]\n",
+    );
+    let out = run(&["run", "--config", with_accounts.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not score accounts yet"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"type":"identify","messageId":"i1","userId":"ann","traits":{"email":"ann@acme.io","title":"VP Sales"},"timestamp":"2026-11-20T10:00:00Z"}"#,
+            "\n",
+            r#"{"type":"track","messageId":"t1","userId":"ann","event":"Demo Requested","timestamp":"2026-11-20T11:00:00Z"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let snapshot = dir.path().join("state.jsonl");
+    let out = run(&[
+        "replay",
+        "-c",
+        with_accounts.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&snapshot)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let account = lines
+        .iter()
+        .find(|l| l.get("lead_id").is_none())
+        .expect("an account line");
+    assert_eq!(account["account_id"], "acme.io");
+    assert_eq!(account["members"], 1);
+    assert_eq!(account["tier"], "surging");
+    let outputs: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(outputs.iter().any(|o| o["account_id"] == "acme.io"
+        && o["lead_id"].is_null()
+        && o["type"] == "threshold_crossed"));
+}

@@ -133,6 +133,16 @@ impl FieldFilter {
                 add(&mut f.traits, "email");
             }
         }
+        if let Some(accounts) = rules.accounts.as_deref() {
+            // Group traits feed account fit; a work email may name the account.
+            for key in &accounts.profile.trait_keys {
+                add(&mut f.traits, &key.name);
+            }
+            if accounts.from_email_domain {
+                add(&mut f.traits, "email");
+                add(&mut f.traits, EMAIL_DOMAIN_TRAIT);
+            }
+        }
         add(&mut f.traits, "account_id");
         add(&mut f.properties, "account_id");
         add(&mut f.context, "groupId");

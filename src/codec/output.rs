@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::core::account::AccountSnapshot;
 use crate::core::engine::LeadSnapshot;
 use crate::core::output::{Contribution, Output};
 
@@ -26,7 +27,7 @@ struct OutputJson<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     event_id: String,
-    lead_id: &'a str,
+    lead_id: Option<&'a str>,
     account_id: Option<&'a str>,
     score: f64,
     fit: f64,
@@ -46,7 +47,7 @@ pub fn output_to_json(output: &Output) -> String {
     let json = OutputJson {
         kind: output.kind.as_str(),
         event_id: output.event_id.to_string(),
-        lead_id: &output.lead_id,
+        lead_id: output.lead_id.as_deref(),
         account_id: output.account_id.as_deref(),
         score: output.score,
         fit: output.fit,
@@ -87,6 +88,41 @@ pub fn snapshot_to_json(s: &LeadSnapshot) -> String {
         engagement: s.engagement,
         grade: s.grade.as_str(),
         tier: &s.tier,
+        as_of: s.as_of.to_rfc3339(),
+        last_event_at: s.last_event_at.to_rfc3339(),
+        contributions: contributions(&s.contributions),
+    };
+    serde_json::to_string(&json).expect("snapshot JSON has only serializable fields")
+}
+
+#[derive(Serialize)]
+struct AccountSnapshotJson<'a> {
+    account_id: &'a str,
+    score: f64,
+    fit: f64,
+    engagement: f64,
+    committee: f64,
+    grade: &'static str,
+    tier: &'a str,
+    members: usize,
+    engaged_leads: usize,
+    as_of: String,
+    last_event_at: String,
+    contributions: Vec<ContributionJson<'a>>,
+}
+
+/// An account's line in a `--snapshot` file: `account_id` and no `lead_id`.
+pub fn account_snapshot_to_json(s: &AccountSnapshot) -> String {
+    let json = AccountSnapshotJson {
+        account_id: &s.account_id,
+        score: s.score,
+        fit: s.fit,
+        engagement: s.engagement,
+        committee: s.committee,
+        grade: s.grade.as_str(),
+        tier: &s.tier,
+        members: s.members,
+        engaged_leads: s.engaged_leads,
         as_of: s.as_of.to_rfc3339(),
         last_event_at: s.last_event_at.to_rfc3339(),
         contributions: contributions(&s.contributions),

@@ -179,7 +179,7 @@ pub fn encode_output(output: &Output) -> Vec<u8> {
     wire::ScoreEvent {
         r#type: output.kind.as_str().to_string(),
         event_id: output.event_id.to_string(),
-        lead_id: output.lead_id.clone(),
+        lead_id: output.lead_id.clone().unwrap_or_default(),
         account_id: output.account_id.clone().unwrap_or_default(),
         score: output.score,
         fit: output.fit,
@@ -256,6 +256,7 @@ pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
             .map(|a| a.id.to_string())
             .unwrap_or_default(),
         account_set_at_ms: state.account.as_ref().map_or(0, |a| a.set_at.millis()),
+        account_from_email: state.account.as_ref().is_some_and(|a| a.from_email),
         has_due: state.due.is_some(),
         due_ms: state.due.map_or(0, Timestamp::millis),
         position: state.position,
@@ -372,6 +373,7 @@ pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, String), DecodeErro
         account: (!r.account_id.is_empty()).then(|| AccountLink {
             id: r.account_id.into(),
             set_at: Timestamp(r.account_set_at_ms),
+            from_email: r.account_from_email,
         }),
         due: r.has_due.then_some(Timestamp(r.due_ms)),
         position: r.position,

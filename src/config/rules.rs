@@ -5,12 +5,14 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::ConfigError;
+use crate::core::account::{AccountRules, Committee};
 use crate::core::decay::HalfLife;
 use crate::core::event::{EventKind, Value};
 use crate::core::rules::{
@@ -33,6 +35,8 @@ struct RawRulesFile {
     fit: Vec<Spanned<RawFitRule>>,
     #[serde(default)]
     engagement: Vec<Spanned<RawEngagementRule>>,
+    /// Account scoring; absent: leads only.
+    accounts: Option<Spanned<RawAccounts>>,
     /// Runtime sections, checked by `super::load` (not part of the rules).
     #[serde(default)]
     kafka: Option<Spanned<toml::Table>>,
@@ -157,6 +161,62 @@ struct RawGrades {
     b: f64,
     #[serde(rename = "C")]
     c: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccounts {
+    /// Leads with a business email join the account named by its domain
+    /// (unless a `group` call or `account_id` put them in one).
+    #[serde(default)]
+    from_email_domain: bool,
+    /// Domains that never form an account; a built-in list when absent.
+    personal_domains: Option<Vec<String>>,
+    /// Points every account starts with.
+    #[serde(default)]
+    base: f64,
+    /// A lead adds at most this much engagement to its account.
+    #[serde(default = "default_lead_engagement_cap")]
+    lead_engagement_cap: f64,
+    /// Leads scoring at least this count toward the buying committee.
+    #[serde(default = "default_engaged_lead_score")]
+    engaged_lead_score: f64,
+    #[serde(default = "default_per_engaged_lead")]
+    per_engaged_lead: f64,
+    #[serde(default = "default_max_engaged_leads")]
+    max_engaged_leads: usize,
+    #[serde(default = "default_per_department")]
+    per_department: f64,
+    #[serde(default = "default_per_seniority")]
+    per_seniority: f64,
+    /// The lead fit-rule group whose matched rule names a lead's department.
+    department_group: Option<String>,
+    /// The lead fit-rule group whose matched rule names a lead's seniority.
+    seniority_group: Option<String>,
+    grades: Option<Spanned<RawGrades>>,
+    #[serde(default)]
+    fit: Vec<Spanned<RawFitRule>>,
+    #[serde(default)]
+    tiers: Vec<Spanned<RawTier>>,
+}
+
+fn default_lead_engagement_cap() -> f64 {
+    40.0
+}
+fn default_engaged_lead_score() -> f64 {
+    50.0
+}
+fn default_per_engaged_lead() -> f64 {
+    5.0
+}
+fn default_max_engaged_leads() -> usize {
+    6
+}
+fn default_per_department() -> f64 {
+    4.0
+}
+fn default_per_seniority() -> f64 {
+    3.0
 }
 
 #[derive(Deserialize)]
@@ -292,82 +352,11 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
     }
     let settings = compile_settings(ctx, &raw.scoring, &raw.events)?;
 
-    let grades_span = raw.grades.span();
-    let g = raw.grades.into_inner();
-    for (name, value) in [("A", g.a), ("B", g.b), ("C", g.c)] {
-        if !value.is_finite() {
-            return Err(ctx.err(
-                &grades_span,
-                format!("grade {name} must be a finite number"),
-            ));
-        }
-    }
-    if !(g.a >= g.b && g.b >= g.c) {
-        return Err(ctx.err(
-            &grades_span,
-            format!(
-                "grade thresholds must satisfy A >= B >= C (fit points), got A = {}, B = {}, C = {}",
-                g.a, g.b, g.c
-            ),
-        ));
-    }
-    let grades = GradeThresholds {
-        a: g.a,
-        b: g.b,
-        c: g.c,
-    };
+    let grades = compile_grades(ctx, raw.grades)?;
 
     let mut trait_keys: Vec<TraitKey> = Vec::new();
     let mut rule_names = HashSet::new();
-    let mut fit = Vec::new();
-    for spanned in raw.fit {
-        let span = spanned.span();
-        let rule = spanned.into_inner();
-        check_rule_header(ctx, &span, &rule.name, rule.points, &mut rule_names)?;
-        if rule.when.is_empty() {
-            return Err(ctx.err(
-                &span,
-                format!(
-                    "fit rule `{}` needs at least one `when` condition",
-                    rule.name
-                ),
-            ));
-        }
-        let mut conditions = Vec::new();
-        for cond in rule.when {
-            let cspan = cond.span();
-            let cond = cond.into_inner();
-            let trait_name = cond.field.trim().to_string();
-            if let Some(bare) = trait_name.strip_prefix("traits.") {
-                return Err(ctx.err(
-                    &cspan,
-                    format!(
-                        "fit conditions name a trait directly: use `{bare}`, not `{trait_name}`"
-                    ),
-                ));
-            }
-            if trait_name.is_empty() {
-                return Err(ctx.err(&cspan, "`field` must name a trait"));
-            }
-            let (op, negate) = compile_op(ctx, &cspan, cond)?;
-            let key = trait_key(&mut trait_keys, &trait_name);
-            let slot = trait_keys[key].ops.len();
-            if slot >= MAX_OPS_PER_TRAIT {
-                return Err(ctx.err(
-                    &cspan,
-                    format!("trait `{trait_name}` has more than {MAX_OPS_PER_TRAIT} conditions"),
-                ));
-            }
-            trait_keys[key].ops.push(op);
-            conditions.push(TraitCondition { key, slot, negate });
-        }
-        fit.push(FitRule {
-            name: rule.name.into(),
-            points: rule.points,
-            group: rule.group.map(Into::into),
-            conditions,
-        });
-    }
+    let fit = compile_fit(ctx, raw.fit, &mut trait_keys, &mut rule_names)?;
 
     let mut engagement = Vec::new();
     for spanned in raw.engagement {
@@ -458,11 +447,122 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
         });
     }
 
-    let mut tiers: Vec<Tier> = Vec::new();
-    if raw.tiers.is_empty() {
-        return Err(ctx.err(&(0..1), "at least one `[[tiers]]` entry is needed"));
+    let tiers = compile_tiers(ctx, raw.tiers, &mut trait_keys, "lead")?;
+    let accounts = match raw.accounts {
+        None => None,
+        Some(accounts) => Some(Arc::new(compile_accounts(
+            ctx,
+            accounts,
+            version,
+            &settings,
+            &fit,
+            &mut rule_names,
+        )?)),
+    };
+
+    let mut rules = Rules::new(
+        version, settings, grades, tiers, fit, engagement, trait_keys,
+    );
+    rules.accounts = accounts;
+    Ok(rules)
+}
+
+fn compile_grades(ctx: &Ctx, raw: Spanned<RawGrades>) -> Result<GradeThresholds, ConfigError> {
+    let grades_span = raw.span();
+    let g = raw.into_inner();
+    for (name, value) in [("A", g.a), ("B", g.b), ("C", g.c)] {
+        if !value.is_finite() {
+            return Err(ctx.err(
+                &grades_span,
+                format!("grade {name} must be a finite number"),
+            ));
+        }
     }
-    for spanned in raw.tiers {
+    if !(g.a >= g.b && g.b >= g.c) {
+        return Err(ctx.err(
+            &grades_span,
+            format!(
+                "grade thresholds must satisfy A >= B >= C (fit points), got A = {}, B = {}, C = {}",
+                g.a, g.b, g.c
+            ),
+        ));
+    }
+    Ok(GradeThresholds {
+        a: g.a,
+        b: g.b,
+        c: g.c,
+    })
+}
+
+fn compile_fit(
+    ctx: &Ctx,
+    raw: Vec<Spanned<RawFitRule>>,
+    trait_keys: &mut Vec<TraitKey>,
+    rule_names: &mut HashSet<String>,
+) -> Result<Vec<FitRule>, ConfigError> {
+    let mut fit = Vec::new();
+    for spanned in raw {
+        let span = spanned.span();
+        let rule = spanned.into_inner();
+        check_rule_header(ctx, &span, &rule.name, rule.points, rule_names)?;
+        if rule.when.is_empty() {
+            return Err(ctx.err(
+                &span,
+                format!(
+                    "fit rule `{}` needs at least one `when` condition",
+                    rule.name
+                ),
+            ));
+        }
+        let mut conditions = Vec::new();
+        for cond in rule.when {
+            let cspan = cond.span();
+            let cond = cond.into_inner();
+            let trait_name = cond.field.trim().to_string();
+            if let Some(bare) = trait_name.strip_prefix("traits.") {
+                return Err(ctx.err(
+                    &cspan,
+                    format!(
+                        "fit conditions name a trait directly: use `{bare}`, not `{trait_name}`"
+                    ),
+                ));
+            }
+            if trait_name.is_empty() {
+                return Err(ctx.err(&cspan, "`field` must name a trait"));
+            }
+            let (op, negate) = compile_op(ctx, &cspan, cond)?;
+            let key = trait_key(trait_keys, &trait_name);
+            let slot = trait_keys[key].ops.len();
+            if slot >= MAX_OPS_PER_TRAIT {
+                return Err(ctx.err(
+                    &cspan,
+                    format!("trait `{trait_name}` has more than {MAX_OPS_PER_TRAIT} conditions"),
+                ));
+            }
+            trait_keys[key].ops.push(op);
+            conditions.push(TraitCondition { key, slot, negate });
+        }
+        fit.push(FitRule {
+            name: rule.name.into(),
+            points: rule.points,
+            group: rule.group.map(Into::into),
+            conditions,
+        });
+    }
+    Ok(fit)
+}
+
+fn compile_tiers(
+    ctx: &Ctx,
+    raw: Vec<Spanned<RawTier>>,
+    trait_keys: &mut Vec<TraitKey>,
+    what: &str,
+) -> Result<Vec<Tier>, ConfigError> {
+    let mut tiers: Vec<Tier> = Vec::new();
+    if raw.is_empty() {
+        return Err(ctx.err(&(0..1), format!("at least one {what} tier is needed")));
+    }
+    for spanned in raw {
         let span = spanned.span();
         let tier = spanned.into_inner();
         if tier.name.trim().is_empty() {
@@ -509,7 +609,7 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
             return Err(ctx.err(
                 &span,
                 format!(
-                    "the lowest tier `{}` holds every lead and cannot have gates",
+                    "the lowest tier `{}` holds every {what} and cannot have gates",
                     tier.name
                 ),
             ));
@@ -521,7 +621,7 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
                     if n.trim().is_empty() {
                         Err(ctx.err(&span, format!("tier `{}`: empty trait name", tier.name)))
                     } else {
-                        Ok(trait_key(&mut trait_keys, n.trim()))
+                        Ok(trait_key(trait_keys, n.trim()))
                     }
                 })
                 .collect()
@@ -536,10 +636,120 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
             require_any_trait,
         });
     }
+    Ok(tiers)
+}
 
-    Ok(Rules::new(
-        version, settings, grades, tiers, fit, engagement, trait_keys,
-    ))
+/// Domains of free mail providers: a lead's email there says nothing about
+/// an employer, so it never forms an account.
+const PERSONAL_DOMAINS: &[&str] = &[
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "msn.com",
+    "aol.com",
+    "icloud.com",
+    "me.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.com",
+    "gmx.de",
+    "web.de",
+    "mail.com",
+    "yandex.com",
+    "qq.com",
+    "163.com",
+];
+
+fn compile_accounts(
+    ctx: &Ctx,
+    raw: Spanned<RawAccounts>,
+    version: &str,
+    lead_settings: &Settings,
+    lead_fit: &[FitRule],
+    rule_names: &mut HashSet<String>,
+) -> Result<AccountRules, ConfigError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let grades = match raw.grades {
+        Some(g) => compile_grades(ctx, g)?,
+        None => GradeThresholds {
+            a: 0.0,
+            b: 0.0,
+            c: 0.0,
+        },
+    };
+    let mut trait_keys = Vec::new();
+    let fit = compile_fit(ctx, raw.fit, &mut trait_keys, rule_names)?;
+    let tiers = compile_tiers(ctx, raw.tiers, &mut trait_keys, "account")?;
+    for (name, value) in [
+        ("base", raw.base),
+        ("lead_engagement_cap", raw.lead_engagement_cap),
+        ("engaged_lead_score", raw.engaged_lead_score),
+        ("per_engaged_lead", raw.per_engaged_lead),
+        ("per_department", raw.per_department),
+        ("per_seniority", raw.per_seniority),
+    ] {
+        if !value.is_finite() {
+            return Err(ctx.err(&span, format!("[accounts] {name} must be a finite number")));
+        }
+    }
+    if raw.lead_engagement_cap <= 0.0 {
+        return Err(ctx.err(&span, "[accounts] lead_engagement_cap must be positive"));
+    }
+    let group = |name: Option<String>, key: &str| -> Result<Option<Arc<str>>, ConfigError> {
+        match name {
+            None => Ok(None),
+            Some(group) => {
+                if lead_fit
+                    .iter()
+                    .any(|r| r.group.as_deref() == Some(group.as_str()))
+                {
+                    Ok(Some(group.into()))
+                } else {
+                    Err(ctx.err(
+                        &span,
+                        format!("[accounts] {key} = \"{group}\" names no group of [[fit]] rules"),
+                    ))
+                }
+            }
+        }
+    };
+    let department_group = group(raw.department_group, "department_group")?;
+    let seniority_group = group(raw.seniority_group, "seniority_group")?;
+    let mut settings = lead_settings.clone();
+    settings.base = raw.base;
+    let personal_domains = raw
+        .personal_domains
+        .unwrap_or_else(|| PERSONAL_DOMAINS.iter().map(|d| d.to_string()).collect())
+        .into_iter()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect();
+    Ok(AccountRules {
+        profile: Rules::new(
+            version,
+            settings,
+            grades,
+            tiers,
+            fit,
+            Vec::new(),
+            trait_keys,
+        ),
+        from_email_domain: raw.from_email_domain,
+        personal_domains,
+        lead_engagement_cap: raw.lead_engagement_cap,
+        engaged_lead_score: raw.engaged_lead_score,
+        committee: Committee {
+            per_engaged_lead: raw.per_engaged_lead,
+            max_engaged_leads: raw.max_engaged_leads,
+            per_department: raw.per_department,
+            per_seniority: raw.per_seniority,
+        },
+        department_group,
+        seniority_group,
+    })
 }
 
 fn check_rule_header(

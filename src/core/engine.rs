@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::core::event::{Event, EventKind};
+use crate::core::account::{AccountUpdate, Member};
+use crate::core::event::{Event, EventKind, Value};
 use crate::core::lead::{Evaluation, LeadState};
 use crate::core::output::{output_id, Cause, Contribution, Direction, Output, OutputKind};
+use crate::core::rules::EMAIL_DOMAIN_TRAIT;
 use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
 
@@ -88,6 +90,9 @@ pub struct Engine {
     /// Leads and aliases changed since the last `take_changes`, when
     /// tracking is on (the stream processor writes them to its changelog).
     changes: Option<Changes>,
+    /// What leads' accounts need to hear, when the rules score accounts;
+    /// drained by `take_account_updates`.
+    account_updates: Vec<AccountUpdate>,
 }
 
 #[derive(Default)]
@@ -113,6 +118,7 @@ impl Engine {
             aliases: HashMap::new(),
             watermark: None,
             changes: None,
+            account_updates: Vec::new(),
         }
     }
 
@@ -195,6 +201,11 @@ impl Engine {
             .sum()
     }
 
+    /// Account updates since the last call, in the order they happened.
+    pub fn take_account_updates(&mut self) -> Vec<AccountUpdate> {
+        std::mem::take(&mut self.account_updates)
+    }
+
     /// The lead an identity belongs to, following `alias` merges.
     pub fn resolve<'a>(&'a self, id: &'a str) -> &'a str {
         resolve_in(&self.aliases, id)
@@ -251,6 +262,7 @@ impl Engine {
             }
         }
         let mut absorbed = None;
+        let mut absorbed_id: Option<Box<str>> = None;
         if event.kind == EventKind::Alias {
             if let Some(previous) = event.previous_id.as_deref() {
                 let seen = self
@@ -263,6 +275,7 @@ impl Engine {
                 let previous: Box<str> = self.resolve(previous).into();
                 if *previous != *lead_id {
                     absorbed = self.leads.remove(&previous);
+                    absorbed_id = Some(previous.clone());
                     if let Some(due) = absorbed.as_ref().and_then(|p| p.due) {
                         self.timers.remove(&(due, previous.clone()));
                     }
@@ -297,11 +310,37 @@ impl Engine {
             return Outcome::Duplicate;
         }
         let due_before = lead.due;
+        let account_before = lead.account.as_ref().map(|a| a.id.clone());
         let mut outputs = Vec::new();
         advance_lead(rules, &lead_id, lead, t, &mut outputs);
 
+        let cause = Cause::Event(event.message_id.clone());
+        let accounts = rules.accounts.as_deref();
         if let Some(previous) = absorbed {
+            if let (Some(_), Some(link)) = (accounts, previous.account.as_ref()) {
+                // The merged identity's share moves to the lead it joined.
+                self.account_updates.push(AccountUpdate::Member {
+                    account_id: link.id.clone(),
+                    lead_id: absorbed_id.clone().unwrap_or_default(),
+                    member: None,
+                    at: t,
+                    cause: cause.clone(),
+                });
+            }
             lead.absorb(rules, *previous);
+        }
+        if let Some(accounts) = accounts.filter(|a| a.from_email_domain) {
+            if event.kind != EventKind::Group {
+                let domain = event
+                    .traits
+                    .get(EMAIL_DOMAIN_TRAIT)
+                    .or_else(|| event.traits.get("email"))
+                    .and_then(Value::as_text)
+                    .map(|e| e.rsplit_once('@').map_or(e, |(_, d)| d));
+                if let Some(account) = domain.and_then(|d| accounts.account_of_domain(d)) {
+                    lead.link_account_from_email(&account, t);
+                }
+            }
         }
         if event.kind != EventKind::Group {
             // Group traits describe the account, not the person.
@@ -315,15 +354,40 @@ impl Engine {
         if let Some(allowed_ms) = settings.allowed_lateness_ms {
             lead.fold_closed_windows(rules, watermark.saturating_sub_ms(allowed_ms));
         }
-        emit(
-            rules,
-            &lead_id,
-            lead,
-            Cause::Event(event.message_id.clone()),
-            &mut outputs,
-        );
+        emit(rules, &lead_id, lead, cause.clone(), &mut outputs);
         lead.due = lead.next_change_due(rules, lead.clock);
         let due_after = lead.due;
+        if accounts.is_some() {
+            let account_after = lead.account.as_ref().map(|a| a.id.clone());
+            if let Some(left) = account_before.filter(|b| Some(b) != account_after.as_ref()) {
+                self.account_updates.push(AccountUpdate::Member {
+                    account_id: left,
+                    lead_id: lead_id.as_ref().into(),
+                    member: None,
+                    at: lead.clock,
+                    cause: cause.clone(),
+                });
+            }
+            if let Some(account_id) = account_after {
+                self.account_updates.push(AccountUpdate::Member {
+                    account_id: account_id.clone(),
+                    lead_id: lead_id.as_ref().into(),
+                    member: Some(Member::of_lead(rules, &lead_id, lead)),
+                    at: lead.clock,
+                    cause: cause.clone(),
+                });
+            }
+            if let (EventKind::Group, Some(account_id)) = (event.kind, &event.account_id) {
+                if !event.traits.is_empty() {
+                    self.account_updates.push(AccountUpdate::Traits {
+                        account_id: account_id.as_str().into(),
+                        traits: event.traits.clone(),
+                        at: t,
+                        cause,
+                    });
+                }
+            }
+        }
         reschedule(&mut self.timers, &lead_id, due_before, due_after);
         Outcome::Applied(outputs)
     }
@@ -460,7 +524,7 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     let changed = Output {
         kind: OutputKind::ScoreChanged,
         event_id: output_id(lead_id, OutputKind::ScoreChanged, &cause),
-        lead_id: lead_id.to_string(),
+        lead_id: Some(lead_id.to_string()),
         account_id: lead.account.as_ref().map(|a| a.id.to_string()),
         at,
         cause: cause.clone(),

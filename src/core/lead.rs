@@ -69,6 +69,9 @@ pub struct SeenId {
 pub struct AccountLink {
     pub id: Box<str>,
     pub set_at: Timestamp,
+    /// Derived from the lead's work email domain; an explicit link (a
+    /// `group` call, an `account_id`) always wins over one of these.
+    pub from_email: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -168,9 +171,27 @@ impl LeadState {
         }
     }
 
-    /// Links the lead to an account; the latest event time wins.
+    /// Links the lead to an account; among explicit links the latest event
+    /// time wins, and any explicit link wins over one from the email domain.
     pub fn link_account(&mut self, account_id: &str, at: Timestamp) {
         let newer = match &self.account {
+            Some(link) if !link.from_email => (at, account_id) > (link.set_at, link.id.as_ref()),
+            _ => true,
+        };
+        if newer {
+            self.account = Some(AccountLink {
+                id: account_id.into(),
+                set_at: at,
+                from_email: false,
+            });
+        }
+    }
+
+    /// Links the lead to the account its work email's domain names, unless
+    /// an explicit link exists; the latest event time wins.
+    pub fn link_account_from_email(&mut self, account_id: &str, at: Timestamp) {
+        let newer = match &self.account {
+            Some(link) if !link.from_email => false,
             Some(link) => (at, account_id) > (link.set_at, link.id.as_ref()),
             None => true,
         };
@@ -178,6 +199,7 @@ impl LeadState {
             self.account = Some(AccountLink {
                 id: account_id.into(),
                 set_at: at,
+                from_email: true,
             });
         }
     }
@@ -522,7 +544,11 @@ impl LeadState {
             }
         }
         if let Some(link) = other.account {
-            self.link_account(&link.id, link.set_at);
+            if link.from_email {
+                self.link_account_from_email(&link.id, link.set_at);
+            } else {
+                self.link_account(&link.id, link.set_at);
+            }
         }
         self.clock = self.clock.max(other.clock);
         self.position = self.position.max(other.position);

@@ -5,6 +5,7 @@
 //! "now" takes it as a parameter, so the live processor, `replay` and
 //! `calibrate` run the same code and get the same answers for the same input.
 
+pub mod account;
 pub mod decay;
 pub mod engine;
 pub mod event;

@@ -58,7 +58,9 @@ pub enum Cause {
 pub struct Output {
     pub kind: OutputKind,
     pub event_id: Uuid,
-    pub lead_id: String,
+    /// The lead scored; `None` for an account's output.
+    pub lead_id: Option<String>,
+    /// The lead's account, or the account scored.
     pub account_id: Option<String>,
     pub at: Timestamp,
     pub cause: Cause,
@@ -91,9 +93,16 @@ impl Output {
 /// xxh3 rather than version 5's SHA-1: ids need determinism, not secrecy,
 /// and an id is derived for every output on the hot path.
 pub fn output_id(lead_id: &str, kind: OutputKind, cause: &Cause) -> Uuid {
+    output_id_for("lead", lead_id, kind, cause)
+}
+
+/// [`output_id`] for what `subject` (`lead` or `account`) names by `id`.
+pub fn output_id_for(subject: &str, id: &str, kind: OutputKind, cause: &Cause) -> Uuid {
     let mut hasher = Xxh3::new();
-    hasher.update(b"leadscore.output.v1\x1flead\x1f");
-    hasher.update(lead_id.as_bytes());
+    hasher.update(b"leadscore.output.v1\x1f");
+    hasher.update(subject.as_bytes());
+    hasher.update(b"\x1f");
+    hasher.update(id.as_bytes());
     hasher.update(b"\x1f");
     hasher.update(kind.as_str().as_bytes());
     match cause {
@@ -122,6 +131,10 @@ mod tests {
         assert_eq!(a, output_id("lead-1", OutputKind::ScoreChanged, &cause));
         assert_ne!(a, output_id("lead-1", OutputKind::ThresholdCrossed, &cause));
         assert_ne!(a, output_id("lead-2", OutputKind::ScoreChanged, &cause));
+        assert_ne!(
+            a,
+            output_id_for("account", "lead-1", OutputKind::ScoreChanged, &cause)
+        );
         assert_ne!(
             a,
             output_id(

@@ -324,6 +324,8 @@ pub struct Rules {
     /// match any name of that call type: each event checks only candidates.
     by_name: Vec<HashMap<String, Vec<usize>>>,
     any_name: Vec<Vec<usize>>,
+    /// Account scoring, when the rules file has an `[accounts]` section.
+    pub accounts: Option<Arc<crate::core::account::AccountRules>>,
 }
 
 impl Rules {
@@ -378,6 +380,7 @@ impl Rules {
             absent_bits,
             by_name,
             any_name,
+            accounts: None,
         }
     }
 

@@ -1,0 +1,574 @@
+//! Account-level scoring: leads roll up into the account they belong to.
+//!
+//! The lead side (the [`crate::core::Engine`]) sends an [`AccountUpdate`]
+//! whenever a lead's share of its account changes: a [`Member`] holds what
+//! the account needs of the lead (its fit, its engagement as a few decaying
+//! sums, its department and seniority) and replaces the previous one, so
+//! an update applied twice changes nothing and the result does not depend
+//! on which partition or instance the lead lives on. The account side (the
+//! [`AccountEngine`]) keeps, per account, its own traits (from `group`
+//! calls), its members, and its tier:
+//!
+//! ```text
+//! account score = clamp( base + account fit
+//!                        + Σ_leads min(lead engagement, lead_engagement_cap)
+//!                        + buying committee )
+//! buying committee = per_engaged_lead · min(engaged leads, max_engaged_leads)
+//!                  + per_department · distinct departments among them
+//!                  + per_seniority · distinct seniorities among them
+//! ```
+//!
+//! where a lead is engaged while its own score is at least
+//! `engaged_lead_score`. Everything is a function of time through decay, so
+//! accounts cool down (and cross tiers down) with no event, like leads.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::core::decay::{Decaying, HalfLife};
+use crate::core::event::Fields;
+use crate::core::lead::LeadState;
+use crate::core::output::{output_id_for, Cause, Contribution, Direction, Output, OutputKind};
+use crate::core::rules::{Grade, Rules};
+use crate::core::time::Timestamp;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Committee {
+    pub per_engaged_lead: f64,
+    pub max_engaged_leads: usize,
+    pub per_department: f64,
+    pub per_seniority: f64,
+}
+
+/// The `[accounts]` section, compiled.
+#[derive(Clone, Debug)]
+pub struct AccountRules {
+    /// Account fit rules, grades and tiers (and the account traits they
+    /// read), as a rule set of their own with no engagement rules; its
+    /// `settings.base` is the account base.
+    pub profile: Rules,
+    pub from_email_domain: bool,
+    /// Lowercase domains that never form an account.
+    pub personal_domains: Vec<String>,
+    pub lead_engagement_cap: f64,
+    pub engaged_lead_score: f64,
+    pub committee: Committee,
+    pub department_group: Option<Arc<str>>,
+    pub seniority_group: Option<Arc<str>>,
+}
+
+impl AccountRules {
+    /// The account a work email's domain names, when domains form accounts
+    /// and this one is not a free mail provider's.
+    pub fn account_of_domain(&self, domain: &str) -> Option<String> {
+        let domain = domain.trim().to_ascii_lowercase();
+        let usable = self.from_email_domain
+            && domain.contains('.')
+            && !self.personal_domains.contains(&domain);
+        usable.then_some(domain)
+    }
+}
+
+/// A lead's share of its account, as of the lead's latest event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub lead_id: Box<str>,
+    /// The lead's fit points (with the lead base, they decide whether the
+    /// lead counts as engaged).
+    pub fit: f64,
+    /// The lead's engagement, one decaying sum per half-life.
+    pub engagement: Box<[(HalfLife, Decaying)]>,
+    /// Index of the lead fit rule matched in the department group.
+    pub department: Option<u16>,
+    /// Index of the lead fit rule matched in the seniority group.
+    pub seniority: Option<u16>,
+}
+
+impl Member {
+    pub fn of_lead(rules: &Rules, lead_id: &str, lead: &LeadState) -> Member {
+        let at = lead.clock;
+        let mut engagement: Vec<(HalfLife, Decaying)> = Vec::new();
+        for (rule, points) in lead.engagement_by_rule(rules, at) {
+            let half_life = rules.half_life_of(rule);
+            match engagement.iter_mut().find(|(h, _)| *h == half_life) {
+                Some((_, sum)) => sum.value += points,
+                None => engagement.push((half_life, Decaying::new(points, at))),
+            }
+        }
+        let (_, matched) = lead.fit(rules);
+        let in_group = |group: Option<&Arc<str>>| -> Option<u16> {
+            let group = group?;
+            matched
+                .iter()
+                .find(|&&i| rules.fit[i].group.as_ref() == Some(group))
+                .map(|&i| i as u16)
+        };
+        let accounts = rules.accounts.as_deref();
+        Member {
+            lead_id: lead_id.into(),
+            fit: lead.fit(rules).0,
+            engagement: engagement.into_boxed_slice(),
+            department: accounts.and_then(|a| in_group(a.department_group.as_ref())),
+            seniority: accounts.and_then(|a| in_group(a.seniority_group.as_ref())),
+        }
+    }
+
+    pub fn engagement_at(&self, t: Timestamp) -> f64 {
+        self.engagement.iter().map(|(h, sum)| sum.at(t, *h)).sum()
+    }
+
+    /// The lead's own score at `t`.
+    pub fn lead_score_at(&self, rules: &Rules, t: Timestamp) -> f64 {
+        rules.clamp(rules.settings.base + self.fit + self.engagement_at(t))
+    }
+
+    fn longest_half_life_ms(&self) -> Option<f64> {
+        self.engagement
+            .iter()
+            .filter_map(|(h, _)| h.millis())
+            .reduce(f64::max)
+    }
+}
+
+/// What the lead side tells the account side.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccountUpdate {
+    /// The lead's share of the account now; `None`: it left the account.
+    Member {
+        account_id: Box<str>,
+        lead_id: Box<str>,
+        member: Option<Member>,
+        at: Timestamp,
+        cause: Cause,
+    },
+    /// Traits from a `group` call: they describe the account.
+    Traits {
+        account_id: Box<str>,
+        traits: Fields,
+        at: Timestamp,
+        cause: Cause,
+    },
+}
+
+impl AccountUpdate {
+    pub fn account_id(&self) -> &str {
+        match self {
+            AccountUpdate::Member { account_id, .. } | AccountUpdate::Traits { account_id, .. } => {
+                account_id
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountState {
+    /// Latest update time applied (or decay due time).
+    pub clock: Timestamp,
+    pub tier: u8,
+    pub last_emitted_score: f64,
+    /// Holds the account's traits (only its trait list is used).
+    pub profile: LeadState,
+    pub members: Vec<Member>,
+    pub due: Option<Timestamp>,
+}
+
+/// An account's numbers at one point in time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountEvaluation {
+    pub fit: f64,
+    pub engagement: f64,
+    pub committee: f64,
+    pub score: f64,
+    pub grade: Grade,
+    pub engaged_leads: usize,
+}
+
+impl AccountState {
+    fn new(clock: Timestamp) -> Self {
+        AccountState {
+            clock,
+            tier: 0,
+            last_emitted_score: 0.0,
+            profile: LeadState::new(clock),
+            members: Vec::new(),
+            due: None,
+        }
+    }
+
+    /// Each member's capped engagement at `t`, in member order.
+    pub fn member_engagement(&self, accounts: &AccountRules, t: Timestamp) -> Vec<f64> {
+        self.members
+            .iter()
+            .map(|m| m.engagement_at(t).min(accounts.lead_engagement_cap))
+            .collect()
+    }
+
+    pub fn evaluate(&self, rules: &Rules, t: Timestamp) -> AccountEvaluation {
+        let accounts = rules.accounts.as_deref().expect("account rules");
+        let profile = &accounts.profile;
+        let (fit, _) = self.profile.fit(profile);
+        let engagement: f64 = self.member_engagement(accounts, t).iter().sum();
+        let mut engaged = 0;
+        let mut departments: Vec<u16> = Vec::new();
+        let mut seniorities: Vec<u16> = Vec::new();
+        for m in &self.members {
+            if m.lead_score_at(rules, t) >= accounts.engaged_lead_score {
+                engaged += 1;
+                if let Some(d) = m.department.filter(|d| !departments.contains(d)) {
+                    departments.push(d);
+                }
+                if let Some(s) = m.seniority.filter(|s| !seniorities.contains(s)) {
+                    seniorities.push(s);
+                }
+            }
+        }
+        let c = &accounts.committee;
+        let committee = c.per_engaged_lead * engaged.min(c.max_engaged_leads) as f64
+            + c.per_department * departments.len() as f64
+            + c.per_seniority * seniorities.len() as f64;
+        AccountEvaluation {
+            fit,
+            engagement,
+            committee,
+            score: profile.clamp(profile.settings.base + fit + engagement + committee),
+            grade: profile.grades.grade(fit),
+            engaged_leads: engaged,
+        }
+    }
+
+    fn tier_at(&self, rules: &Rules, eval: &AccountEvaluation) -> usize {
+        let profile = &rules.accounts.as_deref().expect("account rules").profile;
+        profile.next_tier(usize::from(self.tier), eval.score, eval.grade, &|key| {
+            self.profile.trait_bits(profile, key)
+        })
+    }
+
+    /// Account fit rules, members (capped engagement) and the committee,
+    /// largest first.
+    pub fn contributions(&self, rules: &Rules, t: Timestamp) -> Vec<Contribution> {
+        let accounts = rules.accounts.as_deref().expect("account rules");
+        let profile = &accounts.profile;
+        let (_, fit_rules) = self.profile.fit(profile);
+        let eval = self.evaluate(rules, t);
+        let mut all: Vec<Contribution> = fit_rules
+            .into_iter()
+            .map(|i| Contribution {
+                rule: profile.fit[i].name.clone(),
+                points: profile.fit[i].points,
+            })
+            .chain(
+                self.members
+                    .iter()
+                    .zip(self.member_engagement(accounts, t))
+                    .map(|(m, points)| Contribution {
+                        rule: format!("lead {}", m.lead_id).into(),
+                        points,
+                    }),
+            )
+            .collect();
+        if eval.committee != 0.0 {
+            all.push(Contribution {
+                rule: "buying_committee".into(),
+                points: eval.committee,
+            });
+        }
+        all.sort_by(|a, b| {
+            b.points
+                .abs()
+                .total_cmp(&a.points.abs())
+                .then_with(|| a.rule.cmp(&b.rule))
+        });
+        all
+    }
+
+    /// When decay alone next moves the account to another tier. Scores are
+    /// not monotone in time (a lead leaving the committee drops points at
+    /// once), so the search steps through ten of the longest half-lives and
+    /// then narrows the first change down to the millisecond.
+    pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
+        let longest = self
+            .members
+            .iter()
+            .filter_map(Member::longest_half_life_ms)
+            .reduce(f64::max)?;
+        const STEPS: i64 = 256;
+        let horizon = (longest * 10.0) as i64;
+        let step = (horizon / STEPS).max(1000);
+        let tier = usize::from(self.tier);
+        let moved = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
+        let mut before = from;
+        for k in 1..=STEPS {
+            let at = from.saturating_add_ms(step * k);
+            if moved(at) {
+                let (mut lo, mut hi) = (before.millis(), at.millis());
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if moved(Timestamp(mid)) {
+                        hi = mid;
+                    } else {
+                        lo = mid;
+                    }
+                }
+                return Some(Timestamp(hi));
+            }
+            before = at;
+        }
+        None
+    }
+}
+
+/// An account as seen from outside, at one point in time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountSnapshot {
+    pub account_id: String,
+    pub as_of: Timestamp,
+    pub fit: f64,
+    pub engagement: f64,
+    pub committee: f64,
+    pub score: f64,
+    pub grade: Grade,
+    pub tier: Arc<str>,
+    pub members: usize,
+    pub engaged_leads: usize,
+    pub contributions: Vec<Contribution>,
+    pub last_event_at: Timestamp,
+}
+
+/// Every account's state, fed by [`AccountUpdate`]s.
+pub struct AccountEngine {
+    rules: Arc<Rules>,
+    accounts: HashMap<Box<str>, Box<AccountState>>,
+    timers: BTreeSet<(Timestamp, Box<str>)>,
+}
+
+impl AccountEngine {
+    /// `None` when the rules score no accounts.
+    pub fn new(rules: Arc<Rules>) -> Option<Self> {
+        rules.accounts.as_ref()?;
+        Some(AccountEngine {
+            rules,
+            accounts: HashMap::new(),
+            timers: BTreeSet::new(),
+        })
+    }
+
+    pub fn account(&self, account_id: &str) -> Option<&AccountState> {
+        self.accounts.get(account_id).map(|a| &**a)
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn apply(&mut self, update: &AccountUpdate) -> Vec<Output> {
+        let rules = &*self.rules;
+        let profile = &rules.accounts.as_deref().expect("account rules").profile;
+        let (account_id, at, cause) = match update {
+            AccountUpdate::Member {
+                account_id,
+                at,
+                cause,
+                ..
+            }
+            | AccountUpdate::Traits {
+                account_id,
+                at,
+                cause,
+                ..
+            } => (account_id, *at, cause),
+        };
+        let account = self
+            .accounts
+            .entry(account_id.clone())
+            .or_insert_with(|| Box::new(AccountState::new(at)));
+        let mut outputs = Vec::new();
+        let due_before = account.due;
+        fire_due(rules, account_id, account, at, &mut outputs);
+        match update {
+            AccountUpdate::Member {
+                lead_id, member, ..
+            } => {
+                account.members.retain(|m| m.lead_id != *lead_id);
+                if let Some(member) = member {
+                    account.members.push(member.clone());
+                    account.members.sort_by(|a, b| a.lead_id.cmp(&b.lead_id));
+                }
+            }
+            AccountUpdate::Traits { traits, .. } => {
+                account.profile.apply_traits(profile, traits, at);
+            }
+        }
+        account.clock = account.clock.max(at);
+        emit(rules, account_id, account, cause.clone(), &mut outputs);
+        account.due = account.next_change_due(rules, account.clock);
+        reschedule(&mut self.timers, account_id, due_before, account.due);
+        if account.members.is_empty() && account.profile.traits.is_empty() {
+            // Nothing left of it (a lead passed through on its way to
+            // another account): dropped, so its having existed does not
+            // depend on the order events arrived in.
+            if let Some(due) = account.due {
+                self.timers.remove(&(due, account_id.clone()));
+            }
+            self.accounts.remove(account_id);
+        }
+        outputs
+    }
+
+    /// Publishes what decay alone changes up to `now`.
+    pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {
+        let rules = &*self.rules;
+        let mut outputs = Vec::new();
+        while let Some((due, account_id)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(account) = self.accounts.get_mut(&account_id) else {
+                continue;
+            };
+            fire_due(rules, &account_id, account, due, &mut outputs);
+            if let Some(next) = account.due {
+                self.timers.insert((next, account_id));
+            }
+        }
+        outputs
+    }
+
+    /// The account's numbers and explanation at `at` (not before its clock).
+    pub fn explain(&self, account_id: &str, at: Timestamp) -> Option<AccountSnapshot> {
+        self.accounts
+            .get(account_id)
+            .map(|a| snapshot_of(&self.rules, account_id, a, at))
+    }
+
+    /// Every account at `at`, ordered by id. Call `advance(at)` first for
+    /// tiers that include decay up to `at`.
+    pub fn snapshot(&self, at: Timestamp) -> Vec<AccountSnapshot> {
+        let mut ids: Vec<&Box<str>> = self.accounts.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| snapshot_of(&self.rules, id, &self.accounts[id], at))
+            .collect()
+    }
+}
+
+fn snapshot_of(
+    rules: &Rules,
+    account_id: &str,
+    a: &AccountState,
+    at: Timestamp,
+) -> AccountSnapshot {
+    let at = at.max(a.clock);
+    let eval = a.evaluate(rules, at);
+    let profile = &rules.accounts.as_deref().expect("account rules").profile;
+    AccountSnapshot {
+        account_id: account_id.to_string(),
+        as_of: at,
+        fit: eval.fit,
+        engagement: eval.engagement,
+        committee: eval.committee,
+        score: eval.score,
+        grade: eval.grade,
+        tier: profile.tier_name(usize::from(a.tier)).clone(),
+        members: a.members.len(),
+        engaged_leads: eval.engaged_leads,
+        contributions: a.contributions(rules, at),
+        last_event_at: a.clock,
+    }
+}
+
+/// Fires the account's decay due times up to `until`.
+fn fire_due(
+    rules: &Rules,
+    account_id: &str,
+    account: &mut AccountState,
+    until: Timestamp,
+    outputs: &mut Vec<Output>,
+) {
+    let tiers = rules
+        .accounts
+        .as_deref()
+        .map_or(0, |a| a.profile.tiers.len());
+    for _ in 0..=2 * tiers {
+        let Some(due) = account.due.filter(|due| *due <= until) else {
+            return;
+        };
+        account.clock = account.clock.max(due);
+        emit(rules, account_id, account, Cause::Decay(due), outputs);
+        account.due = account.next_change_due(rules, account.clock);
+    }
+    account.due = None;
+}
+
+fn emit(
+    rules: &Rules,
+    account_id: &str,
+    account: &mut AccountState,
+    cause: Cause,
+    out: &mut Vec<Output>,
+) {
+    let profile = &rules.accounts.as_deref().expect("account rules").profile;
+    let at = account.clock;
+    let eval = account.evaluate(rules, at);
+    let previous = usize::from(account.tier);
+    let tier = account.tier_at(rules, &eval);
+    let delta = eval.score - account.last_emitted_score;
+    if tier == previous && delta.abs() < profile.settings.step {
+        return;
+    }
+    let mut contributions = account.contributions(rules, at);
+    contributions.truncate(profile.settings.top_contributions);
+    let direction = if tier > previous || (tier == previous && delta >= 0.0) {
+        Direction::Up
+    } else {
+        Direction::Down
+    };
+    let changed = Output {
+        kind: OutputKind::ScoreChanged,
+        event_id: output_id_for("account", account_id, OutputKind::ScoreChanged, &cause),
+        lead_id: None,
+        account_id: Some(account_id.to_string()),
+        at,
+        cause: cause.clone(),
+        score: eval.score,
+        fit: eval.fit,
+        engagement: eval.engagement,
+        grade: eval.grade,
+        tier: profile.tier_name(tier).clone(),
+        previous_tier: profile.tier_name(previous).clone(),
+        direction,
+        delta,
+        contributions,
+        rules_version: rules.version.clone(),
+    };
+    if tier != previous {
+        let crossed = Output {
+            kind: OutputKind::ThresholdCrossed,
+            event_id: output_id_for("account", account_id, OutputKind::ThresholdCrossed, &cause),
+            ..changed.clone()
+        };
+        out.push(changed);
+        out.push(crossed);
+    } else {
+        out.push(changed);
+    }
+    account.tier = tier as u8;
+    account.last_emitted_score = eval.score;
+}
+
+fn reschedule(
+    timers: &mut BTreeSet<(Timestamp, Box<str>)>,
+    account_id: &str,
+    before: Option<Timestamp>,
+    after: Option<Timestamp>,
+) {
+    if before == after {
+        return;
+    }
+    if let Some(due) = before {
+        timers.remove(&(due, account_id.into()));
+    }
+    if let Some(due) = after {
+        timers.insert((due, account_id.into()));
+    }
+}
