@@ -2,10 +2,14 @@
 # Apache Kafka (KRaft, one node) from its Maven jars, for tests and the demo.
 #
 #   scripts/kafka.sh install            fetch the jars once per machine
-#   scripts/kafka.sh start [--watch PID] start on free loopback ports; prints
+#   scripts/kafka.sh start [--watch PID] [--tls]
+#                                       start on free loopback ports; prints
 #                                       KAFKA_BOOTSTRAP=, KAFKA_PID=, KAFKA_DIR=
 #                                       and returns once the broker is ready.
 #                                       With --watch, the broker stops when PID exits.
+#                                       With --tls, also a TLS listener with a fresh
+#                                       self-signed certificate for 127.0.0.1:
+#                                       KAFKA_TLS_BOOTSTRAP=, KAFKA_TLS_CA= (PEM).
 #   scripts/kafka.sh stop DIR           stop the broker started in DIR
 #
 # Jars go to ${LEADSCORE_CACHE:-~/.cache/leadscore}/kafka-<version>, outside
@@ -33,27 +37,50 @@ free_port() {
 }
 
 start() {
-  local watch=""
-  if [ "${1:-}" = "--watch" ]; then
-    watch="$2"
-  fi
+  local watch="" tls=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --watch) watch="$2"; shift 2 ;;
+      --tls) tls=1; shift ;;
+      *) echo "kafka.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+  done
   install
   local dir port cport cluster
   dir="$(mktemp -d "${TMPDIR:-/tmp}/leadscore-kafka.XXXXXX")"
   port="$(free_port)"
   cport="$(free_port)"
   while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  local tls_props="" tport=""
+  if [ -n "$tls" ]; then
+    tport="$(free_port)"
+    while [ "$tport" = "$port" ] || [ "$tport" = "$cport" ]; do tport="$(free_port)"; done
+    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 7 \
+      -dname "CN=localhost" -ext "SAN=ip:127.0.0.1,dns:localhost" \
+      -keystore "$dir/broker.p12" -storetype PKCS12 -storepass leadscore -keypass leadscore \
+      >/dev/null 2>&1
+    keytool -exportcert -rfc -alias broker -keystore "$dir/broker.p12" -storepass leadscore \
+      -file "$dir/ca.pem" >/dev/null 2>&1
+    listeners="$listeners,SSL://127.0.0.1:$tport"
+    protocols="$protocols,SSL:SSL"
+    tls_props="ssl.keystore.location=$dir/broker.p12
+ssl.keystore.type=PKCS12
+ssl.keystore.password=leadscore
+ssl.key.password=leadscore"
+  fi
   # May begin with "-", hence --cluster-id=... below.
   cluster="$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
   cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=${listeners/,CONTROLLER:\/\/127.0.0.1:$cport/}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$dir/data
 num.partitions=4
 auto.create.topics.enable=false
@@ -67,6 +94,7 @@ group.initial.rebalance.delay.ms=0
 group.consumer.min.session.timeout.ms=1000
 group.classic.min.session.timeout.ms=1000
 log.flush.interval.messages=9223372036854775807
+$tls_props
 PROPS
   cat > "$dir/log4j2.properties" <<'LOG'
 rootLogger.level = WARN
@@ -108,6 +136,10 @@ LOG
     sleep 0.1
     waited=$((waited + 1))
   done
+  if [ -n "$tls" ]; then
+    echo "KAFKA_TLS_BOOTSTRAP=127.0.0.1:$tport"
+    echo "KAFKA_TLS_CA=$dir/ca.pem"
+  fi
   echo "KAFKA_BOOTSTRAP=127.0.0.1:$port"
   echo "KAFKA_PID=$pid"
   echo "KAFKA_DIR=$dir"

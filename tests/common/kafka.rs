@@ -38,6 +38,44 @@ pub fn tansu() -> &'static Broker {
     BROKER.get_or_init(|| start_broker("tansu.sh", "TANSU_BOOTSTRAP="))
 }
 
+/// An Apache Kafka with a TLS listener besides the plaintext one.
+pub struct TlsBroker {
+    /// The plaintext listener, for the test's own admin, produce and read.
+    pub plain: Broker,
+    pub tls_bootstrap: String,
+    /// The broker's self-signed certificate (PEM), for `ssl.ca.location`.
+    pub ca: String,
+}
+
+pub fn kafka_tls() -> &'static TlsBroker {
+    static BROKER: OnceLock<TlsBroker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["start", "--tls", "--watch", &std::process::id().to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("the broker script runs");
+        assert!(out.status.success(), "kafka.sh start --tls failed");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = |prefix: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in {stdout}"))
+                .to_string()
+        };
+        TlsBroker {
+            plain: Broker {
+                bootstrap: value("KAFKA_BOOTSTRAP="),
+            },
+            tls_bootstrap: value("KAFKA_TLS_BOOTSTRAP="),
+            ca: value("KAFKA_TLS_CA="),
+        }
+    })
+}
+
 /// Starts a broker with the project's script; it stops when this test
 /// process exits.
 fn start_broker(script: &str, prefix: &str) -> Broker {
