@@ -262,7 +262,7 @@ impl AccountState {
                     .zip(self.member_engagement(accounts, t))
                     .map(|(m, points)| Contribution {
                         rule: format!("lead {}", m.lead_id).into(),
-                        points,
+                        points: points + 0.0, // no "-0" for a faded lead
                     }),
             )
             .collect();
@@ -284,24 +284,34 @@ impl AccountState {
     /// When decay alone next moves the account to another tier. Scores are
     /// not monotone in time (a lead leaving the committee drops points at
     /// once), so the search steps through ten of the longest half-lives and
-    /// then narrows the first change down to the millisecond.
+    /// then narrows the first change down to the second.
     pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
+        let tier = usize::from(self.tier);
+        let any_negative = self
+            .members
+            .iter()
+            .any(|m| m.engagement.iter().any(|(_, sum)| sum.value < 0.0));
+        if tier == 0 && !any_negative {
+            return None; // only falling, and there is no lower tier
+        }
         let longest = self
             .members
             .iter()
             .filter_map(Member::longest_half_life_ms)
             .reduce(f64::max)?;
-        const STEPS: i64 = 256;
+        const STEPS: i64 = 64;
+        const PRECISION_MS: i64 = 1000;
         let horizon = (longest * 10.0) as i64;
-        let step = (horizon / STEPS).max(1000);
-        let tier = usize::from(self.tier);
+        let step = (horizon / STEPS).max(PRECISION_MS);
         let moved = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
         let mut before = from;
         for k in 1..=STEPS {
             let at = from.saturating_add_ms(step * k);
             if moved(at) {
+                // Narrowed to the second: due times stay deterministic,
+                // and each probe evaluates every member.
                 let (mut lo, mut hi) = (before.millis(), at.millis());
-                while hi - lo > 1 {
+                while hi - lo > PRECISION_MS {
                     let mid = lo + (hi - lo) / 2;
                     if moved(Timestamp(mid)) {
                         hi = mid;
