@@ -137,3 +137,91 @@ fn an_instance_fenced_by_a_newer_one_with_its_transactional_id_exits_non_zero() 
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(180));
     assert!(new.terminate().success());
 }
+
+/// A batch the broker refuses (its outputs exceed the output topic's
+/// `max.message.bytes`) is aborted, state is restored from the changelog
+/// and the input rewound, again and again, until the topic is fixed; then
+/// everything goes through exactly once.
+#[test]
+fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
+    use rdkafka::admin::{
+        AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+    };
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::ClientConfig;
+
+    let broker = kafka();
+    let names = Names::new("refused");
+    create_topic(&broker.bootstrap, &names.input, 2);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Every output record is larger than this.
+    let small =
+        NewTopic::new(&names.output, 2, TopicReplication::Fixed(1)).set("max.message.bytes", "100");
+    for r in runtime
+        .block_on(admin.create_topics(&[small], &options))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let lines = sample(40, 51);
+    produce_lines(&broker.bootstrap, &names.input, &lines);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &broker.bootstrap,
+        &names,
+        "exactly_once",
+        EVENT_TIME,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let instance = Instance::start(&config, &[("LEADSCORE_HTTP_LISTEN", listen.as_str())]);
+    let aborted = || -> f64 {
+        let Ok(mut response) = ureq::get(&format!("http://{listen}/metrics")).call() else {
+            return 0.0;
+        };
+        let text = response.body_mut().read_to_string().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("leadscore_transactions_total{result=\"aborted\"} "))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while aborted() < 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused batch was not aborted and retried"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        committed_total(&broker.bootstrap, &names).unwrap_or(0),
+        0,
+        "nothing committed while the batch is refused"
+    );
+
+    let fixed = AlterConfig::new(ResourceSpecifier::Topic(&names.output))
+        .set("max.message.bytes", "1048576");
+    for r in runtime
+        .block_on(admin.alter_configs(&[fixed], &options))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
+    assert!(instance.terminate().success());
+
+    let cut = event_time_cut(&lines);
+    let (expected, replayer) = replay(&lines, cut);
+    let committed = read_topic(&broker.bootstrap, &names.output, true);
+    assert_exactly_replay(&committed, &expected, cut);
+    assert_changelog_equals_replay(&broker.bootstrap, &names, &replayer);
+}
