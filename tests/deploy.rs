@@ -10,6 +10,9 @@ use std::process::Command;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+mod common;
+use common::promtool;
+
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy")
@@ -154,22 +157,6 @@ fn compose_wires_kafka_leadscore_prometheus_and_grafana() {
     )
     .unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 8);
-}
-
-fn promtool() -> PathBuf {
-    let path = std::env::var_os("LEADSCORE_PROMTOOL").map_or_else(
-        || {
-            PathBuf::from(std::env::var("HOME").unwrap())
-                .join(".cache/leadscore/prometheus-deb/usr/bin/promtool")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "no promtool at {}: run scripts/promtool.sh install (scripts/test.sh does)",
-        path.display()
-    );
-    path
 }
 
 #[test]

@@ -178,12 +178,7 @@ fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
         "exactly_once",
         EVENT_TIME,
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let instance = Instance::start(&config, &[("LEADSCORE_HTTP_LISTEN", listen.as_str())]);
     let aborted = || -> f64 {
         let Ok(mut response) = ureq::get(&format!("http://{listen}/metrics")).call() else {

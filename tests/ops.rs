@@ -5,21 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
 use common::verify::*;
+use common::{free_port, promtool};
 use leadscore::core::Timestamp;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -66,22 +58,6 @@ fn sum_of(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
         .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
         .map(|(_, v)| v)
         .sum()
-}
-
-fn promtool() -> PathBuf {
-    let path = std::env::var_os("LEADSCORE_PROMTOOL").map_or_else(
-        || {
-            let home = std::env::var("HOME").unwrap();
-            PathBuf::from(home).join(".cache/leadscore/prometheus-deb/usr/bin/promtool")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "no promtool at {}: run scripts/promtool.sh install (scripts/test.sh does)",
-        path.display()
-    );
-    path
 }
 
 /// `promtool check metrics` on an exposition: the verdict and its words.

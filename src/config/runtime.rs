@@ -51,9 +51,7 @@ pub struct KafkaSettings {
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        toml::Value::Table(toml::Table::new())
-            .try_into()
-            .expect("every field has a default")
+        all_defaults()
     }
 }
 
@@ -155,9 +153,7 @@ pub enum TimerClock {
 
 impl Default for ProcessingSettings {
     fn default() -> Self {
-        toml::Value::Table(toml::Table::new())
-            .try_into()
-            .expect("every field has a default")
+        all_defaults()
     }
 }
 
@@ -212,9 +208,7 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        toml::Value::Table(toml::Table::new())
-            .try_into()
-            .expect("every field has a default")
+        all_defaults()
     }
 }
 
@@ -250,9 +244,7 @@ pub struct LoggingSettings {
 
 impl Default for LoggingSettings {
     fn default() -> Self {
-        toml::Value::Table(toml::Table::new())
-            .try_into()
-            .expect("every field has a default")
+        all_defaults()
     }
 }
 
@@ -268,6 +260,14 @@ fn default_log_format() -> LogFormat {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+
+/// A section with every field at its serde default: what an absent
+/// section means.
+fn all_defaults<T: serde::de::DeserializeOwned>() -> T {
+    toml::Value::Table(toml::Table::new())
+        .try_into()
+        .expect("every field has a default")
 }
 
 /// Applies `LEADSCORE_<SECTION>_<KEY>` variables to a section's raw table.

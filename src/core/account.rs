@@ -26,9 +26,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::core::decay::{Decaying, HalfLife};
+use crate::core::engine::reschedule;
 use crate::core::event::Fields;
 use crate::core::lead::LeadState;
-use crate::core::output::{output_id_for, Cause, Contribution, Direction, Output, OutputKind};
+use crate::core::output::{
+    output_id_for, sort_largest_first, Cause, Contribution, Direction, Output, OutputKind,
+};
 use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
 
@@ -272,12 +275,7 @@ impl AccountState {
                 points: eval.committee,
             });
         }
-        all.sort_by(|a, b| {
-            b.points
-                .abs()
-                .total_cmp(&a.points.abs())
-                .then_with(|| a.rule.cmp(&b.rule))
-        });
+        sort_largest_first(&mut all);
         all
     }
 
@@ -564,21 +562,4 @@ fn emit(
     }
     account.tier = tier as u8;
     account.last_emitted_score = eval.score;
-}
-
-fn reschedule(
-    timers: &mut BTreeSet<(Timestamp, Box<str>)>,
-    account_id: &str,
-    before: Option<Timestamp>,
-    after: Option<Timestamp>,
-) {
-    if before == after {
-        return;
-    }
-    if let Some(due) = before {
-        timers.remove(&(due, account_id.into()));
-    }
-    if let Some(due) = after {
-        timers.insert((due, account_id.into()));
-    }
 }

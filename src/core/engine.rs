@@ -464,7 +464,8 @@ fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) ->
     }
 }
 
-fn reschedule(
+/// Moves `id`'s timer from `before` to `after` (either may be none).
+pub(crate) fn reschedule(
     timers: &mut BTreeSet<(Timestamp, Box<str>)>,
     lead_id: &str,
     before: Option<Timestamp>,

@@ -9,7 +9,7 @@
 
 use crate::core::decay::Decaying;
 use crate::core::event::Fields;
-use crate::core::output::Contribution;
+use crate::core::output::{sort_largest_first, Contribution};
 use crate::core::rules::{Grade, Rules, Settings, TraitBits, EMAIL_DOMAIN_TRAIT};
 use crate::core::time::Timestamp;
 
@@ -396,12 +396,7 @@ impl LeadState {
                     }),
             )
             .collect();
-        all.sort_by(|a, b| {
-            b.points
-                .abs()
-                .total_cmp(&a.points.abs())
-                .then_with(|| a.rule.cmp(&b.rule))
-        });
+        sort_largest_first(&mut all);
         all
     }
 

@@ -47,6 +47,17 @@ pub struct Contribution {
     pub points: f64,
 }
 
+/// Largest share first (by absolute value, then by name, so the order is
+/// deterministic).
+pub fn sort_largest_first(contributions: &mut [Contribution]) {
+    contributions.sort_by(|a, b| {
+        b.points
+            .abs()
+            .total_cmp(&a.points.abs())
+            .then_with(|| a.rule.cmp(&b.rule))
+    });
+}
+
 /// Why an output happened: an input event, or decay reaching a due time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Cause {

@@ -48,3 +48,30 @@ pub fn crossings(outputs: &[Output]) -> Vec<&Output> {
         .filter(|o| o.kind == leadscore::core::OutputKind::ThresholdCrossed)
         .collect()
 }
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// promtool, as `scripts/promtool.sh install` unpacks it (or
+/// `LEADSCORE_PROMTOOL`).
+pub fn promtool() -> std::path::PathBuf {
+    let path = std::env::var_os("LEADSCORE_PROMTOOL").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/leadscore/prometheus-deb/usr/bin/promtool")
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "no promtool at {}: run scripts/promtool.sh install (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
