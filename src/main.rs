@@ -174,6 +174,8 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = config::load(path, &env)?;
+    leadscore::kafka::check_properties(&config.kafka)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     print!("{}", config::summarize(&config.rules));
     let k = &config.kafka;
     println!(

@@ -403,3 +403,20 @@ fn run_refuses_account_rules_it_cannot_score_yet_and_replay_snapshots_accounts()
         && o["lead_id"].is_null()
         && o["type"] == "threshold_crossed"));
 }
+
+#[test]
+fn check_catches_a_misspelt_librdkafka_property() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(example_config()).unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(
+        &path,
+        format!("{original}\n[kafka.properties]\n\"securty.protocol\" = \"ssl\"\n"),
+    )
+    .unwrap();
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("securty.protocol"), "{stderr}");
+    assert!(stderr.contains("[kafka.properties]"), "{stderr}");
+}

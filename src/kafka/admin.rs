@@ -18,7 +18,14 @@ pub(crate) fn partition_count(base: &ClientConfig, topic: &str) -> anyhow::Resul
     let probe: BaseConsumer = base.create().context("cannot create a metadata client")?;
     let metadata = probe
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .with_context(|| format!("cannot read metadata of topic {topic}"))?;
+        .with_context(|| {
+            format!(
+                "cannot read metadata of topic {topic} within {} s: check [kafka] \
+                 bootstrap_servers and, for TLS or SASL, [kafka.properties] \
+                 (the log above has librdkafka's own words)",
+                METADATA_TIMEOUT.as_secs()
+            )
+        })?;
     Ok(metadata
         .topics()
         .iter()

@@ -23,4 +23,18 @@ mod records;
 mod restore;
 
 pub use processor::{run, Shutdown};
+
+/// Whether librdkafka accepts every `[kafka.properties]` entry (names and
+/// values), without connecting: `check` reports a typo before `run` would.
+pub fn check_properties(kafka: &crate::config::KafkaSettings) -> Result<(), String> {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+        .create_native_config()
+        .map(|_| ())
+        .map_err(|e| format!("[kafka.properties]: {e}"))
+}
 pub use records::headers;
