@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/leadscore/v1/event.proto",
         "proto/leadscore/v1/output.proto",
         "proto/leadscore/v1/state.proto",
+        "proto/leadscore/v1/account.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -2,6 +2,7 @@
 //! [`Event`](crate::core::Event)s out; core outputs to JSON or protobuf.
 //! The core never sees serde_json or prost types.
 
+pub mod account;
 pub mod output;
 pub mod proto;
 pub mod segment;

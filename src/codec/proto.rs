@@ -91,7 +91,7 @@ fn event_from_wire(msg: wire::TrackingEvent, decoder: &Decoder) -> Result<Event,
     })
 }
 
-fn fields(
+pub(crate) fn fields(
     map: std::collections::HashMap<String, wire::Value>,
     field: &'static str,
     keep: Option<&[String]>,
@@ -121,21 +121,24 @@ fn fields(
 }
 
 /// The protobuf form of an event, for producers and tests.
+/// Fields as a protobuf map of values.
+pub(crate) fn fields_to_wire(f: &Fields) -> std::collections::HashMap<String, wire::Value> {
+    f.iter()
+        .map(|(k, v)| {
+            let kind = match v {
+                Value::Text(t) => wire::value::Kind::Text(t.to_string()),
+                Value::Number(n) => wire::value::Kind::Number(*n),
+                Value::Bool(b) => wire::value::Kind::Boolean(*b),
+                Value::Null => wire::value::Kind::Null(true),
+            };
+            (k.to_string(), wire::Value { kind: Some(kind) })
+        })
+        .collect()
+}
+
 pub fn event_to_wire(event: &Event) -> wire::TrackingEvent {
     use wire::CallType;
-    let map = |f: &Fields| {
-        f.iter()
-            .map(|(k, v)| {
-                let kind = match v {
-                    Value::Text(t) => wire::value::Kind::Text(t.to_string()),
-                    Value::Number(n) => wire::value::Kind::Number(*n),
-                    Value::Bool(b) => wire::value::Kind::Boolean(*b),
-                    Value::Null => wire::value::Kind::Null(true),
-                };
-                (k.to_string(), wire::Value { kind: Some(kind) })
-            })
-            .collect()
-    };
+    let map = fields_to_wire;
     let (r#type, event_name, name) = match event.kind {
         EventKind::Track => (
             CallType::Track,

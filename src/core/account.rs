@@ -169,10 +169,14 @@ pub struct AccountState {
     pub clock: Timestamp,
     pub tier: u8,
     pub last_emitted_score: f64,
-    /// Holds the account's traits (only its trait list is used).
+    /// Holds the account's traits (only its trait list is used; its clock
+    /// stays 0).
     pub profile: LeadState,
     pub members: Vec<Member>,
     pub due: Option<Timestamp>,
+    /// The highest update position (offset in the topic that carries
+    /// updates) applied, or -1: a redelivered update is recognised.
+    pub position: i64,
 }
 
 /// An account's numbers at one point in time.
@@ -192,9 +196,33 @@ impl AccountState {
             clock,
             tier: 0,
             last_emitted_score: 0.0,
-            profile: LeadState::new(clock),
+            profile: LeadState::new(Timestamp(0)),
             members: Vec::new(),
             due: None,
+            position: -1,
+        }
+    }
+
+    /// A restored account: its traits, members and tier as recorded.
+    pub fn restored(
+        clock: Timestamp,
+        tier: u8,
+        last_emitted_score: f64,
+        traits: Vec<crate::core::lead::TraitState>,
+        members: Vec<Member>,
+        due: Option<Timestamp>,
+        position: i64,
+    ) -> Self {
+        let mut profile = LeadState::new(Timestamp(0));
+        profile.traits = traits.into_boxed_slice();
+        AccountState {
+            clock,
+            tier,
+            last_emitted_score,
+            profile,
+            members,
+            due,
+            position,
         }
     }
 
@@ -347,6 +375,9 @@ pub struct AccountEngine {
     rules: Arc<Rules>,
     accounts: HashMap<Box<str>, Box<AccountState>>,
     timers: BTreeSet<(Timestamp, Box<str>)>,
+    /// Accounts changed (or dropped) since the last `take_changes`, when
+    /// tracking is on.
+    changes: Option<BTreeSet<Box<str>>>,
 }
 
 impl AccountEngine {
@@ -357,7 +388,50 @@ impl AccountEngine {
             rules,
             accounts: HashMap::new(),
             timers: BTreeSet::new(),
+            changes: None,
         })
+    }
+
+    /// Records which accounts change, for a changelog.
+    pub fn track_changes(mut self) -> Self {
+        self.changes = Some(BTreeSet::new());
+        self
+    }
+
+    /// Calls `each` with every account changed since the last call: its
+    /// state, or `None` where it was dropped (a tombstone).
+    pub fn take_changes(&mut self, mut each: impl FnMut(&str, Option<&AccountState>)) {
+        let Some(changes) = self.changes.as_mut() else {
+            return;
+        };
+        for id in std::mem::take(changes) {
+            each(&id, self.accounts.get(&id).map(|a| &**a));
+        }
+    }
+
+    /// Puts back an account read from a changelog.
+    pub fn restore_account(&mut self, account_id: &str, state: AccountState) {
+        if let Some(old) = self.accounts.get(account_id).and_then(|a| a.due) {
+            self.timers.remove(&(old, account_id.into()));
+        }
+        if let Some(due) = state.due {
+            self.timers.insert((due, account_id.into()));
+        }
+        self.accounts.insert(account_id.into(), Box::new(state));
+    }
+
+    /// Forgets an account (a changelog tombstone).
+    pub fn forget_account(&mut self, account_id: &str) {
+        if let Some(old) = self.accounts.remove(account_id) {
+            if let Some(due) = old.due {
+                self.timers.remove(&(due, account_id.into()));
+            }
+        }
+    }
+
+    /// The earliest time at which `advance` has something to do.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.timers.first().map(|(due, _)| *due)
     }
 
     pub fn account(&self, account_id: &str) -> Option<&AccountState> {
@@ -369,6 +443,16 @@ impl AccountEngine {
     }
 
     pub fn apply(&mut self, update: &AccountUpdate) -> Vec<Output> {
+        self.apply_from(update, None).unwrap_or_default()
+    }
+
+    /// [`AccountEngine::apply`] for an update read from a log at
+    /// `position`; `None` when the account already holds that position.
+    pub fn apply_from(
+        &mut self,
+        update: &AccountUpdate,
+        position: Option<i64>,
+    ) -> Option<Vec<Output>> {
         let rules = &*self.rules;
         let profile = &rules.accounts.as_deref().expect("account rules").profile;
         let (account_id, at, cause) = match update {
@@ -385,10 +469,21 @@ impl AccountEngine {
                 ..
             } => (account_id, *at, cause),
         };
+        if let (Some(position), Some(account)) = (position, self.accounts.get(account_id)) {
+            if position <= account.position {
+                return None;
+            }
+        }
         let account = self
             .accounts
             .entry(account_id.clone())
             .or_insert_with(|| Box::new(AccountState::new(at)));
+        if let Some(position) = position {
+            account.position = account.position.max(position);
+        }
+        if let Some(changes) = self.changes.as_mut() {
+            changes.insert(account_id.clone());
+        }
         let mut outputs = Vec::new();
         let due_before = account.due;
         fire_due(rules, account_id, account, at, &mut outputs);
@@ -419,7 +514,7 @@ impl AccountEngine {
             }
             self.accounts.remove(account_id);
         }
-        outputs
+        Some(outputs)
     }
 
     /// Publishes what decay alone changes up to `now`.
@@ -435,6 +530,9 @@ impl AccountEngine {
                 continue;
             };
             fire_due(rules, &account_id, account, due, &mut outputs);
+            if let Some(changes) = self.changes.as_mut() {
+                changes.insert(account_id.clone());
+            }
             if let Some(next) = account.due {
                 self.timers.insert((next, account_id));
             }
