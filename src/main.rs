@@ -226,7 +226,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let bound = listener
             .local_addr()
             .map_or(address.clone(), |a| a.to_string());
-        tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz and /v1/leads");
+        tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz, /v1/leads and /v1/accounts");
         let state = leadscore::ops::http::AppState {
             status: status.clone(),
             queries,

@@ -436,6 +436,12 @@ proptest! {
         }
         let last = sorted.last().unwrap().timestamp.millis();
         let at = Timestamp(last + probe);
+        // Every output, lead's or account's, has an id of its own.
+        let mut ids: Vec<_> = w.outputs.iter().map(|o| o.event_id).collect();
+        let all = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        prop_assert_eq!(ids.len(), all);
         for account in w.accounts.snapshot(at) {
             let state = w.accounts.account(&account.account_id).unwrap();
             let expected: f64 = state

@@ -32,6 +32,14 @@ pub struct KafkaSettings {
     /// Compacted topic of lead state, partitioned like the input.
     #[serde(default = "default_changelog_topic")]
     pub changelog_topic: String,
+    /// With `[accounts]`: leads' account updates, keyed by account id (an
+    /// internal topic, partitioned like the input).
+    #[serde(default = "default_account_updates_topic")]
+    pub account_updates_topic: String,
+    /// With `[accounts]`: compacted topic of account state, partitioned
+    /// like the account updates.
+    #[serde(default = "default_account_changelog_topic")]
+    pub account_changelog_topic: String,
     /// Create missing topics at start-up (the changelog compacted, with the
     /// input's partition count).
     #[serde(default = "default_true")]
@@ -78,6 +86,12 @@ fn default_output_topic() -> String {
 }
 fn default_dead_letter_topic() -> String {
     "leadscore-dead-letter".into()
+}
+fn default_account_updates_topic() -> String {
+    "leadscore-account-updates".into()
+}
+fn default_account_changelog_topic() -> String {
+    "leadscore-account-changelog".into()
 }
 fn default_changelog_topic() -> String {
     "leadscore-changelog".into()

@@ -502,7 +502,20 @@ impl AccountEngine {
             }
         }
         account.clock = account.clock.max(at);
-        emit(rules, account_id, account, cause.clone(), &mut outputs);
+        // One lead event can send an account both its traits and a member
+        // update: their outputs need ids of their own.
+        let subject = match update {
+            AccountUpdate::Member { .. } => ACCOUNT,
+            AccountUpdate::Traits { .. } => ACCOUNT_TRAITS,
+        };
+        emit(
+            rules,
+            account_id,
+            account,
+            subject,
+            cause.clone(),
+            &mut outputs,
+        );
         account.due = account.next_change_due(rules, account.clock);
         reschedule(&mut self.timers, account_id, due_before, account.due);
         if account.members.is_empty() && account.profile.traits.is_empty() {
@@ -600,16 +613,29 @@ fn fire_due(
             return;
         };
         account.clock = account.clock.max(due);
-        emit(rules, account_id, account, Cause::Decay(due), outputs);
+        emit(
+            rules,
+            account_id,
+            account,
+            ACCOUNT,
+            Cause::Decay(due),
+            outputs,
+        );
         account.due = account.next_change_due(rules, account.clock);
     }
     account.due = None;
 }
 
+/// Output id subjects: an account's outputs from member updates and decay,
+/// and from its traits.
+const ACCOUNT: &str = "account";
+const ACCOUNT_TRAITS: &str = "account traits";
+
 fn emit(
     rules: &Rules,
     account_id: &str,
     account: &mut AccountState,
+    subject: &str,
     cause: Cause,
     out: &mut Vec<Output>,
 ) {
@@ -631,7 +657,7 @@ fn emit(
     };
     let changed = Output {
         kind: OutputKind::ScoreChanged,
-        event_id: output_id_for("account", account_id, OutputKind::ScoreChanged, &cause),
+        event_id: output_id_for(subject, account_id, OutputKind::ScoreChanged, &cause),
         lead_id: None,
         account_id: Some(account_id.to_string()),
         at,
@@ -650,7 +676,7 @@ fn emit(
     if tier != previous {
         let crossed = Output {
             kind: OutputKind::ThresholdCrossed,
-            event_id: output_id_for("account", account_id, OutputKind::ThresholdCrossed, &cause),
+            event_id: output_id_for(subject, account_id, OutputKind::ThresholdCrossed, &cause),
             ..changed.clone()
         };
         out.push(changed);

@@ -36,15 +36,33 @@ pub(crate) fn partition_count(base: &ClientConfig, topic: &str) -> anyhow::Resul
 
 /// Creates the topics that are missing: input, output and dead-letter with
 /// `partitions`, the changelog compacted with the input's partition count.
-pub(crate) fn ensure_topics(base: &ClientConfig, kafka: &KafkaSettings) -> anyhow::Result<()> {
+/// With `accounts`, also the account updates topic and the compacted
+/// account changelog, both with the input's partition count.
+pub(crate) fn ensure_topics(
+    base: &ClientConfig,
+    kafka: &KafkaSettings,
+    accounts: bool,
+) -> anyhow::Result<()> {
     let input_partitions =
         partition_count(base, &kafka.input_topic)?.map_or(kafka.partitions, |n| n as i32);
-    let wanted = [
+    let mut wanted = vec![
         (kafka.input_topic.as_str(), input_partitions, false),
         (kafka.output_topic.as_str(), kafka.partitions, false),
         (kafka.dead_letter_topic.as_str(), kafka.partitions, false),
         (kafka.changelog_topic.as_str(), input_partitions, true),
     ];
+    if accounts {
+        wanted.push((
+            kafka.account_updates_topic.as_str(),
+            input_partitions,
+            false,
+        ));
+        wanted.push((
+            kafka.account_changelog_topic.as_str(),
+            input_partitions,
+            true,
+        ));
+    }
     let mut missing = Vec::new();
     for (name, partitions, compacted) in wanted {
         if partition_count(base, name)?.is_none() {

@@ -22,14 +22,16 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::admin;
 use super::records::{dead_letter_headers, header_text, output_headers, output_value, DeadLetter};
-use super::restore::restore_partitions;
+use super::restore::{restore_account_partitions, restore_partitions};
+use crate::codec::account::{decode_account_update, encode_account_state, encode_account_update};
 use crate::codec::proto::encode_changelog;
 use crate::codec::{Decoder, Encoding};
 use crate::config::{Config, Guarantee, TimerClock};
+use crate::core::account::{AccountEngine, AccountUpdate};
 use crate::core::{Engine, Outcome, Output, OutputKind, Rules, Timestamp};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
-use crate::ops::status::{LeadAnswer, LeadQuery, Status};
+use crate::ops::status::{LeadAnswer, LeadQuery, Status, Subject};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Items of one batch envelope share an input offset; each gets its own
@@ -54,22 +56,37 @@ impl Shutdown {
 /// Partition assignment changes, recorded during `poll` and acted on by the
 /// loop right after it.
 enum AssignmentChange {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
+    Assigned(Held),
+    Revoked(Held),
+}
+
+/// Partitions of the input topic and of the account updates topic.
+#[derive(Default)]
+struct Held {
+    input: Vec<i32>,
+    accounts: Vec<i32>,
 }
 
 struct GroupContext {
     input_topic: String,
+    /// With `[accounts]`.
+    account_topic: Option<String>,
     read_committed: bool,
     changes: Mutex<Vec<AssignmentChange>>,
 }
 
 impl GroupContext {
-    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
-        list.elements_for_topic(&self.input_topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect()
+    fn partitions(&self, list: &TopicPartitionList) -> Held {
+        let of = |topic: &str| -> Vec<i32> {
+            list.elements_for_topic(topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect()
+        };
+        Held {
+            input: of(&self.input_topic),
+            accounts: self.account_topic.as_deref().map(of).unwrap_or_default(),
+        }
     }
 
     fn record(&self, change: AssignmentChange) {
@@ -163,6 +180,15 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// One partition of the account updates topic: the accounts keyed to it.
+struct AccountPartition {
+    engine: AccountEngine,
+    /// The latest update time seen: the account timers' clock while
+    /// catching up.
+    watermark: Option<Timestamp>,
+    at_end: bool,
+}
+
 struct PartitionState {
     engine: Engine,
     /// The consumer has read to the end of the partition: decay timers then
@@ -198,6 +224,9 @@ struct Processor<'c> {
     producer: BaseProducer<DeliveryContext>,
     transactional: bool,
     partitions: BTreeMap<i32, PartitionState>,
+    /// With `[accounts]`: the account updates topic and its partitions held.
+    account_topic: Option<String>,
+    accounts: BTreeMap<i32, AccountPartition>,
     counters: Counters,
 }
 
@@ -211,13 +240,6 @@ pub fn run(
     status: &Status,
     queries: std::sync::mpsc::Receiver<LeadQuery>,
 ) -> anyhow::Result<()> {
-    if config.rules.accounts.is_some() {
-        bail!(
-            "the rules have an [accounts] section, and leadscore run does not score accounts yet: \
-             an account's leads live on several partitions, and the repartition topic that brings \
-             them together is not built. Remove [accounts] for run; replay and calibrate score accounts"
-        );
-    }
     let kafka = &config.kafka;
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", &kafka.bootstrap_servers);
@@ -225,7 +247,7 @@ pub fn run(
         base.set(key, value);
     }
     if kafka.create_topics {
-        admin::ensure_topics(&base, kafka)?;
+        admin::ensure_topics(&base, kafka, config.rules.accounts.is_some())?;
     }
     let Some(input_partitions) = admin::partition_count(&base, &kafka.input_topic)? else {
         bail!(
@@ -258,6 +280,11 @@ pub fn run(
             .context("cannot initialise transactions")?;
     }
 
+    let account_topic = config
+        .rules
+        .accounts
+        .is_some()
+        .then(|| kafka.account_updates_topic.clone());
     let mut consumer_config = base.clone();
     consumer_config
         .set("group.id", &kafka.group_id)
@@ -278,12 +305,15 @@ pub fn run(
     let consumer: BaseConsumer<GroupContext> = consumer_config
         .create_with_context(GroupContext {
             input_topic: kafka.input_topic.clone(),
+            account_topic: account_topic.clone(),
             read_committed: transactional,
             changes: Mutex::new(Vec::new()),
         })
         .context("cannot create the consumer")?;
+    let mut topics = vec![kafka.input_topic.as_str()];
+    topics.extend(account_topic.as_deref());
     consumer
-        .subscribe(&[&kafka.input_topic])
+        .subscribe(&topics)
         .context("cannot subscribe to the input topic")?;
 
     let default_encoding = Encoding::from_content_type(&config.processing.default_content_type)
@@ -303,6 +333,8 @@ pub fn run(
         producer,
         transactional,
         partitions: BTreeMap::new(),
+        account_topic,
+        accounts: BTreeMap::new(),
         counters: Counters::default(),
     };
     tracing::info!(
@@ -359,16 +391,16 @@ impl Processor<'_> {
             }
             match self.consumer.poll(left) {
                 Some(Ok(message)) => {
-                    if let Some(p) = self.partitions.get_mut(&message.partition()) {
-                        p.at_end = false;
+                    if message.topic() == self.config.kafka.input_topic {
+                        if let Some(p) = self.partitions.get_mut(&message.partition()) {
+                            p.at_end = false;
+                        }
+                    } else if let Some(a) = self.accounts.get_mut(&message.partition()) {
+                        a.at_end = false;
                     }
                     batch.push(message.detach());
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    if let Some(p) = self.partitions.get_mut(&partition) {
-                        p.at_end = true;
-                    }
-                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => self.reached_end(partition),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 None => {}
             }
@@ -377,24 +409,73 @@ impl Processor<'_> {
         Ok(batch)
     }
 
+    /// librdkafka reports the end of a partition without its topic; when
+    /// both topics' partition is held here, the watermarks tell which.
+    fn reached_end(&mut self, partition: i32) {
+        let input = self.partitions.contains_key(&partition);
+        let accounts = self.accounts.contains_key(&partition);
+        let at_end = |topic: &str| -> bool {
+            let position = self.consumer.position().ok().and_then(|list| {
+                list.find_partition(topic, partition)
+                    .and_then(|e| e.offset().to_raw())
+            });
+            let high = self
+                .consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(2))
+                .ok()
+                .map(|(_, high)| high);
+            matches!((position, high), (Some(p), Some(h)) if p >= h)
+        };
+        let (input_end, accounts_end) = match (input, accounts, self.account_topic.clone()) {
+            (true, true, Some(topic)) => (at_end(&self.config.kafka.input_topic), at_end(&topic)),
+            _ => (input, accounts),
+        };
+        if input_end {
+            if let Some(p) = self.partitions.get_mut(&partition) {
+                p.at_end = true;
+            }
+        }
+        if accounts_end {
+            if let Some(a) = self.accounts.get_mut(&partition) {
+                a.at_end = true;
+            }
+        }
+    }
+
     fn apply_assignment_changes(&mut self, batch: &mut Vec<OwnedMessage>) -> anyhow::Result<()> {
         let changes =
             std::mem::take(&mut *self.consumer.context().changes.lock().expect("poisoned"));
         for change in changes {
             match change {
-                AssignmentChange::Revoked(partitions) => {
+                AssignmentChange::Revoked(held) => {
                     metrics::counter!(m::REBALANCES, "change" => "revoked").increment(1);
                     self.status.set_ready(false);
-                    for p in &partitions {
+                    for p in &held.input {
                         self.partitions.remove(p);
                         metrics::gauge!(m::CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
                     }
-                    batch.retain(|m| !partitions.contains(&m.partition()));
-                    tracing::info!(?partitions, "partitions revoked; their state dropped");
+                    for p in &held.accounts {
+                        self.accounts.remove(p);
+                    }
+                    let input_topic = self.config.kafka.input_topic.clone();
+                    batch.retain(|m| {
+                        let lost = if m.topic() == input_topic {
+                            &held.input
+                        } else {
+                            &held.accounts
+                        };
+                        !lost.contains(&m.partition())
+                    });
+                    tracing::info!(
+                        partitions = ?held.input,
+                        account_partitions = ?held.accounts,
+                        "partitions revoked; their state dropped"
+                    );
                 }
-                AssignmentChange::Assigned(partitions) => {
+                AssignmentChange::Assigned(held) => {
                     metrics::counter!(m::REBALANCES, "change" => "assigned").increment(1);
-                    self.restore(&partitions)?;
+                    self.restore(&held.input)?;
+                    self.restore_accounts(&held.accounts)?;
                     self.status.set_ready(true);
                 }
             }
@@ -438,6 +519,44 @@ impl Processor<'_> {
         Ok(())
     }
 
+    /// Restores account partitions from the account changelog.
+    fn restore_accounts(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let restored = restore_account_partitions(
+            &self.base,
+            &self.config.kafka.account_changelog_topic,
+            partitions,
+            &self.rules,
+            self.transactional,
+        )?;
+        let accounts: usize = restored
+            .engines
+            .values()
+            .map(AccountEngine::account_count)
+            .sum();
+        metrics::histogram!(m::RESTORE_DURATION).record(restored.elapsed.as_secs_f64());
+        tracing::info!(
+            ?partitions,
+            accounts,
+            records = restored.records,
+            seconds = format!("{:.3}", restored.elapsed.as_secs_f64()),
+            "account partitions restored from changelog"
+        );
+        for (partition, engine) in restored.engines {
+            self.accounts.insert(
+                partition,
+                AccountPartition {
+                    engine,
+                    watermark: None,
+                    at_end: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
     fn process_or_recover(&mut self, batch: Vec<OwnedMessage>) -> anyhow::Result<()> {
         match self.process(&batch) {
             Ok(()) => Ok(()),
@@ -466,20 +585,29 @@ impl Processor<'_> {
     /// back to the committed offsets.
     fn rewind(&mut self) -> anyhow::Result<()> {
         let assigned: Vec<i32> = self.partitions.keys().copied().collect();
+        let assigned_accounts: Vec<i32> = self.accounts.keys().copied().collect();
         let committed = self
             .consumer
             .committed(CLIENT_TIMEOUT)
             .context("cannot read committed offsets")?;
         self.restore(&assigned)?;
-        for p in assigned {
+        self.restore_accounts(&assigned_accounts)?;
+        let mut seeks: Vec<(String, i32)> = assigned
+            .iter()
+            .map(|&p| (self.config.kafka.input_topic.clone(), p))
+            .collect();
+        if let Some(topic) = &self.account_topic {
+            seeks.extend(assigned_accounts.iter().map(|&p| (topic.clone(), p)));
+        }
+        for (topic, p) in seeks {
             let offset = committed
-                .find_partition(&self.config.kafka.input_topic, p)
+                .find_partition(&topic, p)
                 .map(|e| e.offset())
                 .filter(|o| matches!(o, Offset::Offset(_)))
                 .unwrap_or(Offset::Beginning);
             self.consumer
-                .seek(&self.config.kafka.input_topic, p, offset, CLIENT_TIMEOUT)
-                .with_context(|| format!("cannot seek partition {p}"))?;
+                .seek(&topic, p, offset, CLIENT_TIMEOUT)
+                .with_context(|| format!("cannot seek {topic} partition {p}"))?;
         }
         Ok(())
     }
@@ -493,6 +621,11 @@ impl Processor<'_> {
                 .next_due()
                 .zip(clock)
                 .is_some_and(|(due, clock)| due <= clock)
+        }) || self.accounts.values().any(|a| {
+            a.engine
+                .next_due()
+                .zip(account_timer_clock(a, wall, mode))
+                .is_some_and(|(due, clock)| due <= clock)
         });
         if batch.is_empty() && !timers_due {
             self.update_gauges();
@@ -504,21 +637,41 @@ impl Processor<'_> {
                 .begin_transaction()
                 .map_err(retry("cannot begin a transaction"))?;
         }
-        let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for message in batch {
             let partition = message.partition();
+            if message.topic() != self.config.kafka.input_topic {
+                if !self.accounts.contains_key(&partition) {
+                    continue; // revoked while buffered
+                }
+                next_offsets.insert(
+                    (message.topic().to_string(), partition),
+                    message.offset() + 1,
+                );
+                self.apply_account_update(message)?;
+                continue;
+            }
             if !self.partitions.contains_key(&partition) {
                 continue; // revoked while buffered
             }
-            next_offsets.insert(partition, message.offset() + 1);
+            next_offsets.insert(
+                (message.topic().to_string(), partition),
+                message.offset() + 1,
+            );
             self.counters.consumed += 1;
             metrics::counter!(m::EVENTS_CONSUMED).increment(1);
             self.score(message, wall)?;
+            self.send_account_updates(partition)?;
         }
         let mut decay_outputs = Vec::new();
         for p in self.partitions.values_mut() {
             if let Some(clock) = timer_clock(p, wall, mode) {
                 decay_outputs.extend(p.engine.advance(clock));
+            }
+        }
+        for a in self.accounts.values_mut() {
+            if let Some(clock) = account_timer_clock(a, wall, mode) {
+                decay_outputs.extend(a.engine.advance(clock));
             }
         }
         for output in &decay_outputs {
@@ -567,14 +720,60 @@ impl Processor<'_> {
             .map(|p| p.engine.lead_count())
             .sum();
         metrics::gauge!(m::LEADS).set(leads as f64);
+        let accounts: usize = self
+            .accounts
+            .values()
+            .map(|a| a.engine.account_count())
+            .sum();
+        metrics::gauge!(m::ACCOUNTS).set(accounts as f64);
         metrics::gauge!(m::PARTITIONS).set(self.partitions.len() as f64);
     }
 
     /// Answers the query API from committed state: called between batches.
     fn answer_queries(&self) {
         while let Ok(query) = self.queries.try_recv() {
-            let answer = self.answer(&query.lead_id);
+            let answer = match query.subject {
+                Subject::Lead => self.answer(&query.lead_id),
+                Subject::Account => self.answer_account(&query.lead_id),
+            };
             let _ = query.reply.send(answer);
+        }
+    }
+
+    fn answer_account(&self, account_id: &str) -> LeadAnswer {
+        if !self.status.is_ready() {
+            return LeadAnswer::NotReady;
+        }
+        let now = wall_clock();
+        for (&partition, a) in &self.accounts {
+            if let Some(snapshot) = a.engine.explain(account_id, now) {
+                return LeadAnswer::Found(crate::ops::http::account_json(
+                    &snapshot,
+                    &self.rules,
+                    partition,
+                ));
+            }
+        }
+        // Account updates are keyed by account and partitioned by this
+        // process's own producer: librdkafka's partitioner.
+        let partitioner = match self
+            .config
+            .kafka
+            .properties
+            .get("partitioner")
+            .map(String::as_str)
+        {
+            Some("murmur2" | "murmur2_random") => crate::config::Partitioner::Murmur2Random,
+            _ => crate::config::Partitioner::ConsistentRandom,
+        };
+        let partition = partition_of(partitioner, account_id.as_bytes(), self.input_partitions);
+        if self.accounts.contains_key(&partition) {
+            LeadAnswer::Unknown { partition }
+        } else {
+            LeadAnswer::Elsewhere {
+                partition,
+                assigned: self.accounts.keys().copied().collect(),
+            }
         }
     }
 
@@ -608,17 +807,67 @@ impl Processor<'_> {
         }
     }
 
-    fn offset_list(&self, next: &BTreeMap<i32, i64>) -> Result<TopicPartitionList, Retry> {
+    fn offset_list(
+        &self,
+        next: &BTreeMap<(String, i32), i64>,
+    ) -> Result<TopicPartitionList, Retry> {
         let mut list = TopicPartitionList::new();
-        for (&partition, &offset) in next {
-            list.add_partition_offset(
-                &self.config.kafka.input_topic,
-                partition,
-                Offset::Offset(offset),
-            )
-            .map_err(retry("bad offset"))?;
+        for ((topic, partition), &offset) in next {
+            list.add_partition_offset(topic, *partition, Offset::Offset(offset))
+                .map_err(retry("bad offset"))?;
         }
         Ok(list)
+    }
+
+    /// Sends the account updates scoring produced on input `partition` to
+    /// the account updates topic, keyed by account.
+    fn send_account_updates(&mut self, partition: i32) -> Result<(), Retry> {
+        let Some(topic) = self.account_topic.clone() else {
+            return Ok(());
+        };
+        let updates = self
+            .partitions
+            .get_mut(&partition)
+            .map(|p| p.engine.take_account_updates())
+            .unwrap_or_default();
+        for update in &updates {
+            let value = encode_account_update(update);
+            let record = BaseRecord::<str, [u8]>::to(&topic)
+                .key(update.account_id())
+                .payload(value.as_slice())
+                .headers(OwnedHeaders::new());
+            send(&self.producer, record)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one account update to the account partition it came on.
+    fn apply_account_update(&mut self, message: &OwnedMessage) -> Result<(), Retry> {
+        let update = match decode_account_update(message.payload().unwrap_or_default()) {
+            Ok(update) => update,
+            Err(e) => {
+                return self.dead_letter(message, "invalid_account_update", e.to_string(), None)
+            }
+        };
+        let Some(a) = self.accounts.get_mut(&message.partition()) else {
+            return Ok(());
+        };
+        let at = match &update {
+            AccountUpdate::Member { at, .. } | AccountUpdate::Traits { at, .. } => *at,
+        };
+        a.watermark = Some(a.watermark.map_or(at, |w| w.max(at)));
+        match a.engine.apply_from(&update, Some(message.offset())) {
+            Some(outputs) => {
+                for output in &outputs {
+                    self.send_output(output)?;
+                }
+            }
+            None => {
+                self.counters.duplicates += 1;
+                metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+            }
+        }
+        Ok(())
     }
 
     fn score(&mut self, message: &OwnedMessage, wall: Timestamp) -> Result<(), Retry> {
@@ -760,6 +1009,27 @@ impl Processor<'_> {
                 .headers(OwnedHeaders::new());
             send(&self.producer, record)?;
         }
+        let account_topic = self.config.kafka.account_changelog_topic.clone();
+        let mut account_records: Vec<(i32, String, Option<Vec<u8>>)> = Vec::new();
+        for (&partition, a) in self.accounts.iter_mut() {
+            a.engine.take_changes(|account_id, state| {
+                account_records.push((
+                    partition,
+                    account_id.to_string(),
+                    state.map(|s| encode_account_state(s, &version)),
+                ));
+            });
+        }
+        for (partition, key, value) in &account_records {
+            let mut record = BaseRecord::<str, [u8]>::to(&account_topic)
+                .partition(*partition)
+                .key(key.as_str())
+                .headers(OwnedHeaders::new());
+            if let Some(value) = value {
+                record = record.payload(value.as_slice());
+            }
+            send(&self.producer, record)?;
+        }
         Ok(())
     }
 
@@ -814,6 +1084,20 @@ fn timer_clock(p: &PartitionState, wall: Timestamp, mode: TimerClock) -> Option<
         Some(wall.max(p.engine.watermark().unwrap_or(wall)))
     } else {
         p.engine.watermark()
+    }
+}
+
+/// [`timer_clock`] for an account partition: its latest update time while
+/// catching up, the wall clock once read to its end.
+fn account_timer_clock(
+    a: &AccountPartition,
+    wall: Timestamp,
+    mode: TimerClock,
+) -> Option<Timestamp> {
+    if a.at_end && mode == TimerClock::Wall {
+        Some(wall.max(a.watermark.unwrap_or(wall)))
+    } else {
+        a.watermark
     }
 }
 

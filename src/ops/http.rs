@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use super::status::{LeadAnswer, LeadQuery, Status};
+use super::status::{LeadAnswer, LeadQuery, Status, Subject};
 
 /// How long a query waits for the loop to answer (it answers between
 /// batches, so normally within one commit interval).
@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/leads/{id}", get(lead))
+        .route("/v1/accounts/{id}", get(account))
         .with_state(state)
 }
 
@@ -81,11 +82,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn lead(
+async fn lead(state: State<AppState>, headers: HeaderMap, id: Path<String>) -> Response {
+    query(state, headers, id, Subject::Lead).await
+}
+
+async fn account(state: State<AppState>, headers: HeaderMap, id: Path<String>) -> Response {
+    query(state, headers, id, Subject::Account).await
+}
+
+async fn query(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    subject: Subject,
 ) -> Response {
+    let what = match subject {
+        Subject::Lead => "lead",
+        Subject::Account => "account",
+    };
     if !authorised(&state, &headers) {
         let mut response = error(
             StatusCode::UNAUTHORIZED,
@@ -99,6 +113,7 @@ async fn lead(
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let asked = state.queries.send(LeadQuery {
+        subject,
         lead_id: id.clone(),
         reply,
     });
@@ -114,8 +129,8 @@ async fn lead(
         Ok(Ok(LeadAnswer::Unknown { partition })) => (
             StatusCode::NOT_FOUND,
             Json(json!({
-                "error": "unknown_lead",
-                "message": format!("no lead {id} (its partition {partition} is held here)"),
+                "error": format!("unknown_{what}"),
+                "message": format!("no {what} {id} (its partition {partition} is held here)"),
                 "partition": partition,
             })),
         )
@@ -128,7 +143,7 @@ async fn lead(
             Json(json!({
                 "error": "other_instance",
                 "message": format!(
-                    "lead {id} belongs to input partition {partition}, held by another instance; this one holds {assigned:?}"
+                    "{what} {id} belongs to partition {partition}, held by another instance; this one holds {assigned:?}"
                 ),
                 "partition": partition,
                 "assigned_partitions": assigned,
@@ -183,5 +198,34 @@ pub fn lead_json(
         "rules_version": &*rules.version,
         "partition": partition,
         "why": {"fit": list(true), "engagement": list(false)},
+    })
+}
+
+/// An account's current state as the query API returns it.
+pub fn account_json(
+    s: &crate::core::account::AccountSnapshot,
+    rules: &crate::core::Rules,
+    partition: i32,
+) -> serde_json::Value {
+    let why: Vec<serde_json::Value> = s
+        .contributions
+        .iter()
+        .map(|c| json!({"rule": &*c.rule, "points": c.points}))
+        .collect();
+    json!({
+        "account_id": s.account_id,
+        "score": s.score,
+        "fit": s.fit,
+        "engagement": s.engagement,
+        "committee": s.committee,
+        "grade": s.grade.as_str(),
+        "tier": &*s.tier,
+        "members": s.members,
+        "engaged_leads": s.engaged_leads,
+        "as_of": s.as_of.to_rfc3339(),
+        "last_event_at": s.last_event_at.to_rfc3339(),
+        "rules_version": &*rules.version,
+        "partition": partition,
+        "why": why,
     })
 }

@@ -23,6 +23,7 @@ pub const EVENT_LAG: &str = "leadscore_event_lag_seconds";
 /// Label `partition`.
 pub const CONSUMER_LAG: &str = "leadscore_consumer_lag_messages";
 pub const LEADS: &str = "leadscore_leads";
+pub const ACCOUNTS: &str = "leadscore_accounts";
 pub const PARTITIONS: &str = "leadscore_partitions_assigned";
 pub const RESTORE_DURATION: &str = "leadscore_changelog_restore_duration_seconds";
 pub const RESTORED_LEADS: &str = "leadscore_changelog_restored_leads_total";
@@ -78,7 +79,7 @@ fn start_at_zero() {
     for change in ["assigned", "revoked"] {
         metrics::counter!(REBALANCES, "change" => change).increment(0);
     }
-    for name in [LEADS, PARTITIONS, READY] {
+    for name in [LEADS, ACCOUNTS, PARTITIONS, READY] {
         metrics::gauge!(name).set(0.0);
     }
 }
@@ -120,6 +121,7 @@ fn describe() {
         "Input messages not yet processed, per assigned partition."
     );
     describe_gauge!(LEADS, "Leads held in state on this instance.");
+    describe_gauge!(ACCOUNTS, "Accounts held in state on this instance.");
     describe_gauge!(PARTITIONS, "Input partitions assigned to this instance.");
     describe_histogram!(
         RESTORE_DURATION,

@@ -44,8 +44,16 @@ impl Status {
     }
 }
 
-/// A request for one lead's current state.
+/// What a query asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Lead,
+    Account,
+}
+
+/// A request for one lead's (or account's) current state.
 pub struct LeadQuery {
+    pub subject: Subject,
     pub lead_id: String,
     pub reply: tokio::sync::oneshot::Sender<LeadAnswer>,
 }

@@ -1,0 +1,213 @@
+//! Account scoring in `leadscore run` on Apache Kafka: the leads of each
+//! account spread over every input partition and two instances, one of
+//! them killed with `kill -9` mid-stream and restarted; every account's
+//! final state, read from the account changelog, equals `replay`'s.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::kafka::*;
+use common::verify::*;
+use leadscore::codec::account::decode_account_state;
+use leadscore::core::account::AccountState;
+use leadscore::core::Rules;
+use leadscore::replay::Replayer;
+
+const ACCOUNTS: &str = r#"
+[accounts]
+from_email_domain = true
+lead_engagement_cap = 40
+engaged_lead_score = 50
+department_group = "seniority"
+seniority_group = "seniority"
+
+[[accounts.tiers]]
+name = "quiet"
+min_score = 0
+[[accounts.tiers]]
+name = "surging"
+min_score = 60
+[[accounts.tiers]]
+name = "buying"
+min_score = 90
+
+[[accounts.fit]]
+name = "account_mid_market"
+points = 15
+when = [{ field = "employees", range = { at_least = 200, below = 5000 } }]
+[[accounts.fit]]
+name = "account_software"
+points = 10
+when = [{ field = "industry", equals = "software" }]
+"#;
+
+fn rules_text() -> String {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
+    )
+    .unwrap();
+    let rules = example.split("\n[kafka]\n").next().unwrap();
+    format!("{rules}\n{ACCOUNTS}")
+}
+
+/// The last state of every account in the account changelog.
+fn read_account_changelog(bootstrap: &str, topic: &str) -> BTreeMap<String, AccountState> {
+    let mut accounts = BTreeMap::new();
+    for record in read_topic(bootstrap, topic, true) {
+        let key = record.key.clone().expect("keyed by account");
+        if record.value.is_empty() {
+            accounts.remove(&key); // a tombstone
+        } else {
+            let (state, _) = decode_account_state(&record.value).unwrap();
+            accounts.insert(key, state);
+        }
+    }
+    accounts
+}
+
+#[test]
+fn accounts_across_partitions_and_instances_equal_replay_across_kill_9() {
+    let broker = kafka();
+    let names = Names::new("accounts");
+    create_topic(&broker.bootstrap, &names.input, 4);
+    let updates = format!("{}-account-updates", names.group);
+    let account_changelog = format!("{}-account-changelog", names.group);
+    let lines = sample(400, 61);
+    let rules_text = rules_text();
+    let rules: Rules =
+        leadscore::config::parse_rules(&rules_text, Path::new("rules.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with_rules(
+        dir.path(),
+        &rules_text,
+        &broker.bootstrap,
+        &names,
+        "exactly_once",
+        "timer_clock = \"event_time\"\n",
+    );
+    let ports = [common::free_port(), common::free_port()];
+    let env = |id: &'static str, port: u16| {
+        vec![
+            ("LEADSCORE_KAFKA_TRANSACTIONAL_ID", id.to_string()),
+            ("LEADSCORE_HTTP_LISTEN", format!("127.0.0.1:{port}")),
+            ("LEADSCORE_KAFKA_ACCOUNT_UPDATES_TOPIC", updates.clone()),
+            (
+                "LEADSCORE_KAFKA_ACCOUNT_CHANGELOG_TOPIC",
+                account_changelog.clone(),
+            ),
+        ]
+    };
+    let as_refs = |v: &[(&'static str, String)]| -> Vec<(&'static str, String)> { v.to_vec() };
+    let env_a = as_refs(&env("accounts-a", ports[0]));
+    let env_b = as_refs(&env("accounts-b", ports[1]));
+    let start = |env: &[(&'static str, String)]| {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Instance::start(&config, &pairs)
+    };
+
+    let a = start(&env_a);
+    let _b = start(&env_b);
+    // Half the events, a kill -9 of one instance mid-stream, the rest.
+    let (first, second) = lines.split_at(lines.len() / 2);
+    produce_lines(&broker.bootstrap, &names.input, first);
+    std::thread::sleep(Duration::from_millis(2500));
+    a.kill9();
+    produce_lines(&broker.bootstrap, &names.input, second);
+    let _a = start(&env_a);
+    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(300));
+
+    let mut replayer = Replayer::new(&rules, false);
+    for (i, line) in lines.iter().enumerate() {
+        replayer.feed_line(i as u64 + 1, line, &mut |_| {}, &mut |r| panic!("{r}"));
+    }
+    let cut = event_time_cut(&lines);
+    let (at, _) = replayer.finish(None, &mut |_| {}).unwrap();
+    assert!(at.millis() >= cut);
+    let expected = replayer.account_snapshot(at);
+    assert!(expected.len() >= 5, "{} accounts", expected.len());
+    let rules = Arc::new(rules);
+
+    // The account side trails the lead side by the updates topic: wait
+    // until the changelog agrees, or fail with the last difference.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let found = read_account_changelog(&broker.bootstrap, &account_changelog);
+        let mismatch = expected.iter().find_map(|want| {
+            let Some(state) = found.get(&want.account_id) else {
+                return Some(format!("{} missing", want.account_id));
+            };
+            let got = state.evaluate(&rules, at);
+            let members_ok = state.members.len() == want.members;
+            let score_ok = (got.score - want.score).abs() < 1e-6;
+            let fit_ok = (got.fit - want.fit).abs() < 1e-9;
+            (!(members_ok && score_ok && fit_ok)).then(|| {
+                format!(
+                    "{}: members {} vs {}, score {} vs {}, fit {} vs {}",
+                    want.account_id,
+                    state.members.len(),
+                    want.members,
+                    got.score,
+                    want.score,
+                    got.fit,
+                    want.fit
+                )
+            })
+        });
+        let extra = found.len() != expected.len();
+        match mismatch {
+            None if !extra => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "account state differs from replay: {mismatch:?}; {} accounts found, {} expected",
+                found.len(),
+                expected.len()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The query API: one instance holds the busiest account, the other
+    // names its partition.
+    let busiest = expected.iter().max_by_key(|a| a.members).unwrap();
+    let mut answers: Vec<(u16, serde_json::Value)> = ports
+        .iter()
+        .map(|port| {
+            let url = format!("http://127.0.0.1:{port}/v1/accounts/{}", busiest.account_id);
+            let mut response = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .new_agent()
+                .get(&url)
+                .call()
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.body_mut().read_to_string().unwrap();
+            (status, serde_json::from_str(&body).unwrap())
+        })
+        .collect();
+    answers.sort_by_key(|(status, _)| *status);
+    assert_eq!((answers[0].0, answers[1].0), (200, 421), "{answers:?}");
+    assert_eq!(answers[0].1["members"], busiest.members);
+    assert_eq!(answers[0].1["partition"], answers[1].1["partition"]);
+
+    // Account outputs were published, keyed by account, exactly once each.
+    let outputs = read_topic(&broker.bootstrap, &names.output, true);
+    let account_outputs: Vec<_> = outputs
+        .iter()
+        .map(Record::json)
+        .filter(|o| o["lead_id"].is_null())
+        .collect();
+    assert!(!account_outputs.is_empty());
+    let mut ids: Vec<&str> = account_outputs
+        .iter()
+        .map(|o| o["event_id"].as_str().unwrap())
+        .collect();
+    let total = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no account output twice");
+}
