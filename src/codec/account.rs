@@ -5,7 +5,7 @@
 
 use prost::Message;
 
-use super::proto::{fields, fields_to_wire, wire};
+use super::proto::{fields, fields_to_wire, trait_state_to_wire, wire};
 use super::DecodeError;
 use crate::core::account::{AccountState, AccountUpdate, Member};
 use crate::core::decay::{Decaying, HalfLife};
@@ -168,11 +168,7 @@ pub fn encode_account_state(state: &AccountState, rules_version: &str) -> Vec<u8
             .profile
             .traits
             .iter()
-            .map(|t| wire::TraitState {
-                key: u32::from(t.key),
-                bits: t.bits,
-                set_at_ms: t.set_at.millis(),
-            })
+            .map(trait_state_to_wire)
             .collect(),
         members: state.members.iter().map(member_to_wire).collect(),
         has_due: state.due.is_some(),

@@ -207,6 +207,14 @@ pub fn encode_output(output: &Output) -> Vec<u8> {
     .encode_to_vec()
 }
 
+pub(crate) fn trait_state_to_wire(t: &TraitState) -> wire::TraitState {
+    wire::TraitState {
+        key: u32::from(t.key),
+        bits: t.bits,
+        set_at_ms: t.set_at.millis(),
+    }
+}
+
 /// A lead's state as a changelog record.
 pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
     let decaying = |d: &Decaying| wire::Decaying {
@@ -218,15 +226,7 @@ pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
         clock_ms: state.clock.millis(),
         tier: u32::from(state.tier),
         last_emitted_score: state.last_emitted_score,
-        traits: state
-            .traits
-            .iter()
-            .map(|t| wire::TraitState {
-                key: u32::from(t.key),
-                bits: t.bits,
-                set_at_ms: t.set_at.millis(),
-            })
-            .collect(),
+        traits: state.traits.iter().map(trait_state_to_wire).collect(),
         credits: state
             .credits
             .iter()
