@@ -98,7 +98,7 @@ impl Member {
                 None => engagement.push((half_life, Decaying::new(points, at))),
             }
         }
-        let (_, matched) = lead.fit(rules);
+        let (fit, matched) = lead.fit(rules);
         let in_group = |group: Option<&Arc<str>>| -> Option<u16> {
             let group = group?;
             matched
@@ -109,7 +109,7 @@ impl Member {
         let accounts = rules.accounts.as_deref();
         Member {
             lead_id: lead_id.into(),
-            fit: lead.fit(rules).0,
+            fit,
             engagement: engagement.into_boxed_slice(),
             department: accounts.and_then(|a| in_group(a.department_group.as_ref())),
             seniority: accounts.and_then(|a| in_group(a.seniority_group.as_ref())),
