@@ -18,8 +18,10 @@ use crate::core::{Engine, Rules};
 /// Give up when the changelog makes no progress for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub(crate) struct Restored {
-    pub engines: BTreeMap<i32, Engine>,
+/// Engines rebuilt from a changelog, one per partition: lead engines or
+/// account engines.
+pub(crate) struct Restored<E> {
+    pub engines: BTreeMap<i32, E>,
     pub records: u64,
     pub elapsed: Duration,
 }
@@ -123,7 +125,7 @@ pub(crate) fn restore_partitions(
     partitions: &[i32],
     rules: &Arc<Rules>,
     read_committed: bool,
-) -> anyhow::Result<Restored> {
+) -> anyhow::Result<Restored<Engine>> {
     let started = Instant::now();
     let mut engines: BTreeMap<i32, Engine> = partitions
         .iter()
@@ -169,12 +171,6 @@ pub(crate) fn restore_partitions(
     })
 }
 
-pub(crate) struct RestoredAccounts {
-    pub engines: BTreeMap<i32, AccountEngine>,
-    pub records: u64,
-    pub elapsed: Duration,
-}
-
 /// [`restore_partitions`] for the account changelog.
 pub(crate) fn restore_account_partitions(
     base: &ClientConfig,
@@ -182,7 +178,7 @@ pub(crate) fn restore_account_partitions(
     partitions: &[i32],
     rules: &Arc<Rules>,
     read_committed: bool,
-) -> anyhow::Result<RestoredAccounts> {
+) -> anyhow::Result<Restored<AccountEngine>> {
     let started = Instant::now();
     let mut engines: BTreeMap<i32, AccountEngine> = BTreeMap::new();
     for &p in partitions {
@@ -216,7 +212,7 @@ pub(crate) fn restore_account_partitions(
     for engine in engines.values_mut() {
         engine.take_changes(|_, _| {});
     }
-    Ok(RestoredAccounts {
+    Ok(Restored {
         engines,
         records,
         elapsed: started.elapsed(),
