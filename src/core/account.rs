@@ -30,7 +30,8 @@ use crate::core::engine::reschedule;
 use crate::core::event::Fields;
 use crate::core::lead::LeadState;
 use crate::core::output::{
-    output_id_for, sort_largest_first, Cause, Contribution, Direction, Output, OutputKind,
+    direction_of, output_id_for, push_change, sort_largest_first, Cause, Contribution, Output,
+    OutputKind,
 };
 use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
@@ -650,11 +651,7 @@ fn emit(
     }
     let mut contributions = account.contributions(rules, at);
     contributions.truncate(profile.settings.top_contributions);
-    let direction = if tier > previous || (tier == previous && delta >= 0.0) {
-        Direction::Up
-    } else {
-        Direction::Down
-    };
+    let direction = direction_of(tier, previous, delta);
     let changed = Output {
         kind: OutputKind::ScoreChanged,
         event_id: output_id_for(subject, account_id, OutputKind::ScoreChanged, &cause),
@@ -673,17 +670,9 @@ fn emit(
         contributions,
         rules_version: rules.version.clone(),
     };
-    if tier != previous {
-        let crossed = Output {
-            kind: OutputKind::ThresholdCrossed,
-            event_id: output_id_for(subject, account_id, OutputKind::ThresholdCrossed, &cause),
-            ..changed.clone()
-        };
-        out.push(changed);
-        out.push(crossed);
-    } else {
-        out.push(changed);
-    }
+    let crossed_id = (tier != previous)
+        .then(|| output_id_for(subject, account_id, OutputKind::ThresholdCrossed, &cause));
+    push_change(out, changed, crossed_id);
     account.tier = tier as u8;
     account.last_emitted_score = eval.score;
 }

@@ -15,7 +15,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::core::account::{AccountUpdate, Member};
 use crate::core::event::{Event, EventKind, Value};
 use crate::core::lead::{Evaluation, LeadState};
-use crate::core::output::{output_id, Cause, Contribution, Direction, Output, OutputKind};
+use crate::core::output::{
+    direction_of, output_id, push_change, Cause, Contribution, Output, OutputKind,
+};
 use crate::core::rules::EMAIL_DOMAIN_TRAIT;
 use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
@@ -517,11 +519,7 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     }
     let mut contributions = lead.contributions(rules, at);
     contributions.truncate(rules.settings.top_contributions);
-    let direction = if tier > previous || (tier == previous && delta >= 0.0) {
-        Direction::Up
-    } else {
-        Direction::Down
-    };
+    let direction = direction_of(tier, previous, delta);
     let changed = Output {
         kind: OutputKind::ScoreChanged,
         event_id: output_id(lead_id, OutputKind::ScoreChanged, &cause),
@@ -540,17 +538,9 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
         contributions,
         rules_version: rules.version.clone(),
     };
-    if tier != previous {
-        let crossed = Output {
-            kind: OutputKind::ThresholdCrossed,
-            event_id: output_id(lead_id, OutputKind::ThresholdCrossed, &cause),
-            ..changed.clone()
-        };
-        out.push(changed);
-        out.push(crossed);
-    } else {
-        out.push(changed);
-    }
+    let crossed_id =
+        (tier != previous).then(|| output_id(lead_id, OutputKind::ThresholdCrossed, &cause));
+    push_change(out, changed, crossed_id);
     lead.tier = tier as u8;
     lead.last_emitted_score = eval.score;
 }

@@ -47,6 +47,27 @@ pub struct Contribution {
     pub points: f64,
 }
 
+/// Up or down: the tier's move when it moved, else the score's.
+pub(crate) fn direction_of(tier: usize, previous: usize, delta: f64) -> Direction {
+    if tier > previous || (tier == previous && delta >= 0.0) {
+        Direction::Up
+    } else {
+        Direction::Down
+    }
+}
+
+/// Publishes a `score_changed` and, when the tier moved, the
+/// `threshold_crossed` beside it (the same numbers, its own id).
+pub(crate) fn push_change(out: &mut Vec<Output>, changed: Output, crossed_id: Option<Uuid>) {
+    let crossed = crossed_id.map(|event_id| Output {
+        kind: OutputKind::ThresholdCrossed,
+        event_id,
+        ..changed.clone()
+    });
+    out.push(changed);
+    out.extend(crossed);
+}
+
 /// Largest share first (by absolute value, then by name, so the order is
 /// deterministic).
 pub fn sort_largest_first(contributions: &mut [Contribution]) {
