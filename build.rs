@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/leadscore/v1/output.proto",
         "proto/leadscore/v1/state.proto",
         "proto/leadscore/v1/account.proto",
+        "proto/leadscore/v1/identity.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

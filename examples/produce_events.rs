@@ -1,5 +1,6 @@
 //! Produces JSON lines (Segment messages) to a Kafka topic, keyed by lead
-//! id (`userId`, else `anonymousId`), in file order.
+//! id (`userId`, else `anonymousId`), in file order, partitioned as Java
+//! clients do (murmur2, the example config's `input_partitioner`).
 //!
 //!     cargo run --example produce_events -- BOOTSTRAP TOPIC < events.jsonl
 
@@ -21,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("bootstrap.servers", &bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
+        .set("partitioner", "murmur2_random")
         .create()?;
     let mut count = 0u64;
     for line in std::io::stdin().lock().lines() {

@@ -200,6 +200,7 @@ impl Replayer {
                 self.stats.duplicates += 1;
                 Ok(())
             }
+            Outcome::HandedOff => unreachable!("one engine holds every lead in a replay"),
             Outcome::Rejected(r) => {
                 self.stats.rejected += 1;
                 Err(r.to_string())

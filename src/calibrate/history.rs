@@ -225,7 +225,10 @@ pub fn replay_history(
         stats.leads_without_decision_time += usize::from(outcome.decided_at.is_none());
         let decided_at = outcome.decided_at.unwrap_or(default_decided_at);
         let mut values = vec![0.0; features.len()];
-        let state = engine.lead(engine.resolve(&outcome.lead_id));
+        // With any identities merged in by `alias`.
+        let state = engine
+            .lead(engine.resolve(&outcome.lead_id))
+            .map(|lead| lead.view(&rules));
         let (score, fit, tier) = match state {
             None => {
                 stats.leads_without_events += 1;

@@ -79,7 +79,7 @@ fn member_from_wire(r: wire::MemberRecord) -> Result<Member, DecodeError> {
 
 fn cause_parts(cause: &Cause) -> (String, i64) {
     match cause {
-        Cause::Event(id) => (id.clone(), 0),
+        Cause::Event(id) | Cause::Merge(id) => (id.clone(), 0),
         Cause::Decay(due) => (String::new(), due.millis()),
     }
 }

@@ -3,6 +3,7 @@
 //! The core never sees serde_json or prost types.
 
 pub mod account;
+pub mod identity;
 pub mod output;
 pub mod proto;
 pub mod segment;

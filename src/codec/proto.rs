@@ -5,7 +5,9 @@ use prost::Message;
 use super::{DecodeError, Decoder};
 use crate::core::decay::Decaying;
 use crate::core::event::{Event, EventKind, Fields, Value};
-use crate::core::lead::{AccountLink, CapWindow, LeadState, RuleCredit, SeenId, TraitState};
+use crate::core::lead::{
+    AccountLink, CapWindow, LeadState, MergedHistory, RuleCredit, SeenId, TraitState,
+};
 use crate::core::output::Output;
 use crate::core::time::Timestamp;
 
@@ -20,7 +22,10 @@ pub fn decode_event(bytes: &[u8], decoder: &Decoder) -> Result<Event, DecodeErro
     event_from_wire(msg, decoder)
 }
 
-fn event_from_wire(msg: wire::TrackingEvent, decoder: &Decoder) -> Result<Event, DecodeError> {
+pub(crate) fn event_from_wire(
+    msg: wire::TrackingEvent,
+    decoder: &Decoder,
+) -> Result<Event, DecodeError> {
     let limits = &decoder.limits;
     use wire::CallType;
     let kind = match CallType::try_from(msg.r#type) {
@@ -217,6 +222,10 @@ pub(crate) fn trait_state_to_wire(t: &TraitState) -> wire::TraitState {
 
 /// A lead's state as a changelog record.
 pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
+    lead_state_to_wire(state, rules_version).encode_to_vec()
+}
+
+pub(crate) fn lead_state_to_wire(state: &LeadState, rules_version: &str) -> wire::LeadStateRecord {
     let decaying = |d: &Decaying| wire::Decaying {
         anchor_ms: d.anchor.millis(),
         value: d.value,
@@ -263,8 +272,15 @@ pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
         has_due: state.due.is_some(),
         due_ms: state.due.map_or(0, Timestamp::millis),
         position: state.position,
+        merged: state
+            .merged
+            .iter()
+            .map(|m| wire::MergedHistory {
+                identity: m.identity.to_string(),
+                state: Some(lead_state_to_wire(&m.state, rules_version)),
+            })
+            .collect(),
     }
-    .encode_to_vec()
 }
 
 /// One changelog record's value.
@@ -282,10 +298,9 @@ pub fn encode_changelog(
 ) -> Vec<u8> {
     use crate::core::engine::StateChange;
     let kind = match change {
-        StateChange::Lead(state) => wire::changelog_record::Kind::Lead(
-            wire::LeadStateRecord::decode(encode_lead_state(state, rules_version).as_slice())
-                .expect("just encoded"),
-        ),
+        StateChange::Lead(state) => {
+            wire::changelog_record::Kind::Lead(lead_state_to_wire(state, rules_version))
+        }
         StateChange::AliasOf(target) => wire::changelog_record::Kind::AliasOf(target.to_string()),
     };
     wire::ChangelogRecord { kind: Some(kind) }.encode_to_vec()
@@ -296,7 +311,7 @@ pub fn decode_changelog(bytes: &[u8]) -> Result<ChangelogValue, DecodeError> {
         wire::ChangelogRecord::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     match record.kind {
         Some(wire::changelog_record::Kind::Lead(lead)) => {
-            let (state, rules_version) = decode_lead_state(&lead.encode_to_vec())?;
+            let (state, rules_version) = lead_state_from_wire(lead)?;
             Ok(ChangelogValue::Lead {
                 state,
                 rules_version,
@@ -312,6 +327,12 @@ pub fn decode_changelog(bytes: &[u8]) -> Result<ChangelogValue, DecodeError> {
 pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, String), DecodeError> {
     let r =
         wire::LeadStateRecord::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+    lead_state_from_wire(r)
+}
+
+pub(crate) fn lead_state_from_wire(
+    r: wire::LeadStateRecord,
+) -> Result<(LeadState, String), DecodeError> {
     let decaying = |d: Option<wire::Decaying>| {
         let d = d.unwrap_or_default();
         Decaying {
@@ -380,6 +401,17 @@ pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, String), DecodeErro
         }),
         due: r.has_due.then_some(Timestamp(r.due_ms)),
         position: r.position,
+        merged: r
+            .merged
+            .into_iter()
+            .map(|m| {
+                let state = m.state.ok_or(DecodeError::MissingField("merged.state"))?;
+                Ok(MergedHistory {
+                    identity: m.identity.into(),
+                    state: lead_state_from_wire(state)?.0,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?,
     };
     Ok((state, r.rules_version))
 }

@@ -40,6 +40,18 @@ pub struct KafkaSettings {
     /// like the account updates.
     #[serde(default = "default_account_changelog_topic")]
     pub account_changelog_topic: String,
+    /// Internal topic through which partitions hand each other the
+    /// histories and later events of identities `alias` joined across
+    /// partitions; partitioned like the input. Default:
+    /// `<input_topic>-identities`.
+    #[serde(default)]
+    pub identity_topic: Option<String>,
+    /// How producers chose the input partition of a lead id:
+    /// `murmur2_random` (Java clients, Kafka Connect) or `consistent_random`
+    /// (librdkafka's default). Merges across partitions and the query API's
+    /// answer for a lead held elsewhere depend on it.
+    #[serde(default = "default_partitioner")]
+    pub input_partitioner: Partitioner,
     /// Create missing topics at start-up (the changelog compacted, with the
     /// input's partition count).
     #[serde(default = "default_true")]
@@ -64,6 +76,12 @@ impl Default for KafkaSettings {
 }
 
 impl KafkaSettings {
+    pub fn identity_topic(&self) -> String {
+        self.identity_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-identities", self.input_topic))
+    }
+
     pub fn transactional_id(&self) -> String {
         self.transactional_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "0".to_string());
@@ -208,12 +226,6 @@ pub struct HttpSettings {
     /// Metrics and probes stay open.
     #[serde(default)]
     pub token: Option<String>,
-    /// How producers chose the input partition of a lead id, so the query
-    /// API can say which partition (and so which instance) holds a lead it
-    /// does not: `murmur2_random` (Java clients, Kafka Connect) or
-    /// `consistent_random` (librdkafka's default).
-    #[serde(default = "default_partitioner")]
-    pub partitioner: Partitioner,
     /// `/healthz` fails when the processing loop has not come round for
     /// this long.
     #[serde(default = "default_stuck_after_ms")]

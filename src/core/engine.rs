@@ -14,6 +14,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::core::account::{AccountUpdate, Member};
 use crate::core::event::{Event, EventKind, Value};
+use crate::core::handoff::{Handoff, MAX_HOPS};
 use crate::core::lead::{Evaluation, LeadState};
 use crate::core::output::{
     direction_of, output_id, push_change, Cause, Contribution, Output, OutputKind,
@@ -32,6 +33,9 @@ pub enum Outcome {
     /// The lead's state already includes this input position (a redelivery
     /// after a crash): nothing changed.
     AlreadyApplied,
+    /// Its lead is held by another partition's engine: passed on as a
+    /// [`Handoff`] (see [`Engine::take_handoffs`]).
+    HandedOff,
     Rejected(Rejection),
 }
 
@@ -46,6 +50,8 @@ pub enum Rejection {
         "event time is {ahead_ms} ms in the future, beyond the allowed skew of {allowed_ms} ms"
     )]
     TooFarInFuture { ahead_ms: i64, allowed_ms: i64 },
+    #[error("handed between partitions {hops} times: contradictory alias calls form a loop")]
+    AliasLoop { hops: u32 },
 }
 
 impl Rejection {
@@ -54,6 +60,7 @@ impl Rejection {
         match self {
             Rejection::TooLate { .. } => "too_late",
             Rejection::TooFarInFuture { .. } => "too_far_in_future",
+            Rejection::AliasLoop { .. } => "alias_loop",
         }
     }
 }
@@ -95,7 +102,15 @@ pub struct Engine {
     /// What leads' accounts need to hear, when the rules score accounts;
     /// drained by `take_account_updates`.
     account_updates: Vec<AccountUpdate>,
+    /// Whether an identity's events come to this engine; `None`: all do
+    /// (one engine for everything, as in `replay`).
+    locality: Option<Locality>,
+    /// Work for other partitions' engines; drained by `take_handoffs`.
+    handoffs: Vec<Handoff>,
 }
+
+/// Whether an identity's events come to this engine's input partition.
+pub type Locality = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 #[derive(Default)]
 struct Changes {
@@ -121,7 +136,26 @@ impl Engine {
             watermark: None,
             changes: None,
             account_updates: Vec::new(),
+            locality: None,
+            handoffs: Vec::new(),
         }
+    }
+
+    /// Makes this the engine of one input partition among several: an
+    /// `alias` whose other identity is not `local` is completed through
+    /// [`Handoff`]s.
+    pub fn set_locality(&mut self, local: Locality) {
+        self.locality = Some(local);
+    }
+
+    fn is_local(&self, id: &str) -> bool {
+        self.locality.as_ref().is_none_or(|local| local(id))
+    }
+
+    /// Handoffs for other partitions' engines since the last call, in the
+    /// order they happened.
+    pub fn take_handoffs(&mut self) -> Vec<Handoff> {
+        std::mem::take(&mut self.handoffs)
     }
 
     /// Records which leads change, for [`Engine::take_changes`].
@@ -253,6 +287,17 @@ impl Engine {
         let id_hash = xxh3_64(event.message_id.as_bytes());
 
         let resolved = resolve_in(&self.aliases, &event.lead_id);
+        if resolved != event.lead_id {
+            // An identity merged into another lead: its event joins its
+            // own history there, here or on the lead's partition.
+            return self.take_forwarded(
+                resolved.into(),
+                event.lead_id.as_str().into(),
+                event.clone(),
+                position,
+                0,
+            );
+        }
         let lead_id: Cow<str> = if resolved == event.lead_id {
             Cow::Borrowed(&event.lead_id)
         } else {
@@ -264,34 +309,21 @@ impl Engine {
             }
         }
         let mut absorbed = None;
-        let mut absorbed_id: Option<Box<str>> = None;
         if event.kind == EventKind::Alias {
-            if let Some(previous) = event.previous_id.as_deref() {
-                let seen = self
-                    .leads
-                    .get(lead_id.as_ref())
-                    .is_some_and(|l| l.seen.iter().any(|s| s.id == id_hash));
-                if seen {
-                    return Outcome::Duplicate;
-                }
-                let previous: Box<str> = self.resolve(previous).into();
-                if *previous != *lead_id {
-                    absorbed = self.leads.remove(&previous);
-                    absorbed_id = Some(previous.clone());
-                    if let Some(due) = absorbed.as_ref().and_then(|p| p.due) {
-                        self.timers.remove(&(due, previous.clone()));
-                    }
-                    if let Some(changes) = self.changes.as_mut() {
-                        changes
-                            .aliases
-                            .push((previous.clone(), lead_id.as_ref().into()));
-                    }
-                    self.aliases.insert(previous, lead_id.as_ref().into());
-                }
+            let seen = self
+                .leads
+                .get(lead_id.as_ref())
+                .is_some_and(|l| l.seen.iter().any(|s| s.id == id_hash));
+            if seen {
+                return Outcome::Duplicate;
             }
+            absorbed = self.join(event, &lead_id);
         }
 
-        let lead = match self.leads.get_mut(lead_id.as_ref()) {
+        let rules = &*self.rules;
+        let settings = &rules.settings;
+        let lead = self.leads.get_mut(lead_id.as_ref());
+        let lead = match lead {
             Some(lead) => lead,
             None => self
                 .leads
@@ -301,97 +333,322 @@ impl Engine {
         if let Some(position) = position {
             lead.position = lead.position.max(position);
         }
-        if let Some(changes) = self.changes.as_mut() {
-            if !changes.leads.contains(lead_id.as_ref()) {
-                changes.leads.insert(lead_id.as_ref().into());
-            }
-        }
         let watermark = self.watermark.map_or(t, |w| w.max(t));
         self.watermark = Some(watermark);
         if !lead.remember(id_hash, t, settings) {
             return Outcome::Duplicate;
         }
-        let due_before = lead.due;
-        let account_before = lead.account.as_ref().map(|a| a.id.clone());
+        let before = Before::of(rules, lead);
         let mut outputs = Vec::new();
         advance_lead(rules, &lead_id, lead, t, &mut outputs);
 
         let cause = Cause::Event(event.message_id.clone());
-        let accounts = rules.accounts.as_deref();
-        if let Some(previous) = absorbed {
-            if let (Some(_), Some(link)) = (accounts, previous.account.as_ref()) {
-                // The merged identity's share moves to the lead it joined.
-                self.account_updates.push(AccountUpdate::Member {
-                    account_id: link.id.clone(),
-                    lead_id: absorbed_id.clone().unwrap_or_default(),
-                    member: None,
+        if let Some((identity, state)) = absorbed {
+            lead.take_history(&identity, state);
+        }
+        take_event(rules, lead, event, t, watermark);
+        lead.clock = lead.clock.max(t);
+        emit(rules, &lead_id, lead, cause.clone(), &mut outputs);
+        self.settle(&lead_id, before, cause.clone());
+        if let (EventKind::Group, Some(account_id), Some(_)) =
+            (event.kind, &event.account_id, self.rules.accounts.as_ref())
+        {
+            if !event.traits.is_empty() {
+                self.account_updates.push(AccountUpdate::Traits {
+                    account_id: account_id.as_str().into(),
+                    traits: event.traits.clone(),
                     at: t,
-                    cause: cause.clone(),
+                    cause,
                 });
             }
-            lead.absorb(rules, *previous);
         }
-        if let Some(accounts) = accounts.filter(|a| a.from_email_domain) {
-            if event.kind != EventKind::Group {
-                let domain = event
-                    .traits
-                    .get(EMAIL_DOMAIN_TRAIT)
-                    .or_else(|| event.traits.get("email"))
-                    .and_then(Value::as_text)
-                    .map(|e| e.rsplit_once('@').map_or(e, |(_, d)| d));
-                if let Some(account) = domain.and_then(|d| accounts.account_of_domain(d)) {
-                    lead.link_account_from_email(&account, t);
-                }
+        Outcome::Applied(outputs)
+    }
+
+    /// Acts on a [`Handoff`] from another partition's engine (read from the
+    /// internal topic). `now` bounds nothing here: the event was judged
+    /// where it came in.
+    pub fn apply_handoff(&mut self, handoff: Handoff) -> Outcome {
+        let hops = handoff.hops();
+        if hops > MAX_HOPS {
+            return Outcome::Rejected(Rejection::AliasLoop { hops });
+        }
+        match handoff {
+            Handoff::MergeRequest {
+                from,
+                into,
+                cause,
+                at,
+                hops,
+            } => self.hand_over(from, into, cause, at, hops),
+            Handoff::History {
+                from,
+                into,
+                state,
+                cause,
+                at,
+                hops,
+            } => self.take_history(from, into, state, cause, at, hops),
+            Handoff::Event {
+                into,
+                via,
+                event,
+                position,
+                hops,
+            } => self.take_forwarded(into, via, event, position, hops),
+        }
+    }
+
+    /// An `alias` call said its `previousId` is `into`: the identity it
+    /// resolves to joins `into`. Held here: its state is returned, to be
+    /// kept as a history of `into`; held elsewhere: its partition is asked
+    /// to hand it over.
+    fn join(&mut self, event: &Event, into: &str) -> Option<(Box<str>, LeadState)> {
+        let previous: Box<str> = self.resolve(event.previous_id.as_deref()?).into();
+        if *previous == *into {
+            return None;
+        }
+        if let Some(changes) = self.changes.as_mut() {
+            changes.aliases.push((previous.clone(), into.into()));
+        }
+        self.aliases.insert(previous.clone(), into.into());
+        if !self.is_local(&previous) {
+            self.handoffs.push(Handoff::MergeRequest {
+                from: previous,
+                into: into.into(),
+                cause: event.message_id.as_str().into(),
+                at: event.timestamp,
+                hops: 0,
+            });
+            return None;
+        }
+        let state = self.leads.remove(&previous)?;
+        if let Some(due) = state.due {
+            self.timers.remove(&(due, previous.clone()));
+        }
+        if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref()) {
+            // The merged identity's share moves to the lead it joined.
+            self.account_updates.push(AccountUpdate::Member {
+                account_id: link.id.clone(),
+                lead_id: previous.clone(),
+                member: None,
+                at: event.timestamp,
+                cause: Cause::Event(event.message_id.clone()),
+            });
+        }
+        Some((previous, *state))
+    }
+
+    /// `from` was aliased into `into`, held elsewhere: hand `from`'s
+    /// history over and send its later events after it.
+    fn hand_over(
+        &mut self,
+        from: Box<str>,
+        into: Box<str>,
+        cause: Box<str>,
+        at: Timestamp,
+        hops: u32,
+    ) -> Outcome {
+        let holder: Box<str> = self.resolve(&from).into();
+        if holder == into {
+            return Outcome::AlreadyApplied;
+        }
+        if !self.is_local(&holder) {
+            self.handoffs.push(Handoff::MergeRequest {
+                from: holder,
+                into,
+                cause,
+                at,
+                hops: hops + 1,
+            });
+            return Outcome::HandedOff;
+        }
+        let state = self.leads.remove(&holder);
+        if let Some(due) = state.as_ref().and_then(|s| s.due) {
+            self.timers.remove(&(due, holder.clone()));
+        }
+        if let Some(changes) = self.changes.as_mut() {
+            changes.aliases.push((holder.clone(), into.clone()));
+        }
+        self.aliases.insert(holder.clone(), into.clone());
+        let Some(state) = state else {
+            return Outcome::Applied(Vec::new());
+        };
+        if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref()) {
+            self.account_updates.push(AccountUpdate::Member {
+                account_id: link.id.clone(),
+                lead_id: holder.clone(),
+                member: None,
+                at,
+                cause: Cause::Event(cause.to_string()),
+            });
+        }
+        let history = Handoff::History {
+            from: holder,
+            into,
+            state: *state,
+            cause,
+            at,
+            hops: hops + 1,
+        };
+        if self.is_local(history.destination()) {
+            return self.apply_handoff(history);
+        }
+        self.handoffs.push(history);
+        Outcome::HandedOff
+    }
+
+    /// Takes the history of `from` into the lead `into` resolves to.
+    fn take_history(
+        &mut self,
+        from: Box<str>,
+        into: Box<str>,
+        state: LeadState,
+        cause: Box<str>,
+        at: Timestamp,
+        hops: u32,
+    ) -> Outcome {
+        let target: Box<str> = self.resolve(&into).into();
+        if !self.is_local(&target) {
+            self.handoffs.push(Handoff::History {
+                from,
+                into: target,
+                state,
+                cause,
+                at,
+                hops: hops + 1,
+            });
+            return Outcome::HandedOff;
+        }
+        if self
+            .leads
+            .get(&target)
+            .is_some_and(|lead| lead.covers(&from, state.position))
+        {
+            return Outcome::AlreadyApplied;
+        }
+        let rules = &*self.rules;
+        let lead = self
+            .leads
+            .entry(target.clone())
+            .or_insert_with(|| Box::new(LeadState::new(at)));
+        let before = Before::of(rules, lead);
+        let mut outputs = Vec::new();
+        advance_lead(rules, &target, lead, at.max(lead.clock), &mut outputs);
+        lead.take_history(&from, state);
+        let cause = Cause::Merge(cause.to_string());
+        emit(rules, &target, lead, cause.clone(), &mut outputs);
+        self.settle(&target, before, cause);
+        Outcome::Applied(outputs)
+    }
+
+    /// An event of an identity merged into `into`: added to the history
+    /// `via` of the lead `into` resolves to.
+    fn take_forwarded(
+        &mut self,
+        into: Box<str>,
+        via: Box<str>,
+        event: Event,
+        position: Option<i64>,
+        hops: u32,
+    ) -> Outcome {
+        let target: Box<str> = self.resolve(&into).into();
+        if !self.is_local(&target) {
+            self.handoffs.push(Handoff::Event {
+                into: target,
+                via,
+                event,
+                position,
+                hops: hops + 1,
+            });
+            return Outcome::HandedOff;
+        }
+        let t = event.timestamp;
+        if let (Some(position), Some(lead)) = (position, self.leads.get(&target)) {
+            if lead.covers(&via, position) {
+                return Outcome::AlreadyApplied;
             }
         }
-        if event.kind != EventKind::Group {
-            // Group traits describe the account, not the person.
-            lead.apply_traits(rules, &event.traits, t);
+        let rules = &*self.rules;
+        let settings = &rules.settings;
+        let watermark = self.watermark.map_or(t, |w| w.max(t));
+        self.watermark = Some(watermark);
+        let lead = self
+            .leads
+            .entry(target.clone())
+            .or_insert_with(|| Box::new(LeadState::new(t)));
+        let id_hash = xxh3_64(event.message_id.as_bytes());
+        let history = lead.history_mut(&via, t);
+        if !history.remember(id_hash, t, settings) {
+            return Outcome::Duplicate;
         }
-        if let Some(account_id) = &event.account_id {
-            lead.link_account(account_id, t);
+        if let Some(position) = position {
+            history.position = history.position.max(position);
         }
-        rules.for_each_matching_rule(event, |rule| lead.credit(rules, rule, t));
+        let absorbed = match event.kind {
+            EventKind::Alias => self.join(&event, &target),
+            _ => None,
+        };
+        let rules = &*self.rules;
+        let Some(lead) = self.leads.get_mut(&target) else {
+            return Outcome::Applied(Vec::new());
+        };
+        let before = Before::of(rules, lead);
+        let mut outputs = Vec::new();
+        advance_lead(rules, &target, lead, t, &mut outputs);
+        if let Some((identity, state)) = absorbed {
+            lead.take_history(&identity, state);
+        }
+        let history = lead.history_mut(&via, t);
+        take_event(rules, history, &event, t, watermark);
         lead.clock = lead.clock.max(t);
-        if let Some(allowed_ms) = settings.allowed_lateness_ms {
-            lead.fold_closed_windows(rules, watermark.saturating_sub_ms(allowed_ms));
+        let cause = Cause::Event(event.message_id.clone());
+        emit(rules, &target, lead, cause.clone(), &mut outputs);
+        self.settle(&target, before, cause);
+        Outcome::Applied(outputs)
+    }
+
+    /// After `lead_id` changed: its next due time, its timer, the changelog
+    /// and its account.
+    fn settle(&mut self, lead_id: &str, before: Before, cause: Cause) {
+        let rules = &*self.rules;
+        let Some(lead) = self.leads.get_mut(lead_id) else {
+            return;
+        };
+        let view = lead.view(rules);
+        let due = view.next_change_due(rules, view.clock);
+        let account_after = view.account.as_ref().map(|a| a.id.clone());
+        let member = (rules.accounts.is_some() && account_after.is_some())
+            .then(|| Member::of_lead(rules, lead_id, &view));
+        drop(view);
+        lead.due = due;
+        if let Some(changes) = self.changes.as_mut() {
+            if !changes.leads.contains(lead_id) {
+                changes.leads.insert(lead_id.into());
+            }
         }
-        emit(rules, &lead_id, lead, cause.clone(), &mut outputs);
-        lead.due = lead.next_change_due(rules, lead.clock);
-        let due_after = lead.due;
-        if accounts.is_some() {
-            let account_after = lead.account.as_ref().map(|a| a.id.clone());
-            if let Some(left) = account_before.filter(|b| Some(b) != account_after.as_ref()) {
+        if rules.accounts.is_some() {
+            let at = lead.clock;
+            if let Some(left) = before.account.filter(|b| Some(b) != account_after.as_ref()) {
                 self.account_updates.push(AccountUpdate::Member {
                     account_id: left,
-                    lead_id: lead_id.as_ref().into(),
+                    lead_id: lead_id.into(),
                     member: None,
-                    at: lead.clock,
+                    at,
                     cause: cause.clone(),
                 });
             }
-            if let Some(account_id) = account_after {
+            if let (Some(account_id), Some(member)) = (account_after, member) {
                 self.account_updates.push(AccountUpdate::Member {
-                    account_id: account_id.clone(),
-                    lead_id: lead_id.as_ref().into(),
-                    member: Some(Member::of_lead(rules, &lead_id, lead)),
-                    at: lead.clock,
-                    cause: cause.clone(),
+                    account_id,
+                    lead_id: lead_id.into(),
+                    member: Some(member),
+                    at,
+                    cause,
                 });
-            }
-            if let (EventKind::Group, Some(account_id)) = (event.kind, &event.account_id) {
-                if !event.traits.is_empty() {
-                    self.account_updates.push(AccountUpdate::Traits {
-                        account_id: account_id.as_str().into(),
-                        traits: event.traits.clone(),
-                        at: t,
-                        cause,
-                    });
-                }
             }
         }
-        reschedule(&mut self.timers, &lead_id, due_before, due_after);
-        Outcome::Applied(outputs)
+        reschedule(&mut self.timers, lead_id, before.due, due);
     }
 
     /// Publishes what decay alone changes up to `now`: tier drops (or rises,
@@ -435,6 +692,56 @@ impl Engine {
     }
 }
 
+/// What [`Engine::settle`] compares a changed lead with.
+struct Before {
+    due: Option<Timestamp>,
+    account: Option<Box<str>>,
+}
+
+impl Before {
+    fn of(rules: &Rules, lead: &LeadState) -> Before {
+        Before {
+            due: lead.due,
+            account: lead.view(rules).account.as_ref().map(|a| a.id.clone()),
+        }
+    }
+}
+
+/// What one event says about its lead: traits, account links, rule hits.
+fn take_event(
+    rules: &Rules,
+    lead: &mut LeadState,
+    event: &Event,
+    t: Timestamp,
+    watermark: Timestamp,
+) {
+    if let Some(accounts) = rules.accounts.as_deref().filter(|a| a.from_email_domain) {
+        if event.kind != EventKind::Group {
+            let domain = event
+                .traits
+                .get(EMAIL_DOMAIN_TRAIT)
+                .or_else(|| event.traits.get("email"))
+                .and_then(Value::as_text)
+                .map(|e| e.rsplit_once('@').map_or(e, |(_, d)| d));
+            if let Some(account) = domain.and_then(|d| accounts.account_of_domain(d)) {
+                lead.link_account_from_email(&account, t);
+            }
+        }
+    }
+    if event.kind != EventKind::Group {
+        // Group traits describe the account, not the person.
+        lead.apply_traits(rules, &event.traits, t);
+    }
+    if let Some(account_id) = &event.account_id {
+        lead.link_account(account_id, t);
+    }
+    rules.for_each_matching_rule(event, |rule| lead.credit(rules, rule, t));
+    lead.clock = lead.clock.max(t);
+    if let Some(allowed_ms) = rules.settings.allowed_lateness_ms {
+        lead.fold_closed_windows(rules, watermark.saturating_sub_ms(allowed_ms));
+    }
+}
+
 fn resolve_in<'a>(aliases: &'a HashMap<Box<str>, Box<str>>, mut id: &'a str) -> &'a str {
     if aliases.is_empty() {
         return id;
@@ -450,6 +757,7 @@ fn resolve_in<'a>(aliases: &'a HashMap<Box<str>, Box<str>>, mut id: &'a str) -> 
 }
 
 fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) -> LeadSnapshot {
+    let lead = lead.view(rules);
     let at = at.max(lead.clock);
     let eval = lead.evaluate(rules, at);
     LeadSnapshot {
@@ -501,7 +809,7 @@ fn advance_lead(
         };
         lead.clock = lead.clock.max(due);
         emit(rules, lead_id, lead, Cause::Decay(due), outputs);
-        lead.due = lead.next_change_due(rules, lead.clock);
+        lead.due = lead.view(rules).next_change_due(rules, lead.clock);
     }
     lead.due = None;
 }
@@ -510,21 +818,22 @@ fn advance_lead(
 /// by at least the step, or the tier changed) and `threshold_crossed`.
 fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &mut Vec<Output>) {
     let at = lead.clock;
-    let eval: Evaluation = lead.evaluate(rules, at);
+    let view = lead.view(rules);
+    let eval: Evaluation = view.evaluate(rules, at);
     let previous = usize::from(lead.tier);
-    let tier = lead.tier_at(rules, &eval);
+    let tier = view.tier_at(rules, &eval);
     let delta = eval.score - lead.last_emitted_score;
     if tier == previous && delta.abs() < rules.settings.step {
         return;
     }
-    let mut contributions = lead.contributions(rules, at);
+    let mut contributions = view.contributions(rules, at);
     contributions.truncate(rules.settings.top_contributions);
     let direction = direction_of(tier, previous, delta);
     let changed = Output {
         kind: OutputKind::ScoreChanged,
         event_id: output_id(lead_id, OutputKind::ScoreChanged, &cause),
         lead_id: Some(lead_id.to_string()),
-        account_id: lead.account.as_ref().map(|a| a.id.to_string()),
+        account_id: view.account.as_ref().map(|a| a.id.to_string()),
         at,
         cause: cause.clone(),
         score: eval.score,
@@ -540,6 +849,7 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     };
     let crossed_id =
         (tier != previous).then(|| output_id(lead_id, OutputKind::ThresholdCrossed, &cause));
+    drop(view);
     push_change(out, changed, crossed_id);
     lead.tier = tier as u8;
     lead.last_emitted_score = eval.score;

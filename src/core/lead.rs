@@ -7,6 +7,8 @@
 //! earliest hit, and caps scale each fixed window's total. Only the tier,
 //! which has hysteresis, remembers the path.
 
+use std::borrow::Cow;
+
 use crate::core::decay::Decaying;
 use crate::core::event::Fields;
 use crate::core::output::{sort_largest_first, Contribution};
@@ -94,6 +96,19 @@ pub struct LeadState {
     pub due: Option<Timestamp>,
     /// The highest input position (partition offset) applied, or -1.
     pub position: i64,
+    /// Histories of identities merged in from other partitions, kept apart
+    /// (see [`LeadState::take_history`]); evaluation sees them folded in.
+    pub merged: Box<[MergedHistory]>,
+}
+
+/// The history of an identity `alias`ed into a lead whose events live on
+/// another input partition. Its position counts in that identity's own
+/// partition, so a copy handed over again, or an event forwarded again, is
+/// recognised by position alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedHistory {
+    pub identity: Box<str>,
+    pub state: LeadState,
 }
 
 /// A lead's numbers at one point in time.
@@ -118,7 +133,72 @@ impl LeadState {
             account: None,
             due: None,
             position: -1,
+            merged: Box::default(),
         }
+    }
+
+    /// The lead with every merged history folded in: what evaluation,
+    /// timers and accounts see. Borrowed (free) for a lead without any.
+    pub fn view(&self, rules: &Rules) -> Cow<'_, LeadState> {
+        if self.merged.is_empty() {
+            return Cow::Borrowed(self);
+        }
+        let mut combined = self.clone();
+        for history in std::mem::take(&mut combined.merged).into_vec() {
+            combined.combine(rules, history.state);
+        }
+        Cow::Owned(combined)
+    }
+
+    /// Whether the history held of `identity` already covers `position`
+    /// (of that identity's partition).
+    pub fn covers(&self, identity: &str, position: i64) -> bool {
+        self.merged
+            .iter()
+            .any(|m| *m.identity == *identity && m.state.position >= position)
+    }
+
+    /// Takes `identity`'s history (and the histories it holds in turn),
+    /// each unless what is held of it already covers as much: a copy
+    /// handed over again changes nothing, and a later copy that covers more
+    /// replaces an earlier one. Returns whether anything changed.
+    pub fn take_history(&mut self, identity: &str, mut state: LeadState) -> bool {
+        let mut changed = false;
+        for nested in std::mem::take(&mut state.merged).into_vec() {
+            changed |= self.take_history(&nested.identity, nested.state);
+        }
+        let clock = state.clock;
+        match self.merged.iter_mut().find(|m| *m.identity == *identity) {
+            Some(held) if held.state.position >= state.position => return changed,
+            Some(held) => held.state = state,
+            None => push_compact(
+                &mut self.merged,
+                MergedHistory {
+                    identity: identity.into(),
+                    state,
+                },
+            ),
+        }
+        self.clock = self.clock.max(clock);
+        true
+    }
+
+    /// The history held of `identity`, started empty at `clock` if none.
+    pub fn history_mut(&mut self, identity: &str, clock: Timestamp) -> &mut LeadState {
+        let index = match self.merged.iter().position(|m| *m.identity == *identity) {
+            Some(index) => index,
+            None => {
+                push_compact(
+                    &mut self.merged,
+                    MergedHistory {
+                        identity: identity.into(),
+                        state: LeadState::new(clock),
+                    },
+                );
+                self.merged.len() - 1
+            }
+        };
+        &mut self.merged[index].state
     }
 
     pub fn trait_bits(&self, rules: &Rules, key: usize) -> TraitBits {
@@ -495,8 +575,13 @@ impl LeadState {
         None
     }
 
-    /// Merges the history of `other` (an identity aliased into this lead).
-    pub fn absorb(&mut self, rules: &Rules, other: LeadState) {
+    /// Adds what `other` (a merged identity's history) counts to this
+    /// combined view. Each history keeps its own cap windows, so a cap
+    /// limits one identity's hits in a window: a window closed and folded
+    /// in one history cannot be re-capped together with another's, and
+    /// keeping them apart makes the sum independent of when each history
+    /// arrived.
+    fn combine(&mut self, rules: &Rules, other: LeadState) {
         for t in other.traits.into_vec() {
             match self.traits.iter_mut().find(|mine| mine.key == t.key) {
                 Some(mine) => {
@@ -519,25 +604,9 @@ impl LeadState {
                 None => push_compact(&mut self.credits, c),
             }
         }
-        for w in other.windows.into_vec() {
-            let rule = usize::from(w.rule);
-            match self
-                .windows
-                .iter_mut()
-                .find(|mine| mine.rule == w.rule && mine.window == w.window)
-            {
-                Some(mine) => {
-                    mine.raw += w.raw;
-                    mine.credit.merge(&w.credit, rules.half_life_of(rule));
-                }
-                None => push_compact(&mut self.windows, w),
-            }
-        }
-        for s in other.seen {
-            if !self.seen.iter().any(|mine| mine.id == s.id) {
-                self.seen.push(s);
-            }
-        }
+        let mut windows = std::mem::take(&mut self.windows).into_vec();
+        windows.extend(other.windows.into_vec());
+        self.windows = windows.into_boxed_slice();
         if let Some(link) = other.account {
             if link.from_email {
                 self.link_account_from_email(&link.id, link.set_at);
@@ -546,8 +615,6 @@ impl LeadState {
             }
         }
         self.clock = self.clock.max(other.clock);
-        self.position = self.position.max(other.position);
-        self.prune_seen(&rules.settings);
     }
 }
 

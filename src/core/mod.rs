@@ -9,6 +9,7 @@ pub mod account;
 pub mod decay;
 pub mod engine;
 pub mod event;
+pub mod handoff;
 pub mod lead;
 pub mod output;
 pub mod rules;
@@ -16,6 +17,7 @@ pub mod time;
 
 pub use engine::{Engine, Outcome, Rejection};
 pub use event::{Event, EventKind, Fields, Value};
+pub use handoff::Handoff;
 pub use output::{Contribution, Direction, Output, OutputKind};
 pub use rules::Rules;
 pub use time::Timestamp;

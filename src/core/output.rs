@@ -84,6 +84,9 @@ pub fn sort_largest_first(contributions: &mut [Contribution]) {
 pub enum Cause {
     Event(String),
     Decay(Timestamp),
+    /// A history merged in from another partition, for the `alias` call
+    /// with this message id (told apart from the call's own outputs).
+    Merge(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -113,7 +116,7 @@ pub struct Output {
 impl Output {
     pub fn cause_event_id(&self) -> Option<&str> {
         match &self.cause {
-            Cause::Event(id) => Some(id),
+            Cause::Event(id) | Cause::Merge(id) => Some(id),
             Cause::Decay(_) => None,
         }
     }
@@ -145,6 +148,10 @@ pub fn output_id_for(subject: &str, id: &str, kind: OutputKind, cause: &Cause) -
         Cause::Decay(due) => {
             hasher.update(b"\x1fdecay\x1f");
             hasher.update(&due.millis().to_be_bytes());
+        }
+        Cause::Merge(message_id) => {
+            hasher.update(b"\x1fmerge\x1f");
+            hasher.update(message_id.as_bytes());
         }
     }
     Uuid::new_v8(hasher.digest128().to_be_bytes())

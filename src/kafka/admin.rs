@@ -35,7 +35,8 @@ pub(crate) fn partition_count(base: &ClientConfig, topic: &str) -> anyhow::Resul
 }
 
 /// Creates the topics that are missing: input, output and dead-letter with
-/// `partitions`, the changelog compacted with the input's partition count.
+/// `partitions`, the changelog compacted and the identity topic, both with
+/// the input's partition count.
 /// With `accounts`, also the account updates topic and the compacted
 /// account changelog, both with the input's partition count.
 pub(crate) fn ensure_topics(
@@ -51,6 +52,8 @@ pub(crate) fn ensure_topics(
         (kafka.dead_letter_topic.as_str(), kafka.partitions, false),
         (kafka.changelog_topic.as_str(), input_partitions, true),
     ];
+    let identity_topic = kafka.identity_topic();
+    wanted.push((identity_topic.as_str(), input_partitions, false));
     if accounts {
         wanted.push((
             kafka.account_updates_topic.as_str(),

@@ -14,8 +14,10 @@
 //!   before the changelog records of their batch are sent, so a visible
 //!   changelog record implies its outputs are visible too. Repeated outputs
 //!   carry the same deterministic `event_id` and content.
-//! - Not covered: an `alias` whose anonymous id hashes to another input
-//!   partition than the user id merges only what that partition holds.
+//! - The same holds for the identity topic, through which partitions hand
+//!   each other the histories of identities `alias` joined across
+//!   partitions (see [`crate::core::handoff`]): a handoff seen twice, or
+//!   from an aborted transaction, is recognised by the position it covers.
 
 mod admin;
 mod processor;

@@ -24,6 +24,7 @@ use super::admin;
 use super::records::{dead_letter_headers, header_text, output_headers, output_value, DeadLetter};
 use super::restore::{restore_account_partitions, restore_partitions};
 use crate::codec::account::{decode_account_update, encode_account_state, encode_account_update};
+use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::encode_changelog;
 use crate::codec::{Decoder, Encoding};
 use crate::config::{Config, Guarantee, TimerClock};
@@ -60,15 +61,18 @@ enum AssignmentChange {
     Revoked(Held),
 }
 
-/// Partitions of the input topic and of the account updates topic.
+/// Partitions of the input topic, the identity topic and the account
+/// updates topic.
 #[derive(Default)]
 struct Held {
     input: Vec<i32>,
+    identities: Vec<i32>,
     accounts: Vec<i32>,
 }
 
 struct GroupContext {
     input_topic: String,
+    identity_topic: String,
     /// With `[accounts]`.
     account_topic: Option<String>,
     read_committed: bool,
@@ -85,6 +89,7 @@ impl GroupContext {
         };
         Held {
             input: of(&self.input_topic),
+            identities: of(&self.identity_topic),
             accounts: self.account_topic.as_deref().map(of).unwrap_or_default(),
         }
     }
@@ -224,6 +229,12 @@ struct Processor<'c> {
     producer: BaseProducer<DeliveryContext>,
     transactional: bool,
     partitions: BTreeMap<i32, PartitionState>,
+    /// Handoffs between partitions for alias merges; its partitions go
+    /// with the input's.
+    identity_topic: String,
+    /// An input key was seen on another partition than the configured
+    /// partitioner gives (said once, counted always).
+    misrouted_warned: bool,
     /// With `[accounts]`: the account updates topic and its partitions held.
     account_topic: Option<String>,
     accounts: BTreeMap<i32, AccountPartition>,
@@ -255,6 +266,18 @@ pub fn run(
             kafka.input_topic
         );
     };
+    let identity_topic = kafka.identity_topic();
+    match admin::partition_count(&base, &identity_topic)? {
+        Some(n) if n == input_partitions => {}
+        Some(n) => bail!(
+            "identity topic {identity_topic} has {n} partitions; it must have the input's \
+             {input_partitions}"
+        ),
+        None => bail!(
+            "identity topic {identity_topic} does not exist (and create_topics is off): create \
+             it with the input's {input_partitions} partitions"
+        ),
+    }
     let transactional = config.processing.guarantee == Guarantee::ExactlyOnce;
 
     let mut producer_config = base.clone();
@@ -267,6 +290,16 @@ pub fn run(
         );
     if transactional {
         producer_config.set("transactional.id", kafka.transactional_id());
+        // A record stuck in the queue (say, behind an abortable error)
+        // must fail here before the broker times the transaction out:
+        // that bumps the epoch and would fence this producer for good,
+        // where a local failure only aborts and retries the batch.
+        producer_config.set(
+            "message.timeout.ms",
+            (config.processing.transaction_timeout_ms / 2)
+                .max(1000)
+                .to_string(),
+        );
     }
     user_wins(&mut producer_config, kafka);
     let producer: BaseProducer<DeliveryContext> = producer_config
@@ -305,12 +338,13 @@ pub fn run(
     let consumer: BaseConsumer<GroupContext> = consumer_config
         .create_with_context(GroupContext {
             input_topic: kafka.input_topic.clone(),
+            identity_topic: identity_topic.clone(),
             account_topic: account_topic.clone(),
             read_committed: transactional,
             changes: Mutex::new(Vec::new()),
         })
         .context("cannot create the consumer")?;
-    let mut topics = vec![kafka.input_topic.as_str()];
+    let mut topics = vec![kafka.input_topic.as_str(), identity_topic.as_str()];
     topics.extend(account_topic.as_deref());
     consumer
         .subscribe(&topics)
@@ -333,6 +367,8 @@ pub fn run(
         producer,
         transactional,
         partitions: BTreeMap::new(),
+        identity_topic,
+        misrouted_warned: false,
         account_topic,
         accounts: BTreeMap::new(),
         counters: Counters::default(),
@@ -395,8 +431,10 @@ impl Processor<'_> {
                         if let Some(p) = self.partitions.get_mut(&message.partition()) {
                             p.at_end = false;
                         }
-                    } else if let Some(a) = self.accounts.get_mut(&message.partition()) {
-                        a.at_end = false;
+                    } else if self.account_topic.as_deref() == Some(message.topic()) {
+                        if let Some(a) = self.accounts.get_mut(&message.partition()) {
+                            a.at_end = false;
+                        }
                     }
                     batch.push(message.detach());
                 }
@@ -409,35 +447,35 @@ impl Processor<'_> {
         Ok(batch)
     }
 
-    /// librdkafka reports the end of a partition without its topic; when
-    /// both topics' partition is held here, the watermarks tell which.
+    /// librdkafka reports the end of a partition without its topic; the
+    /// identity topic always shares the input's partition numbers, so the
+    /// consumer's position and the cached high watermark tell which topic
+    /// is at its end.
     fn reached_end(&mut self, partition: i32) {
-        let input = self.partitions.contains_key(&partition);
-        let accounts = self.accounts.contains_key(&partition);
+        let positions = self.consumer.position().ok();
         let at_end = |topic: &str| -> bool {
-            let position = self.consumer.position().ok().and_then(|list| {
+            let position = positions.as_ref().and_then(|list| {
                 list.find_partition(topic, partition)
                     .and_then(|e| e.offset().to_raw())
             });
             let high = self
                 .consumer
+                .client()
                 .fetch_watermarks(topic, partition, Duration::from_secs(2))
                 .ok()
                 .map(|(_, high)| high);
             matches!((position, high), (Some(p), Some(h)) if p >= h)
         };
-        let (input_end, accounts_end) = match (input, accounts, self.account_topic.clone()) {
-            (true, true, Some(topic)) => (at_end(&self.config.kafka.input_topic), at_end(&topic)),
-            _ => (input, accounts),
-        };
-        if input_end {
+        if self.partitions.contains_key(&partition) && at_end(&self.config.kafka.input_topic) {
             if let Some(p) = self.partitions.get_mut(&partition) {
                 p.at_end = true;
             }
         }
-        if accounts_end {
-            if let Some(a) = self.accounts.get_mut(&partition) {
-                a.at_end = true;
+        if let Some(topic) = self.account_topic.clone() {
+            if self.accounts.contains_key(&partition) && at_end(&topic) {
+                if let Some(a) = self.accounts.get_mut(&partition) {
+                    a.at_end = true;
+                }
             }
         }
     }
@@ -458,9 +496,12 @@ impl Processor<'_> {
                         self.accounts.remove(p);
                     }
                     let input_topic = self.config.kafka.input_topic.clone();
+                    let identity_topic = self.identity_topic.clone();
                     batch.retain(|m| {
                         let lost = if m.topic() == input_topic {
                             &held.input
+                        } else if m.topic() == identity_topic {
+                            &held.identities
                         } else {
                             &held.accounts
                         };
@@ -472,8 +513,23 @@ impl Processor<'_> {
                         "partitions revoked; their state dropped"
                     );
                 }
-                AssignmentChange::Assigned(held) => {
+                AssignmentChange::Assigned(mut held) => {
                     metrics::counter!(m::REBALANCES, "change" => "assigned").increment(1);
+                    held.input.sort_unstable();
+                    held.identities.sort_unstable();
+                    if held.input != held.identities {
+                        // Also seen for a moment while a new identity topic
+                        // reaches the group's metadata; handoffs for an input
+                        // partition held elsewhere wait, uncommitted, for
+                        // the instance that holds it.
+                        tracing::warn!(
+                            input = ?held.input,
+                            identities = ?held.identities,
+                            "input and identity partitions assigned apart: alias merges across \
+                             partitions wait until partition N of both topics is on one \
+                             instance; keep partition.assignment.strategy at range (the default)"
+                        );
+                    }
                     self.restore(&held.input)?;
                     self.restore_accounts(&held.accounts)?;
                     self.status.set_ready(true);
@@ -507,7 +563,12 @@ impl Processor<'_> {
             leads_per_second = format!("{:.0}", leads as f64 / seconds),
             "partitions restored from changelog"
         );
-        for (partition, engine) in restored.engines {
+        let partitioner = self.config.kafka.input_partitioner;
+        let count = self.input_partitions;
+        for (partition, mut engine) in restored.engines {
+            engine.set_locality(Arc::new(move |id: &str| {
+                partition_of(partitioner, id.as_bytes(), count) == partition
+            }));
             self.partitions.insert(
                 partition,
                 PartitionState {
@@ -594,7 +655,12 @@ impl Processor<'_> {
         self.restore_accounts(&assigned_accounts)?;
         let mut seeks: Vec<(String, i32)> = assigned
             .iter()
-            .map(|&p| (self.config.kafka.input_topic.clone(), p))
+            .flat_map(|&p| {
+                [
+                    (self.config.kafka.input_topic.clone(), p),
+                    (self.identity_topic.clone(), p),
+                ]
+            })
             .collect();
         if let Some(topic) = &self.account_topic {
             seeks.extend(assigned_accounts.iter().map(|&p| (topic.clone(), p)));
@@ -640,6 +706,19 @@ impl Processor<'_> {
         let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for message in batch {
             let partition = message.partition();
+            if message.topic() == self.identity_topic {
+                if !self.partitions.contains_key(&partition) {
+                    continue; // revoked while buffered
+                }
+                next_offsets.insert(
+                    (message.topic().to_string(), partition),
+                    message.offset() + 1,
+                );
+                self.apply_handoff(message)?;
+                self.send_handoffs(partition)?;
+                self.send_account_updates(partition)?;
+                continue;
+            }
             if message.topic() != self.config.kafka.input_topic {
                 if !self.accounts.contains_key(&partition) {
                     continue; // revoked while buffered
@@ -661,6 +740,7 @@ impl Processor<'_> {
             self.counters.consumed += 1;
             metrics::counter!(m::EVENTS_CONSUMED).increment(1);
             self.score(message, wall)?;
+            self.send_handoffs(partition)?;
             self.send_account_updates(partition)?;
         }
         let mut decay_outputs = Vec::new();
@@ -792,9 +872,17 @@ impl Processor<'_> {
                 ));
             }
         }
+        // An identity merged into a lead held elsewhere: that lead's
+        // partition knows the alias too.
+        let held_as = self
+            .partitions
+            .values()
+            .map(|p| p.engine.resolve(lead_id))
+            .find(|id| *id != lead_id)
+            .unwrap_or(lead_id);
         let partition = partition_of(
-            self.config.http.partitioner,
-            lead_id.as_bytes(),
+            self.config.kafka.input_partitioner,
+            held_as.as_bytes(),
             self.input_partitions,
         );
         if self.partitions.contains_key(&partition) {
@@ -817,6 +905,92 @@ impl Processor<'_> {
                 .map_err(retry("bad offset"))?;
         }
         Ok(list)
+    }
+
+    /// Merges across partitions send a handoff to the partition the
+    /// configured partitioner gives an identity; an input key found on
+    /// another partition means producers use another partitioner.
+    fn check_routing(&mut self, message: &OwnedMessage) {
+        let Some(key) = message.key() else {
+            return;
+        };
+        let expected = partition_of(
+            self.config.kafka.input_partitioner,
+            key,
+            self.input_partitions,
+        );
+        if expected == message.partition() {
+            return;
+        }
+        metrics::counter!(m::MISROUTED).increment(1);
+        if !self.misrouted_warned {
+            self.misrouted_warned = true;
+            tracing::warn!(
+                key = %String::from_utf8_lossy(key),
+                partition = message.partition(),
+                expected,
+                partitioner = ?self.config.kafka.input_partitioner,
+                "input key on another partition than [kafka] input_partitioner gives: \
+                 alias merges across partitions will miss; set input_partitioner to the \
+                 producers' partitioner"
+            );
+        }
+    }
+
+    /// Sends the handoffs input `partition`'s engine produced to the
+    /// identity topic, each to the partition of the identity it concerns.
+    fn send_handoffs(&mut self, partition: i32) -> Result<(), Retry> {
+        let handoffs = self
+            .partitions
+            .get_mut(&partition)
+            .map(|p| p.engine.take_handoffs())
+            .unwrap_or_default();
+        for handoff in &handoffs {
+            let destination = handoff.destination();
+            let value = encode_handoff(handoff, &self.rules.version);
+            let record = BaseRecord::<str, [u8]>::to(&self.identity_topic)
+                .partition(partition_of(
+                    self.config.kafka.input_partitioner,
+                    destination.as_bytes(),
+                    self.input_partitions,
+                ))
+                .key(destination)
+                .payload(value.as_slice())
+                .headers(OwnedHeaders::new());
+            metrics::counter!(m::HANDOFFS, "kind" => handoff.kind()).increment(1);
+            send(&self.producer, record)?;
+        }
+        Ok(())
+    }
+
+    /// Acts on one handoff from another partition's engine.
+    fn apply_handoff(&mut self, message: &OwnedMessage) -> Result<(), Retry> {
+        let decoded = decode_handoff(
+            message.payload().unwrap_or_default(),
+            &self.decoder,
+            &self.rules.version,
+        );
+        let handoff = match decoded {
+            Ok(handoff) => handoff,
+            Err(e) => return self.dead_letter(message, "invalid_handoff", e.to_string(), None),
+        };
+        let engine = &mut self
+            .partitions
+            .get_mut(&message.partition())
+            .expect("checked by the caller")
+            .engine;
+        match engine.apply_handoff(handoff) {
+            Outcome::Applied(outputs) => {
+                for output in &outputs {
+                    self.send_output(output)?;
+                }
+            }
+            Outcome::Duplicate | Outcome::AlreadyApplied | Outcome::HandedOff => {}
+            Outcome::Rejected(r) => {
+                self.dead_letter(message, r.reason_code(), r.to_string(), None)?
+            }
+        }
+        Ok(())
     }
 
     /// Sends the account updates scoring produced on input `partition` to
@@ -871,6 +1045,7 @@ impl Processor<'_> {
     }
 
     fn score(&mut self, message: &OwnedMessage, wall: Timestamp) -> Result<(), Retry> {
+        self.check_routing(message);
         let encoding = match header_text(message.headers(), super::headers::CONTENT_TYPE) {
             Some(value) => Encoding::from_content_type(value),
             None => Ok(self.default_encoding),
@@ -921,6 +1096,7 @@ impl Processor<'_> {
                     self.counters.duplicates += 1;
                     metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
                 }
+                Outcome::HandedOff => {}
                 Outcome::Rejected(r) => {
                     self.dead_letter(message, r.reason_code(), r.to_string(), item_number)?
                 }

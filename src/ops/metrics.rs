@@ -29,6 +29,9 @@ pub const RESTORE_DURATION: &str = "leadscore_changelog_restore_duration_seconds
 pub const RESTORED_LEADS: &str = "leadscore_changelog_restored_leads_total";
 /// Label `change`: `assigned` or `revoked`.
 pub const REBALANCES: &str = "leadscore_rebalances_total";
+/// Labels: kind (merge_request, history, event).
+pub const HANDOFFS: &str = "leadscore_identity_handoffs_total";
+pub const MISROUTED: &str = "leadscore_events_misrouted_total";
 pub const READY: &str = "leadscore_ready";
 /// Labels `version` (of leadscore) and `rules_version`.
 pub const BUILD_INFO: &str = "leadscore_build_info";
@@ -67,6 +70,7 @@ fn start_at_zero() {
         EVENTS_DUPLICATE,
         DEAD_LETTERS,
         RESTORED_LEADS,
+        MISROUTED,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -78,6 +82,9 @@ fn start_at_zero() {
     }
     for change in ["assigned", "revoked"] {
         metrics::counter!(REBALANCES, "change" => change).increment(0);
+    }
+    for kind in ["merge_request", "history", "event"] {
+        metrics::counter!(HANDOFFS, "kind" => kind).increment(0);
     }
     for name in [LEADS, ACCOUNTS, PARTITIONS, READY] {
         metrics::gauge!(name).set(0.0);
@@ -130,6 +137,14 @@ fn describe() {
     );
     describe_counter!(RESTORED_LEADS, "Leads restored from the changelog.");
     describe_counter!(REBALANCES, "Partition assignment changes, by kind.");
+    describe_counter!(
+        HANDOFFS,
+        "Records sent to another partition to complete alias merges, by kind."
+    );
+    describe_counter!(
+        MISROUTED,
+        "Input events whose key [kafka] input_partitioner places on another partition."
+    );
     describe_gauge!(
         READY,
         "1 when partitions are assigned and restored, else 0."

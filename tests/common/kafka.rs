@@ -174,8 +174,9 @@ pub fn write_config_with_rules(
     let text = format!(
         "{rules}\n[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{}\"\ninput_topic = \"{}\"\n\
          output_topic = \"{}\"\ndead_letter_topic = \"{}\"\nchangelog_topic = \"{}\"\npartitions = 4\n\
+         input_partitioner = \"consistent_random\"\n\
          [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\npartitioner = \"consistent_random\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
          [processing]\nguarantee = \"{guarantee}\"\n{extra}",
         names.group, names.input, names.output, names.dead_letter, names.changelog
     );
@@ -377,7 +378,9 @@ pub fn kill_five_times_mid_stream(
 }
 
 /// Waits until the group has committed offsets at the end of every input
-/// partition.
+/// partition, and past every committed record of the identity topic
+/// (handoffs between partitions for alias merges; written in transactions,
+/// so its end is a commit marker no consumer commits past).
 pub fn wait_caught_up(bootstrap: &str, names: &Names, timeout: Duration) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -385,26 +388,49 @@ pub fn wait_caught_up(bootstrap: &str, names: &Names, timeout: Duration) {
         .create()
         .unwrap();
     let deadline = Instant::now() + timeout;
+    let identities = format!("{}-identities", names.input);
     loop {
-        let metadata = consumer
-            .fetch_metadata(Some(&names.input), Duration::from_secs(10))
-            .unwrap();
-        let mut list = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
-        for p in metadata.topics()[0].partitions() {
-            list.add_partition(&names.input, p.id());
-            let (_, high) = consumer
-                .fetch_watermarks(&names.input, p.id(), Duration::from_secs(10))
-                .unwrap();
-            ends.insert(p.id(), high);
-        }
-        // The group coordinator may be moving while the group starts.
-        let done = consumer
-            .committed_offsets(list, Duration::from_secs(10))
-            .is_ok_and(|committed| {
-                committed.elements().iter().all(|e| match e.offset() {
-                    Offset::Offset(o) => o >= ends[&e.partition()],
-                    _ => ends[&e.partition()] == 0,
+        let committed = |topic: &str| -> Option<Vec<(i32, i64, i64)>> {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .ok()?;
+            // A topic not created yet has nothing to catch up on.
+            if metadata.topics()[0].error().is_some() {
+                return Some(Vec::new());
+            }
+            let mut list = TopicPartitionList::new();
+            let mut ends = BTreeMap::new();
+            for p in metadata.topics()[0].partitions() {
+                list.add_partition(topic, p.id());
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .ok()?;
+                ends.insert(p.id(), high);
+            }
+            // The group coordinator may be moving while the group starts.
+            let committed = consumer
+                .committed_offsets(list, Duration::from_secs(10))
+                .ok()?;
+            Some(
+                committed
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        let at = match e.offset() {
+                            Offset::Offset(o) => o,
+                            _ => 0,
+                        };
+                        (e.partition(), at, ends[&e.partition()])
+                    })
+                    .collect(),
+            )
+        };
+        let input_done =
+            committed(&names.input).is_some_and(|parts| parts.iter().all(|(_, at, end)| at >= end));
+        let done = input_done
+            && committed(&identities).is_some_and(|parts| {
+                parts.iter().all(|&(partition, at, end)| {
+                    at >= end || !has_records(bootstrap, &identities, partition, at)
                 })
             });
         if done {
@@ -416,6 +442,32 @@ pub fn wait_caught_up(bootstrap: &str, names: &Names, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Whether a `read_committed` reader finds a record in `partition` at or
+/// after `offset`.
+fn has_records(bootstrap: &str, topic: &str, partition: i32, offset: i64) -> bool {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-probe"))
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    reader.assign(&list).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match reader.poll(Duration::from_millis(500)) {
+            Some(Ok(_)) => return true,
+            Some(Err(KafkaError::PartitionEOF(_))) => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Runs one `leadscore run` until the group has committed every input

@@ -26,14 +26,20 @@ pub fn rules() -> leadscore::core::Rules {
     .unwrap()
 }
 
-/// Sample traffic without anonymous browsing: an anonymous id and the user
-/// id it is aliased to usually hash to different partitions, and merging
-/// across partitions is not built yet (see the note in `src/kafka/mod.rs`).
+/// Sample traffic without anonymous browsing: every lead's outputs then
+/// follow from its own partition's order alone, so they equal `replay`'s
+/// exactly (merges across partitions are tested on their own, in
+/// `kafka_aliases.rs`).
 pub fn sample(leads: usize, seed: u64) -> Vec<String> {
+    sample_with_anonymous(leads, seed, 0.0)
+}
+
+/// Sample traffic where `share` of the leads browse anonymously first.
+pub fn sample_with_anonymous(leads: usize, seed: u64, share: f64) -> Vec<String> {
     leadscore::sample::generate(&leadscore::sample::SampleConfig {
         leads,
         seed,
-        anonymous_share: 0.0,
+        anonymous_share: share,
         ..Default::default()
     })
 }
