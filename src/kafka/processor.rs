@@ -979,7 +979,21 @@ impl Processor<'_> {
             .get_mut(&message.partition())
             .expect("checked by the caller")
             .engine;
-        match engine.apply_handoff(handoff) {
+        let kind = handoff.kind();
+        let outcome = engine.apply_handoff(handoff);
+        tracing::debug!(
+            kind,
+            partition = message.partition(),
+            offset = message.offset(),
+            outcome = match &outcome {
+                Outcome::Applied(_) => "applied",
+                Outcome::Duplicate | Outcome::AlreadyApplied => "already applied",
+                Outcome::HandedOff => "passed on",
+                Outcome::Rejected(_) => "rejected",
+            },
+            "handoff"
+        );
+        match outcome {
             Outcome::Applied(outputs) => {
                 for output in &outputs {
                     self.send_output(output)?;
