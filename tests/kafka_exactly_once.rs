@@ -211,18 +211,41 @@ fn a_hot_lead_cools_down_with_no_new_event_and_it_is_published_once() {
         "exactly_once",
         "",
     );
-    let instance = Instance::start(&config, &[]);
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let env = [("LEADSCORE_HTTP_LISTEN", listen.as_str())];
+    let ready = || {
+        ureq::get(&format!("http://{listen}/readyz"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    };
+    let wait_for = |what: &str, condition: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let crossings_so_far = || {
+        read_topic(&broker.bootstrap, &names.output, true)
+            .iter()
+            .filter(|r| r.json()["type"] == "threshold_crossed")
+            .count()
+    };
+    let instance = Instance::start(&config, &env);
+    wait_for("the processor did not get ready", &ready);
     let now = Timestamp(now_ms()).to_rfc3339();
     let event = format!(
         r#"{{"type":"track","messageId":"d-1","userId":"hot-lead","event":"Demo Requested","timestamp":"{now}"}}"#
     );
     produce_lines(&broker.bootstrap, &names.input, &[event]);
-    // 50 points fall below 35 after 4 * log2(50/35) = 2.06 s; the processor
-    // is killed and restarted after that, and must not publish it again.
-    std::thread::sleep(Duration::from_secs(6));
+    // 50 points fall below 35 after 4 * log2(50/35) = 2.06 s, by the wall
+    // clock alone; then the processor is killed, and its successor (ready,
+    // so holding the lead again) must not publish the cool-down again.
+    wait_for("no cool-down was published", &|| crossings_so_far() >= 2);
     instance.kill9();
-    let instance = Instance::start(&config, &[]);
-    std::thread::sleep(Duration::from_secs(6));
+    let instance = Instance::start(&config, &env);
+    wait_for("the restarted processor did not get ready", &ready);
+    std::thread::sleep(Duration::from_secs(3));
     assert!(instance.terminate().success());
 
     let outputs: Vec<serde_json::Value> = read_topic(&broker.bootstrap, &names.output, true)
