@@ -356,6 +356,12 @@ fn leadscore_process(
             "LEADSCORE_KAFKA_CHANGELOG_TOPIC",
             format!("{name}-changelog"),
         )
+        .env(
+            "LEADSCORE_KAFKA_IDENTITY_TOPIC",
+            format!("{name}-identities"),
+        )
+        // This benchmark's producer is librdkafka's.
+        .env("LEADSCORE_KAFKA_INPUT_PARTITIONER", "consistent_random")
         .env("LEADSCORE_PROCESSING_GUARANTEE", guarantee)
         .stdout(Stdio::null())
         .spawn()

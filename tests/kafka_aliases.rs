@@ -109,7 +109,7 @@ fn merges_equal_replay(broker: &Broker, test: &str, guarantee: &str) {
 
     let handoffs = read_topic(
         &broker.bootstrap,
-        &format!("{}-identities", names.input),
+        &format!("{}-identities", names.group),
         exactly_once,
     );
     assert!(

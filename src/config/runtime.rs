@@ -43,7 +43,8 @@ pub struct KafkaSettings {
     /// Internal topic through which partitions hand each other the
     /// histories and later events of identities `alias` joined across
     /// partitions; partitioned like the input. Default:
-    /// `<input_topic>-identities`.
+    /// `<group_id>-identities`: internal to one consumer group, so a second
+    /// group on the same input (new rules, say) keeps its own.
     #[serde(default)]
     pub identity_topic: Option<String>,
     /// How producers chose the input partition of a lead id:
@@ -79,7 +80,7 @@ impl KafkaSettings {
     pub fn identity_topic(&self) -> String {
         self.identity_topic
             .clone()
-            .unwrap_or_else(|| format!("{}-identities", self.input_topic))
+            .unwrap_or_else(|| format!("{}-identities", self.group_id))
     }
 
     pub fn transactional_id(&self) -> String {

@@ -290,13 +290,18 @@ impl Engine {
         if resolved != event.lead_id {
             // An identity merged into another lead: its event joins its
             // own history there, here or on the lead's partition.
-            return self.take_forwarded(
-                resolved.into(),
-                event.lead_id.as_str().into(),
-                event.clone(),
-                position,
-                0,
-            );
+            let resolved: Box<str> = resolved.into();
+            if !self.is_local(&resolved) {
+                self.handoffs.push(Handoff::Event {
+                    into: resolved,
+                    via: event.lead_id.as_str().into(),
+                    event: event.clone(),
+                    position,
+                    hops: 0,
+                });
+                return Outcome::HandedOff;
+            }
+            return self.take_forwarded(&resolved, &event.lead_id, event, position, 0);
         }
         let lead_id: Cow<str> = if resolved == event.lead_id {
             Cow::Borrowed(&event.lead_id)
@@ -395,7 +400,7 @@ impl Engine {
                 event,
                 position,
                 hops,
-            } => self.take_forwarded(into, via, event, position, hops),
+            } => self.take_forwarded(&into, &via, &event, position, hops),
         }
     }
 
@@ -546,18 +551,18 @@ impl Engine {
     /// `via` of the lead `into` resolves to.
     fn take_forwarded(
         &mut self,
-        into: Box<str>,
-        via: Box<str>,
-        event: Event,
+        into: &str,
+        via: &str,
+        event: &Event,
         position: Option<i64>,
         hops: u32,
     ) -> Outcome {
-        let target: Box<str> = self.resolve(&into).into();
+        let target: Box<str> = self.resolve(into).into();
         if !self.is_local(&target) {
             self.handoffs.push(Handoff::Event {
                 into: target,
-                via,
-                event,
+                via: via.into(),
+                event: event.clone(),
                 position,
                 hops: hops + 1,
             });
@@ -565,7 +570,7 @@ impl Engine {
         }
         let t = event.timestamp;
         if let (Some(position), Some(lead)) = (position, self.leads.get(&target)) {
-            if lead.covers(&via, position) {
+            if lead.covers(via, position) {
                 return Outcome::AlreadyApplied;
             }
         }
@@ -578,7 +583,7 @@ impl Engine {
             .entry(target.clone())
             .or_insert_with(|| Box::new(LeadState::new(t)));
         let id_hash = xxh3_64(event.message_id.as_bytes());
-        let history = lead.history_mut(&via, t);
+        let history = lead.history_mut(via, t);
         if !history.remember(id_hash, t, settings) {
             return Outcome::Duplicate;
         }
@@ -586,7 +591,7 @@ impl Engine {
             history.position = history.position.max(position);
         }
         let absorbed = match event.kind {
-            EventKind::Alias => self.join(&event, &target),
+            EventKind::Alias => self.join(event, &target),
             _ => None,
         };
         let rules = &*self.rules;
@@ -599,8 +604,8 @@ impl Engine {
         if let Some((identity, state)) = absorbed {
             lead.take_history(&identity, state);
         }
-        let history = lead.history_mut(&via, t);
-        take_event(rules, history, &event, t, watermark);
+        let history = lead.history_mut(via, t);
+        take_event(rules, history, event, t, watermark);
         lead.clock = lead.clock.max(t);
         let cause = Cause::Event(event.message_id.clone());
         emit(rules, &target, lead, cause.clone(), &mut outputs);
@@ -617,7 +622,10 @@ impl Engine {
         };
         let view = lead.view(rules);
         let due = view.next_change_due(rules, view.clock);
-        let account_after = view.account.as_ref().map(|a| a.id.clone());
+        let account_after = rules
+            .accounts
+            .as_ref()
+            .and_then(|_| view.account.as_ref().map(|a| a.id.clone()));
         let member = (rules.accounts.is_some() && account_after.is_some())
             .then(|| Member::of_lead(rules, lead_id, &view));
         drop(view);
@@ -702,7 +710,11 @@ impl Before {
     fn of(rules: &Rules, lead: &LeadState) -> Before {
         Before {
             due: lead.due,
-            account: lead.view(rules).account.as_ref().map(|a| a.id.clone()),
+            // Only accounts read it; a merged lead's view is not free.
+            account: rules
+                .accounts
+                .as_ref()
+                .and_then(|_| lead.view(rules).account.as_ref().map(|a| a.id.clone())),
         }
     }
 }

@@ -143,10 +143,46 @@ impl LeadState {
         if self.merged.is_empty() {
             return Cow::Borrowed(self);
         }
-        let mut combined = self.clone();
-        for history in std::mem::take(&mut combined.merged).into_vec() {
-            combined.combine(rules, history.state);
+        // Built in vectors and boxed once; the dedup memory is left out
+        // (evaluation never reads it).
+        let mut traits = self.traits.to_vec();
+        let mut credits = self.credits.to_vec();
+        let mut windows = self.windows.to_vec();
+        let mut combined = LeadState {
+            clock: self.clock,
+            tier: self.tier,
+            last_emitted_score: self.last_emitted_score,
+            traits: Box::default(),
+            credits: Box::default(),
+            windows: Box::default(),
+            seen: Vec::new(),
+            account: self.account.clone(),
+            due: self.due,
+            position: self.position,
+            merged: Box::default(),
+        };
+        for history in self.merged.iter() {
+            let other = &history.state;
+            combine_traits(&mut traits, &other.traits);
+            combine_credits(rules, &mut credits, &other.credits);
+            // Each history keeps its own cap windows, so a cap limits one
+            // identity's hits in a window: a window closed and folded in
+            // one history cannot be re-capped together with another's, and
+            // keeping them apart makes the sum independent of when each
+            // history arrived.
+            windows.extend_from_slice(&other.windows);
+            if let Some(link) = &other.account {
+                if link.from_email {
+                    combined.link_account_from_email(&link.id, link.set_at);
+                } else {
+                    combined.link_account(&link.id, link.set_at);
+                }
+            }
+            combined.clock = combined.clock.max(other.clock);
         }
+        combined.traits = traits.into_boxed_slice();
+        combined.credits = credits.into_boxed_slice();
+        combined.windows = windows.into_boxed_slice();
         Cow::Owned(combined)
     }
 
@@ -574,47 +610,36 @@ impl LeadState {
         }
         None
     }
+}
 
-    /// Adds what `other` (a merged identity's history) counts to this
-    /// combined view. Each history keeps its own cap windows, so a cap
-    /// limits one identity's hits in a window: a window closed and folded
-    /// in one history cannot be re-capped together with another's, and
-    /// keeping them apart makes the sum independent of when each history
-    /// arrived.
-    fn combine(&mut self, rules: &Rules, other: LeadState) {
-        for t in other.traits.into_vec() {
-            match self.traits.iter_mut().find(|mine| mine.key == t.key) {
-                Some(mine) => {
-                    if (t.set_at, t.bits) > (mine.set_at, mine.bits) {
-                        *mine = t;
-                    }
+/// Per trait, the value with the latest event time (ties: the larger bit
+/// pattern), as [`LeadState::apply_traits`] keeps it.
+fn combine_traits(mine: &mut Vec<TraitState>, other: &[TraitState]) {
+    for t in other {
+        match mine.iter_mut().find(|m| m.key == t.key) {
+            Some(m) => {
+                if (t.set_at, t.bits) > (m.set_at, m.bits) {
+                    *m = t.clone();
                 }
-                None => push_compact(&mut self.traits, t),
             }
+            None => mine.push(t.clone()),
         }
-        for c in other.credits.into_vec() {
-            let rule = usize::from(c.rule);
-            match self.credits.iter_mut().find(|mine| mine.rule == c.rule) {
-                Some(mine) if rules.engagement[rule].once => {
-                    if c.credit.anchor < mine.credit.anchor {
-                        mine.credit = c.credit;
-                    }
+    }
+}
+
+/// Decaying sums add up; a once-rule keeps its earliest hit.
+fn combine_credits(rules: &Rules, mine: &mut Vec<RuleCredit>, other: &[RuleCredit]) {
+    for c in other {
+        let rule = usize::from(c.rule);
+        match mine.iter_mut().find(|m| m.rule == c.rule) {
+            Some(m) if rules.engagement[rule].once => {
+                if c.credit.anchor < m.credit.anchor {
+                    m.credit = c.credit.clone();
                 }
-                Some(mine) => mine.credit.merge(&c.credit, rules.half_life_of(rule)),
-                None => push_compact(&mut self.credits, c),
             }
+            Some(m) => m.credit.merge(&c.credit, rules.half_life_of(rule)),
+            None => mine.push(c.clone()),
         }
-        let mut windows = std::mem::take(&mut self.windows).into_vec();
-        windows.extend(other.windows.into_vec());
-        self.windows = windows.into_boxed_slice();
-        if let Some(link) = other.account {
-            if link.from_email {
-                self.link_account_from_email(&link.id, link.set_at);
-            } else {
-                self.link_account(&link.id, link.set_at);
-            }
-        }
-        self.clock = self.clock.max(other.clock);
     }
 }
 

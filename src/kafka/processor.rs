@@ -449,8 +449,9 @@ impl Processor<'_> {
 
     /// librdkafka reports the end of a partition without its topic; the
     /// identity topic always shares the input's partition numbers, so the
-    /// consumer's position and the cached high watermark tell which topic
-    /// is at its end.
+    /// consumer's position and the high watermark of its last fetch tell
+    /// which topic is at its end (no broker round trip: this runs on every
+    /// end-of-partition report).
     fn reached_end(&mut self, partition: i32) {
         let positions = self.consumer.position().ok();
         let at_end = |topic: &str| -> bool {
@@ -458,12 +459,7 @@ impl Processor<'_> {
                 list.find_partition(topic, partition)
                     .and_then(|e| e.offset().to_raw())
             });
-            let high = self
-                .consumer
-                .client()
-                .fetch_watermarks(topic, partition, Duration::from_secs(2))
-                .ok()
-                .map(|(_, high)| high);
+            let high = cached_high_watermark(&self.consumer, topic, partition);
             matches!((position, high), (Some(p), Some(h)) if p >= h)
         };
         if self.partitions.contains_key(&partition) && at_end(&self.config.kafka.input_topic) {
@@ -1289,6 +1285,32 @@ fn account_timer_clock(
     } else {
         a.watermark
     }
+}
+
+/// The high watermark librdkafka cached from its last fetch of the
+/// partition (`rd_kafka_get_watermark_offsets`: local, unlike
+/// `fetch_watermarks`, which asks the broker); `None` before any fetch.
+fn cached_high_watermark(
+    consumer: &BaseConsumer<GroupContext>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic
+    // is a NUL-terminated string that outlives the call; librdkafka only
+    // writes the two offsets it is given.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(

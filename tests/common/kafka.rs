@@ -388,7 +388,7 @@ pub fn wait_caught_up(bootstrap: &str, names: &Names, timeout: Duration) {
         .create()
         .unwrap();
     let deadline = Instant::now() + timeout;
-    let identities = format!("{}-identities", names.input);
+    let identities = format!("{}-identities", names.group);
     loop {
         let committed = |topic: &str| -> Option<Vec<(i32, i64, i64)>> {
             let metadata = consumer
