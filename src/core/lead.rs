@@ -634,7 +634,7 @@ fn combine_credits(rules: &Rules, mine: &mut Vec<RuleCredit>, other: &[RuleCredi
         match mine.iter_mut().find(|m| m.rule == c.rule) {
             Some(m) if rules.engagement[rule].once => {
                 if c.credit.anchor < m.credit.anchor {
-                    m.credit = c.credit.clone();
+                    m.credit = c.credit;
                 }
             }
             Some(m) => m.credit.merge(&c.credit, rules.half_life_of(rule)),
