@@ -413,11 +413,8 @@ impl Engine {
         if *previous == *into {
             return None;
         }
-        if let Some(changes) = self.changes.as_mut() {
-            changes.aliases.push((previous.clone(), into.into()));
-        }
-        self.aliases.insert(previous.clone(), into.into());
         if !self.is_local(&previous) {
+            self.record_alias(&previous, into);
             self.handoffs.push(Handoff::MergeRequest {
                 from: previous,
                 into: into.into(),
@@ -427,21 +424,8 @@ impl Engine {
             });
             return None;
         }
-        let state = self.leads.remove(&previous)?;
-        if let Some(due) = state.due {
-            self.timers.remove(&(due, previous.clone()));
-        }
-        if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref()) {
-            // The merged identity's share moves to the lead it joined.
-            self.account_updates.push(AccountUpdate::Member {
-                account_id: link.id.clone(),
-                lead_id: previous.clone(),
-                member: None,
-                at: event.timestamp,
-                cause: Cause::Event(event.message_id.clone()),
-            });
-        }
-        Some((previous, *state))
+        let state = self.detach(&previous, into, &event.message_id, event.timestamp)?;
+        Some((previous, state))
     }
 
     /// `from` was aliased into `into`, held elsewhere: hand `from`'s
@@ -468,30 +452,13 @@ impl Engine {
             });
             return Outcome::HandedOff;
         }
-        let state = self.leads.remove(&holder);
-        if let Some(due) = state.as_ref().and_then(|s| s.due) {
-            self.timers.remove(&(due, holder.clone()));
-        }
-        if let Some(changes) = self.changes.as_mut() {
-            changes.aliases.push((holder.clone(), into.clone()));
-        }
-        self.aliases.insert(holder.clone(), into.clone());
-        let Some(state) = state else {
+        let Some(state) = self.detach(&holder, &into, &cause, at) else {
             return Outcome::Applied(Vec::new());
         };
-        if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref()) {
-            self.account_updates.push(AccountUpdate::Member {
-                account_id: link.id.clone(),
-                lead_id: holder.clone(),
-                member: None,
-                at,
-                cause: Cause::Event(cause.to_string()),
-            });
-        }
         let history = Handoff::History {
             from: holder,
             into,
-            state: *state,
+            state,
             cause,
             at,
             hops: hops + 1,
@@ -501,6 +468,40 @@ impl Engine {
         }
         self.handoffs.push(history);
         Outcome::HandedOff
+    }
+
+    /// `identity`, held here, now belongs to `into`: the alias is recorded,
+    /// and its state (if any) taken out with its timer, its account told
+    /// that it left (its share moves to the lead it joined).
+    fn detach(
+        &mut self,
+        identity: &str,
+        into: &str,
+        cause: &str,
+        at: Timestamp,
+    ) -> Option<LeadState> {
+        self.record_alias(identity, into);
+        let state = self.leads.remove(identity)?;
+        if let Some(due) = state.due {
+            self.timers.remove(&(due, identity.into()));
+        }
+        if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref()) {
+            self.account_updates.push(AccountUpdate::Member {
+                account_id: link.id.clone(),
+                lead_id: identity.into(),
+                member: None,
+                at,
+                cause: Cause::Event(cause.to_string()),
+            });
+        }
+        Some(*state)
+    }
+
+    fn record_alias(&mut self, identity: &str, into: &str) {
+        if let Some(changes) = self.changes.as_mut() {
+            changes.aliases.push((identity.into(), into.into()));
+        }
+        self.aliases.insert(identity.into(), into.into());
     }
 
     /// Takes the history of `from` into the lead `into` resolves to.
