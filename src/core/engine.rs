@@ -6,7 +6,6 @@
 //! publishes. Given the same rules and the same events in the same order, the
 //! state and the outputs (ids included) are the same in every run.
 
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -291,24 +290,10 @@ impl Engine {
             // An identity merged into another lead: its event joins its
             // own history there, here or on the lead's partition.
             let resolved: Box<str> = resolved.into();
-            if !self.is_local(&resolved) {
-                self.handoffs.push(Handoff::Event {
-                    into: resolved,
-                    via: event.lead_id.as_str().into(),
-                    event: event.clone(),
-                    position,
-                    hops: 0,
-                });
-                return Outcome::HandedOff;
-            }
             return self.take_forwarded(&resolved, &event.lead_id, event, position, 0);
         }
-        let lead_id: Cow<str> = if resolved == event.lead_id {
-            Cow::Borrowed(&event.lead_id)
-        } else {
-            Cow::Owned(resolved.to_string())
-        };
-        if let (Some(position), Some(lead)) = (position, self.leads.get(lead_id.as_ref())) {
+        let lead_id = event.lead_id.as_str();
+        if let (Some(position), Some(lead)) = (position, self.leads.get(lead_id)) {
             if position <= lead.position {
                 return Outcome::AlreadyApplied;
             }
@@ -317,22 +302,22 @@ impl Engine {
         if event.kind == EventKind::Alias {
             let seen = self
                 .leads
-                .get(lead_id.as_ref())
+                .get(lead_id)
                 .is_some_and(|l| l.seen.iter().any(|s| s.id == id_hash));
             if seen {
                 return Outcome::Duplicate;
             }
-            absorbed = self.join(event, &lead_id);
+            absorbed = self.join(event, lead_id);
         }
 
         let rules = &*self.rules;
         let settings = &rules.settings;
-        let lead = self.leads.get_mut(lead_id.as_ref());
+        let lead = self.leads.get_mut(lead_id);
         let lead = match lead {
             Some(lead) => lead,
             None => self
                 .leads
-                .entry(lead_id.as_ref().into())
+                .entry(lead_id.into())
                 .or_insert_with(|| Box::new(LeadState::new(t))),
         };
         if let Some(position) = position {
@@ -345,7 +330,7 @@ impl Engine {
         }
         let before = Before::of(rules, lead);
         let mut outputs = Vec::new();
-        advance_lead(rules, &lead_id, lead, t, &mut outputs);
+        advance_lead(rules, lead_id, lead, t, &mut outputs);
 
         let cause = Cause::Event(event.message_id.clone());
         if let Some((identity, state)) = absorbed {
@@ -353,8 +338,8 @@ impl Engine {
         }
         take_event(rules, lead, event, t, watermark);
         lead.clock = lead.clock.max(t);
-        emit(rules, &lead_id, lead, cause.clone(), &mut outputs);
-        self.settle(&lead_id, before, cause.clone());
+        emit(rules, lead_id, lead, cause.clone(), &mut outputs);
+        self.settle(lead_id, before, cause.clone());
         if let (EventKind::Group, Some(account_id), Some(_)) =
             (event.kind, &event.account_id, self.rules.accounts.as_ref())
         {
@@ -371,20 +356,22 @@ impl Engine {
     }
 
     /// Acts on a [`Handoff`] from another partition's engine (read from the
-    /// internal topic). `now` bounds nothing here: the event was judged
-    /// where it came in.
+    /// internal topic). The event of a forwarded event was judged (late,
+    /// future) where it came in.
     pub fn apply_handoff(&mut self, handoff: Handoff) -> Outcome {
         let hops = handoff.hops();
         if hops > MAX_HOPS {
             return Outcome::Rejected(Rejection::AliasLoop { hops });
         }
+        // What this engine passes on from here counts one hop more.
+        let hops = hops + 1;
         match handoff {
             Handoff::MergeRequest {
                 from,
                 into,
                 cause,
                 at,
-                hops,
+                ..
             } => self.hand_over(from, into, cause, at, hops),
             Handoff::History {
                 from,
@@ -392,14 +379,14 @@ impl Engine {
                 state,
                 cause,
                 at,
-                hops,
+                ..
             } => self.take_history(from, into, state, cause, at, hops),
             Handoff::Event {
                 into,
                 via,
                 event,
                 position,
-                hops,
+                ..
             } => self.take_forwarded(&into, &via, &event, position, hops),
         }
     }
@@ -429,7 +416,8 @@ impl Engine {
     }
 
     /// `from` was aliased into `into`, held elsewhere: hand `from`'s
-    /// history over and send its later events after it.
+    /// history over and send its later events after it. `hops` here and
+    /// below: what a handoff passed on from this engine carries.
     fn hand_over(
         &mut self,
         from: Box<str>,
@@ -448,7 +436,7 @@ impl Engine {
                 into,
                 cause,
                 at,
-                hops: hops + 1,
+                hops,
             });
             return Outcome::HandedOff;
         }
@@ -461,7 +449,7 @@ impl Engine {
             state,
             cause,
             at,
-            hops: hops + 1,
+            hops,
         };
         if self.is_local(history.destination()) {
             return self.apply_handoff(history);
@@ -522,7 +510,7 @@ impl Engine {
                 state,
                 cause,
                 at,
-                hops: hops + 1,
+                hops,
             });
             return Outcome::HandedOff;
         }
@@ -565,7 +553,7 @@ impl Engine {
                 via: via.into(),
                 event: event.clone(),
                 position,
-                hops: hops + 1,
+                hops,
             });
             return Outcome::HandedOff;
         }
