@@ -235,7 +235,8 @@ fn wait_for(broker: &str, group: &str, topic: &str, events: usize) -> f64 {
 }
 
 /// (a): consume -> produce each message unchanged, in transactions bounded
-/// like leadscore's (100 ms or 10,000 messages), offsets in the transaction.
+/// like leadscore's (100 ms or 10,000 messages), offsets in the transaction,
+/// flushed before the commit as leadscore flushes.
 /// Reports the first failed delivery, for a clear error.
 struct Deliveries;
 
@@ -330,6 +331,9 @@ fn run_passthrough(
             &consumer.group_metadata().ok_or("no group")?,
             Duration::from_secs(30),
         )?;
+        // As leadscore does: rdkafka's own flush inside commit_transaction
+        // waits in 100 ms slices.
+        leadscore::kafka::flush_promptly(&producer, Duration::from_secs(30))?;
         producer.commit_transaction(Duration::from_secs(30))?;
         consumed += batch.len();
     }

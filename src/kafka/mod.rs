@@ -26,6 +26,39 @@ mod restore;
 
 pub use processor::{run, Shutdown};
 
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+
+/// Waits until every record `producer` holds is delivered or has failed,
+/// serving delivery reports meanwhile.
+///
+/// `rdkafka`'s own `flush` (and `commit_transaction`, which begins with
+/// it) polls in fixed 100 ms slices whenever a record is still in flight,
+/// so every flush cost at least 100 ms however fast the broker answered;
+/// that was most of a batch's time in `leadscore run`. This one checks
+/// again after each millisecond. Call it before `commit_transaction`: that
+/// then finds nothing left to flush.
+pub fn flush_promptly<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // A zero timeout only nudges librdkafka to send what lingers now.
+        match producer.flush(Duration::ZERO) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                if Instant::now() < deadline =>
+            {
+                producer.poll(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether librdkafka accepts every `[kafka.properties]` entry (names and
 /// values), without connecting: `check` reports a typo before `run` would.
 pub fn check_properties(kafka: &crate::config::KafkaSettings) -> Result<(), String> {

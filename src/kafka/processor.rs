@@ -768,6 +768,9 @@ impl Processor<'_> {
                     .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
                     .map_err(retry("cannot add offsets to the transaction"))?;
             }
+            // Left to commit_transaction, this flush would take 100 ms
+            // (see flush_promptly).
+            self.flush()?;
             self.producer
                 .commit_transaction(CLIENT_TIMEOUT)
                 .map_err(retry("cannot commit the transaction"))?;
@@ -1220,8 +1223,7 @@ impl Processor<'_> {
     }
 
     fn flush(&self) -> Result<(), Retry> {
-        self.producer
-            .flush(CLIENT_TIMEOUT)
+        super::flush_promptly(&self.producer, CLIENT_TIMEOUT)
             .map_err(retry("cannot flush the producer"))?;
         let failures = self.producer.context().failures.swap(0, Ordering::SeqCst);
         if failures > 0 {
