@@ -210,6 +210,16 @@ impl Engine {
         self.watermark
     }
 
+    /// Sets the watermark to what it was at the input position processing
+    /// resumes from. Restored leads may be ahead of that position (their
+    /// state written by a batch whose offsets were never committed): the
+    /// latest of their clocks would then be a watermark from the future,
+    /// firing decay for the leads behind before their own events come
+    /// again, and judging lateness against a time not yet reached.
+    pub fn resume_watermark(&mut self, watermark: Option<Timestamp>) {
+        self.watermark = watermark;
+    }
+
     pub fn rules(&self) -> &Arc<Rules> {
         &self.rules
     }
@@ -295,6 +305,10 @@ impl Engine {
         let lead_id = event.lead_id.as_str();
         if let (Some(position), Some(lead)) = (position, self.leads.get(lead_id)) {
             if position <= lead.position {
+                // Applied before a restart: the watermark moves on as it
+                // did then, so later decisions (lateness, decay on event
+                // time) are the same.
+                self.watermark = self.watermark.max(Some(t));
                 return Outcome::AlreadyApplied;
             }
         }

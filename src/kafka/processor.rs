@@ -404,6 +404,35 @@ fn user_wins(config: &mut ClientConfig, kafka: &crate::config::KafkaSettings) {
     }
 }
 
+/// Where a partition's processing resumes after a restore.
+#[derive(Debug, PartialEq)]
+enum Resume {
+    /// From the committed offset (or the first record, with no watermark
+    /// yet, when nothing is committed), where the watermark was this.
+    At(Option<Timestamp>),
+    /// From the committed offset; its watermark was not recorded.
+    Unknown,
+}
+
+const WATERMARK_METADATA: &str = "leadscore-watermark=";
+
+fn watermark_metadata(watermark: Option<Timestamp>) -> String {
+    match watermark {
+        Some(w) => format!("{WATERMARK_METADATA}{}", w.millis()),
+        None => WATERMARK_METADATA.to_string(),
+    }
+}
+
+fn parse_watermark_metadata(metadata: &str) -> Resume {
+    match metadata.strip_prefix(WATERMARK_METADATA) {
+        Some("") => Resume::At(None),
+        Some(ms) => ms
+            .parse()
+            .map_or(Resume::Unknown, |ms| Resume::At(Some(Timestamp(ms)))),
+        None => Resume::Unknown,
+    }
+}
+
 fn wall_clock() -> Timestamp {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -551,10 +580,12 @@ impl Processor<'_> {
         let leads: usize = restored.engines.values().map(Engine::lead_count).sum();
         metrics::histogram!(m::RESTORE_DURATION).record(restored.elapsed.as_secs_f64());
         metrics::counter!(m::RESTORED_LEADS).increment(leads as u64);
+        let resume = self.committed_watermarks(partitions)?;
         tracing::info!(
             ?partitions,
             leads,
             records = restored.records,
+            resume_at = ?resume,
             seconds = format!("{seconds:.3}"),
             leads_per_second = format!("{:.0}", leads as f64 / seconds),
             "partitions restored from changelog"
@@ -565,6 +596,16 @@ impl Processor<'_> {
             engine.set_locality(Arc::new(move |id: &str| {
                 partition_of(partitioner, id.as_bytes(), count) == partition
             }));
+            engine.resume_watermark(match resume.get(&partition) {
+                Some(Resume::At(watermark)) => *watermark,
+                // Committed without a watermark (by an older version, or by
+                // a broker that drops commit metadata, as tansu does): none,
+                // so the events read again rebuild it. Decay then fires no
+                // earlier than it did before, only possibly later, which
+                // changes nothing while a partition's event times rise; the
+                // restored leads' latest clock could fire it too early.
+                Some(Resume::Unknown) | None => None,
+            });
             self.partitions.insert(
                 partition,
                 PartitionState {
@@ -894,6 +935,8 @@ impl Processor<'_> {
         }
     }
 
+    /// The offsets to commit; an input partition's carries the watermark
+    /// its engine has there, for a restore to resume with.
     fn offset_list(
         &self,
         next: &BTreeMap<(String, i32), i64>,
@@ -902,8 +945,42 @@ impl Processor<'_> {
         for ((topic, partition), &offset) in next {
             list.add_partition_offset(topic, *partition, Offset::Offset(offset))
                 .map_err(retry("bad offset"))?;
+            if *topic == self.config.kafka.input_topic {
+                let watermark = self
+                    .partitions
+                    .get(partition)
+                    .and_then(|p| p.engine.watermark());
+                if let Some(mut entry) = list.find_partition(topic, *partition) {
+                    entry.set_metadata(watermark_metadata(watermark));
+                }
+            }
         }
         Ok(list)
+    }
+
+    /// Where each of `partitions` resumes, as the group's committed input
+    /// offsets say.
+    fn committed_watermarks(&self, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, Resume>> {
+        let topic = &self.config.kafka.input_topic;
+        let mut list = TopicPartitionList::new();
+        for &p in partitions {
+            list.add_partition(topic, p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(list, CLIENT_TIMEOUT)
+            .context("cannot read committed offsets")?;
+        Ok(committed
+            .elements_for_topic(topic)
+            .iter()
+            .map(|e| {
+                let resume = match e.offset() {
+                    Offset::Offset(_) => parse_watermark_metadata(e.metadata()),
+                    _ => Resume::At(None),
+                };
+                (e.partition(), resume)
+            })
+            .collect())
     }
 
     /// Merges across partitions send a handoff to the partition the
@@ -1358,4 +1435,27 @@ fn is_fatal(error: &anyhow::Error) -> bool {
             Some(e) => e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced),
             None => false,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_metadata_round_trips() {
+        let at = Timestamp(1_764_547_200_123);
+        assert_eq!(
+            parse_watermark_metadata(&watermark_metadata(Some(at))),
+            Resume::At(Some(at))
+        );
+        assert_eq!(
+            parse_watermark_metadata(&watermark_metadata(None)),
+            Resume::At(None)
+        );
+        assert_eq!(parse_watermark_metadata(""), Resume::Unknown);
+        assert_eq!(
+            parse_watermark_metadata("leadscore-watermark=soon"),
+            Resume::Unknown
+        );
+    }
 }

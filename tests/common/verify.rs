@@ -159,7 +159,23 @@ pub fn assert_same_state(
     run: &[leadscore::core::engine::LeadSnapshot],
     replay: &[leadscore::core::engine::LeadSnapshot],
 ) {
-    assert_eq!(run.len(), replay.len(), "lead count");
+    if let Some(difference) = state_difference(run, replay) {
+        panic!("{difference}");
+    }
+}
+
+/// How `run` differs from `replay` (see `assert_same_state`), if it does.
+pub fn state_difference(
+    run: &[leadscore::core::engine::LeadSnapshot],
+    replay: &[leadscore::core::engine::LeadSnapshot],
+) -> Option<String> {
+    if run.len() != replay.len() {
+        return Some(format!(
+            "lead count: run {}, replay {}",
+            run.len(),
+            replay.len()
+        ));
+    }
     for (a, b) in run.iter().zip(replay) {
         let close = |x: f64, y: f64| (x - y).abs() <= 1e-9;
         let same = a.lead_id == b.lead_id
@@ -176,8 +192,11 @@ pub fn assert_same_state(
                     .iter()
                     .any(|d| d.rule == c.rule && close(d.points, c.points))
             });
-        assert!(same, "lead state differs:\nrun:    {a:?}\nreplay: {b:?}");
+        if !same {
+            return Some(format!("lead state differs:\nrun:    {a:?}\nreplay: {b:?}"));
+        }
     }
+    None
 }
 
 /// The leads' state as the changelog holds it, advanced to `at` and
