@@ -17,7 +17,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::admin;
@@ -667,6 +667,7 @@ impl Processor<'_> {
                     error = format!("{error:#}"),
                     "batch failed; rewinding to the committed offsets"
                 );
+                self.settle_failed_batch();
                 if self.transactional {
                     self.producer
                         .abort_transaction(CLIENT_TIMEOUT)
@@ -677,6 +678,25 @@ impl Processor<'_> {
                 self.rewind()
             }
         }
+    }
+
+    /// Before a failed batch runs again: records it still has on their way
+    /// are purged (in a transaction about to be aborted) or left to arrive
+    /// (at-least-once: a repeat, dropped downstream by `event_id`), and
+    /// their delivery reports served. librdkafka's abort waits for those
+    /// reports, which only this thread serves; failures among them must not
+    /// fail the next batch.
+    fn settle_failed_batch(&self) {
+        if self.transactional {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+        }
+        if let Err(e) = super::flush_promptly(&self.producer, CLIENT_TIMEOUT) {
+            tracing::warn!(error = %e, "records of the failed batch still undelivered");
+        }
+        let context = self.producer.context();
+        context.failures.store(0, Ordering::SeqCst);
+        context.last_error.lock().expect("poisoned").take();
     }
 
     /// After a failed batch: state back to what the changelog holds, input

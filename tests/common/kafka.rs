@@ -493,12 +493,26 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Instance {
+        Instance::spawn(config, env, Stdio::inherit())
+    }
+
+    /// Like `start`, with the log appended to `log` instead of shown.
+    pub fn start_logging(config: &Path, env: &[(&str, &str)], log: &Path) -> Instance {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("a log file");
+        Instance::spawn(config, env, Stdio::from(file))
+    }
+
+    fn spawn(config: &Path, env: &[(&str, &str)], stderr: Stdio) -> Instance {
         let mut command = Command::new(env!("CARGO_BIN_EXE_leadscore"));
         command
             .args(["run", "--config", config.to_str().unwrap()])
             .env("RUST_LOG", "info,librdkafka=error,rdkafka=error")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             command.env(k, v);
         }
