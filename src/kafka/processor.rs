@@ -1188,12 +1188,26 @@ impl Processor<'_> {
             };
             let lag_ms = wall.millis().saturating_sub(event.timestamp.millis());
             let position = (message.offset() << POSITION_ITEM_BITS) | index as i64;
-            let engine = &mut self
+            let p = self
                 .partitions
                 .get_mut(&message.partition())
-                .expect("checked by the caller")
-                .engine;
-            match engine.apply_from(&event, wall, Some(position)) {
+                .expect("checked by the caller");
+            // Decay already due by event time fires before the next event,
+            // as in `replay`: a late event must not slip in ahead of a
+            // cool-down its lead was due, or what is published would depend
+            // on where batches end (and differ, under one event_id, after a
+            // restart). The wall clock waits for the batch's end, when every
+            // event read so far is applied.
+            let due = p
+                .engine
+                .watermark()
+                .map(|clock| p.engine.advance(clock))
+                .unwrap_or_default();
+            let outcome = p.engine.apply_from(&event, wall, Some(position));
+            for output in &due {
+                self.send_output(output)?;
+            }
+            match outcome {
                 Outcome::Applied(outputs) => {
                     self.counters.scored += 1;
                     metrics::counter!(m::EVENTS_SCORED).increment(1);

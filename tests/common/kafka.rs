@@ -425,27 +425,34 @@ pub fn wait_caught_up(bootstrap: &str, names: &Names, timeout: Duration) {
                     .collect(),
             )
         };
-        let input_done =
-            committed(&names.input).is_some_and(|parts| parts.iter().all(|(_, at, end)| at >= end));
+        let input = committed(&names.input);
+        let input_done = input
+            .as_ref()
+            .is_some_and(|parts| parts.iter().all(|(_, at, end)| at >= end));
         // The identity topic is written in transactions: its end is a
         // commit marker no consumer commits past, and tansu does not move
         // its end for records of transactions that never ended (it shows
         // them all the same). So look for records after the committed
         // offsets instead.
-        let done = input_done
-            && committed(&identities).is_some_and(|parts| {
-                !has_records(
-                    bootstrap,
-                    &identities,
-                    &parts.iter().map(|&(p, at, _)| (p, at)).collect::<Vec<_>>(),
-                )
-            });
+        let handoffs = if input_done {
+            committed(&identities)
+        } else {
+            None
+        };
+        let done = handoffs.as_ref().is_some_and(|parts| {
+            !has_records(
+                bootstrap,
+                &identities,
+                &parts.iter().map(|&(p, at, _)| (p, at)).collect::<Vec<_>>(),
+            )
+        });
         if done {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the processor did not catch up within {timeout:?}"
+            "the processor did not catch up within {timeout:?}: input (partition, \
+             committed, end) {input:?}; identities {handoffs:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
