@@ -167,6 +167,15 @@ struct DeliveryContext {
     last_error: Mutex<Option<String>>,
 }
 
+impl DeliveryContext {
+    /// The failures counted since the last call, with the last one's
+    /// reason; forgets them.
+    fn take_failures(&self) -> (u64, Option<String>) {
+        let failures = self.failures.swap(0, Ordering::SeqCst);
+        (failures, self.last_error.lock().expect("poisoned").take())
+    }
+}
+
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         quiet_error(error, reason);
@@ -694,9 +703,7 @@ impl Processor<'_> {
         if let Err(e) = super::flush_promptly(&self.producer, CLIENT_TIMEOUT) {
             tracing::warn!(error = %e, "records of the failed batch still undelivered");
         }
-        let context = self.producer.context();
-        context.failures.store(0, Ordering::SeqCst);
-        context.last_error.lock().expect("poisoned").take();
+        self.producer.context().take_failures();
     }
 
     /// After a failed batch: state back to what the changelog holds, input
@@ -963,16 +970,16 @@ impl Processor<'_> {
     ) -> Result<TopicPartitionList, Retry> {
         let mut list = TopicPartitionList::new();
         for ((topic, partition), &offset) in next {
-            list.add_partition_offset(topic, *partition, Offset::Offset(offset))
+            let mut entry = list.add_partition(topic, *partition);
+            entry
+                .set_offset(Offset::Offset(offset))
                 .map_err(retry("bad offset"))?;
             if *topic == self.config.kafka.input_topic {
                 let watermark = self
                     .partitions
                     .get(partition)
                     .and_then(|p| p.engine.watermark());
-                if let Some(mut entry) = list.find_partition(topic, *partition) {
-                    entry.set_metadata(watermark_metadata(watermark));
-                }
+                entry.set_metadata(watermark_metadata(watermark));
             }
         }
         Ok(list)
@@ -1336,15 +1343,8 @@ impl Processor<'_> {
     fn flush(&self) -> Result<(), Retry> {
         super::flush_promptly(&self.producer, CLIENT_TIMEOUT)
             .map_err(retry("cannot flush the producer"))?;
-        let failures = self.producer.context().failures.swap(0, Ordering::SeqCst);
+        let (failures, last) = self.producer.context().take_failures();
         if failures > 0 {
-            let last = self
-                .producer
-                .context()
-                .last_error
-                .lock()
-                .expect("poisoned")
-                .take();
             return Err(Retry(anyhow!(
                 "{failures} records were not delivered; last: {}",
                 last.unwrap_or_default()
