@@ -20,6 +20,15 @@ pub struct KafkaSettings {
     /// predecessor at once. Default: `<group_id>-<HOSTNAME>`.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// Static group membership (KIP-345): the consumer's
+    /// `group.instance.id`, stable per instance and unique in the group, so
+    /// an instance restarted after a crash takes its partitions straight
+    /// back instead of waiting out its dead self's session; one gone for
+    /// good still loses them after `session.timeout.ms`. Default: the
+    /// transactional id (so setting that per instance sets both); `""`
+    /// for dynamic membership.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
     /// Tracking events, keyed by lead id.
     #[serde(default = "default_input_topic")]
     pub input_topic: String,
@@ -88,6 +97,15 @@ impl KafkaSettings {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "0".to_string());
             format!("{}-{host}", self.group_id)
         })
+    }
+
+    /// The consumer's `group.instance.id`; `None` for dynamic membership.
+    pub fn group_instance_id(&self) -> Option<String> {
+        match &self.group_instance_id {
+            Some(id) if id.is_empty() => None,
+            Some(id) => Some(id.clone()),
+            None => Some(self.transactional_id()),
+        }
     }
 }
 

@@ -20,9 +20,11 @@ pub(crate) fn partition_count(base: &ClientConfig, topic: &str) -> anyhow::Resul
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .with_context(|| {
             format!(
-                "cannot read metadata of topic {topic} within {} s: check [kafka] \
+                "cannot read metadata of topic {topic} from {} within {} s: check [kafka] \
                  bootstrap_servers and, for TLS or SASL, [kafka.properties] \
                  (the log above has librdkafka's own words)",
+                base.get("bootstrap.servers")
+                    .unwrap_or("(no bootstrap_servers)"),
                 METADATA_TIMEOUT.as_secs()
             )
         })?;
@@ -94,13 +96,31 @@ pub(crate) fn ensure_topics(
     let results = runtime
         .block_on(admin.create_topics(missing.iter(), &options))
         .context("cannot create topics")?;
+    let mut created = Vec::new();
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, "created topic");
+                created.push(name);
+            }
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic = %name, "topic already exists")
             }
             Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    // The controller has the topics; a broker's metadata may show them a
+    // moment later, and start-up reads their partition counts next.
+    let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+    for name in &created {
+        while partition_count(base, name)?.is_none() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "topic {name} was created but its metadata did not show it within {} s",
+                    METADATA_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(())

@@ -225,6 +225,10 @@ struct Counters {
 }
 
 struct Processor<'c> {
+    /// When `run` began: recovery after a restart is measured from here to
+    /// the first committed batch.
+    started: Instant,
+    first_commit_logged: bool,
     config: &'c Config,
     status: &'c Status,
     queries: std::sync::mpsc::Receiver<LeadQuery>,
@@ -260,6 +264,7 @@ pub fn run(
     status: &Status,
     queries: std::sync::mpsc::Receiver<LeadQuery>,
 ) -> anyhow::Result<()> {
+    let started = Instant::now();
     let kafka = &config.kafka;
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", &kafka.bootstrap_servers);
@@ -343,6 +348,9 @@ pub fn run(
                 "read_uncommitted"
             },
         );
+    if let Some(id) = kafka.group_instance_id() {
+        consumer_config.set("group.instance.id", id);
+    }
     user_wins(&mut consumer_config, kafka);
     let consumer: BaseConsumer<GroupContext> = consumer_config
         .create_with_context(GroupContext {
@@ -364,6 +372,8 @@ pub fn run(
     let mut decoder = Decoder::for_rules(&config.rules);
     decoder.limits.max_message_bytes = config.processing.max_message_bytes;
     let mut processor = Processor {
+        started,
+        first_commit_logged: false,
         config,
         status,
         queries,
@@ -387,6 +397,7 @@ pub fn run(
         output = %kafka.output_topic,
         guarantee = ?config.processing.guarantee,
         rules_version = %config.rules.version,
+        group_instance_id = kafka.group_instance_id().as_deref().unwrap_or("(dynamic membership)"),
         "processor started"
     );
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => config.rules.version.to_string()).set(1.0);
@@ -401,7 +412,7 @@ pub fn run(
         }
     }
     processor.report();
-    processor.consumer.unsubscribe();
+    processor.leave_group();
     tracing::info!("processor stopped");
     Ok(())
 }
@@ -424,22 +435,40 @@ enum Resume {
 }
 
 const WATERMARK_METADATA: &str = "leadscore-watermark=";
+const GENERATION_METADATA: &str = ";generation=";
 
-fn watermark_metadata(watermark: Option<Timestamp>) -> String {
-    match watermark {
-        Some(w) => format!("{WATERMARK_METADATA}{}", w.millis()),
-        None => WATERMARK_METADATA.to_string(),
+/// The metadata committed with an input partition's offset: the
+/// partition's event-time watermark, and the group generation it was
+/// committed in (a restarted static member that finds its own generation
+/// took its partitions back without a rebalance).
+fn commit_metadata(watermark: Option<Timestamp>, generation: Option<i32>) -> String {
+    let mut metadata = WATERMARK_METADATA.to_string();
+    if let Some(w) = watermark {
+        metadata.push_str(&w.millis().to_string());
     }
+    if let Some(g) = generation {
+        metadata.push_str(&format!("{GENERATION_METADATA}{g}"));
+    }
+    metadata
 }
 
 fn parse_watermark_metadata(metadata: &str) -> Resume {
-    match metadata.strip_prefix(WATERMARK_METADATA) {
+    let watermark = metadata
+        .split_once(GENERATION_METADATA)
+        .map_or(metadata, |(w, _)| w);
+    match watermark.strip_prefix(WATERMARK_METADATA) {
         Some("") => Resume::At(None),
         Some(ms) => ms
             .parse()
             .map_or(Resume::Unknown, |ms| Resume::At(Some(Timestamp(ms)))),
         None => Resume::Unknown,
     }
+}
+
+fn parse_generation_metadata(metadata: &str) -> Option<i32> {
+    metadata
+        .split_once(GENERATION_METADATA)
+        .and_then(|(_, g)| g.parse().ok())
 }
 
 fn wall_clock() -> Timestamp {
@@ -477,7 +506,12 @@ impl Processor<'_> {
                     batch.push(message.detach());
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => self.reached_end(partition),
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Err(e)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(fatal_consumer_error(code, reason));
+                    }
+                    tracing::warn!(error = %e, "consumer error");
+                }
                 None => {}
             }
             self.apply_assignment_changes(&mut batch)?;
@@ -548,7 +582,6 @@ impl Processor<'_> {
                     );
                 }
                 AssignmentChange::Assigned(mut held) => {
-                    metrics::counter!(m::REBALANCES, "change" => "assigned").increment(1);
                     held.input.sort_unstable();
                     held.identities.sort_unstable();
                     if held.input != held.identities {
@@ -564,8 +597,9 @@ impl Processor<'_> {
                              instance; keep partition.assignment.strategy at range (the default)"
                         );
                     }
-                    self.restore(&held.input)?;
+                    let committed_in = self.restore(&held.input)?;
                     self.restore_accounts(&held.accounts)?;
+                    self.report_assignment(&held, &committed_in);
                     self.status.set_ready(true);
                 }
             }
@@ -573,10 +607,12 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// Restores the partitions' state from the changelog, all at once.
-    fn restore(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+    /// Restores the partitions' state from the changelog, all at once;
+    /// returns the group generation each partition's offset was committed
+    /// in, where recorded.
+    fn restore(&mut self, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, Option<i32>>> {
         if partitions.is_empty() {
-            return Ok(());
+            return Ok(BTreeMap::new());
         }
         let restored = restore_partitions(
             &self.base,
@@ -589,7 +625,8 @@ impl Processor<'_> {
         let leads: usize = restored.engines.values().map(Engine::lead_count).sum();
         metrics::histogram!(m::RESTORE_DURATION).record(restored.elapsed.as_secs_f64());
         metrics::counter!(m::RESTORED_LEADS).increment(leads as u64);
-        let resume = self.committed_watermarks(partitions)?;
+        let committed = self.committed_watermarks(partitions)?;
+        let resume: BTreeMap<i32, &Resume> = committed.iter().map(|(&p, (r, _))| (p, r)).collect();
         tracing::info!(
             ?partitions,
             leads,
@@ -623,7 +660,54 @@ impl Processor<'_> {
                 },
             );
         }
-        Ok(())
+        Ok(committed.into_iter().map(|(p, (_, g))| (p, g)).collect())
+    }
+
+    /// Counts and logs an assignment: `reclaimed` when a restarted static
+    /// member took back partitions whose offsets were last committed in
+    /// the group's current generation (no rebalance happened since: no
+    /// other member gave anything up), `assigned` after a rebalance.
+    fn report_assignment(&self, held: &Held, committed_in: &BTreeMap<i32, Option<i32>>) {
+        let generation = group_generation(&self.consumer);
+        let reclaimed = generation.is_some()
+            && !committed_in.is_empty()
+            && committed_in.values().all(|g| *g == generation);
+        let change = if reclaimed { "reclaimed" } else { "assigned" };
+        metrics::counter!(m::REBALANCES, "change" => change).increment(1);
+        tracing::info!(
+            partitions = ?held.input,
+            account_partitions = ?held.accounts,
+            generation,
+            seconds_since_start = format!("{:.3}", self.started.elapsed().as_secs_f64()),
+            "{}",
+            if reclaimed {
+                "partitions reclaimed without a rebalance (static membership)"
+            } else {
+                "partitions assigned"
+            }
+        );
+    }
+
+    /// Leaves the consumer group before the consumer closes. A static
+    /// member's close does not leave (KIP-345: a restart should find its
+    /// partitions waiting), but a stop on SIGTERM is a scale-down or a
+    /// move, so the partitions go to the others now rather than after
+    /// `session.timeout.ms`: unsubscribing does send the leave.
+    fn leave_group(&mut self) {
+        self.consumer.unsubscribe();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The revocation is served by poll; the leave follows it.
+        while Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(50));
+            let assigned = self.consumer.assignment().map_or(0, |list| list.count());
+            if assigned == 0 {
+                break;
+            }
+        }
+        let mut batch = Vec::new();
+        if let Err(e) = self.apply_assignment_changes(&mut batch) {
+            tracing::warn!(error = %e, "while leaving the group");
+        }
     }
 
     /// Restores account partitions from the account changelog.
@@ -853,6 +937,13 @@ impl Processor<'_> {
             }
         }
         self.counters.batches += 1;
+        if !self.first_commit_logged && !next_offsets.is_empty() {
+            self.first_commit_logged = true;
+            tracing::info!(
+                seconds_since_start = format!("{:.3}", self.started.elapsed().as_secs_f64()),
+                "first batch committed"
+            );
+        }
         metrics::histogram!(m::BATCH_MESSAGES).record(batch.len() as f64);
         metrics::histogram!(m::BATCH_DURATION).record(started.elapsed().as_secs_f64());
         self.update_gauges();
@@ -968,6 +1059,7 @@ impl Processor<'_> {
         &self,
         next: &BTreeMap<(String, i32), i64>,
     ) -> Result<TopicPartitionList, Retry> {
+        let generation = group_generation(&self.consumer);
         let mut list = TopicPartitionList::new();
         for ((topic, partition), &offset) in next {
             let mut entry = list.add_partition(topic, *partition);
@@ -979,15 +1071,18 @@ impl Processor<'_> {
                     .partitions
                     .get(partition)
                     .and_then(|p| p.engine.watermark());
-                entry.set_metadata(watermark_metadata(watermark));
+                entry.set_metadata(commit_metadata(watermark, generation));
             }
         }
         Ok(list)
     }
 
-    /// Where each of `partitions` resumes, as the group's committed input
-    /// offsets say.
-    fn committed_watermarks(&self, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, Resume>> {
+    /// Where each of `partitions` resumes, and the group generation it was
+    /// committed in, as the group's committed input offsets say.
+    fn committed_watermarks(
+        &self,
+        partitions: &[i32],
+    ) -> anyhow::Result<BTreeMap<i32, (Resume, Option<i32>)>> {
         let topic = &self.config.kafka.input_topic;
         let mut list = TopicPartitionList::new();
         for &p in partitions {
@@ -1005,7 +1100,10 @@ impl Processor<'_> {
                     Offset::Offset(_) => parse_watermark_metadata(e.metadata()),
                     _ => Resume::At(None),
                 };
-                (e.partition(), resume)
+                (
+                    e.partition(),
+                    (resume, parse_generation_metadata(e.metadata())),
+                )
             })
             .collect())
     }
@@ -1400,6 +1498,26 @@ fn account_timer_clock(
     }
 }
 
+/// The consumer group generation this member is in; `None` outside a
+/// group (before the first join, or after leaving).
+fn group_generation(consumer: &BaseConsumer<GroupContext>) -> Option<i32> {
+    // SAFETY: the client pointer is valid while `consumer` lives; the
+    // group metadata librdkafka returns is a copy, read and then destroyed
+    // here, never used after.
+    let generation = unsafe {
+        let metadata =
+            rdkafka::bindings::rd_kafka_consumer_group_metadata(consumer.client().native_ptr());
+        if metadata.is_null() {
+            return None;
+        }
+        let generation =
+            rdkafka::bindings::rd_kafka_consumer_group_metadata_generation_id(metadata);
+        rdkafka::bindings::rd_kafka_consumer_group_metadata_destroy(metadata);
+        generation
+    };
+    (generation >= 0).then_some(generation)
+}
+
 /// The high watermark librdkafka cached from its last fetch of the
 /// partition (`rd_kafka_get_watermark_offsets`: local, unlike
 /// `fetch_watermarks`, which asks the broker); `None` before any fetch.
@@ -1450,11 +1568,25 @@ fn retry(what: &'static str) -> impl Fn(KafkaError) -> Retry {
 fn stop_reason(error: anyhow::Error, otherwise: &'static str) -> anyhow::Error {
     if is_fatal(&error) {
         error.context(
-            "the producer cannot go on: fenced by a newer instance with the same \
-             transactional id (or another fatal broker error); exiting",
+            "cannot go on: fenced by a newer instance with the same transactional id or \
+             group instance id (each instance needs its own [kafka] transactional_id and \
+             group_instance_id), or another fatal broker error; exiting",
         )
     } else {
         error.context(otherwise)
+    }
+}
+
+/// The error to end the process with when the consumer cannot go on.
+fn fatal_consumer_error(code: RDKafkaErrorCode, reason: String) -> anyhow::Error {
+    if code == RDKafkaErrorCode::FencedInstanceId {
+        anyhow!(
+            "fenced: another instance joined the group with this instance's group.instance.id \
+             ({reason}); each instance needs its own [kafka] group_instance_id (by default its \
+             transactional_id: set LEADSCORE_KAFKA_TRANSACTIONAL_ID per instance); exiting"
+        )
+    } else {
+        anyhow!("the consumer cannot go on: {code:?}: {reason}; exiting")
     }
 }
 
@@ -1466,7 +1598,10 @@ fn is_fatal(error: &anyhow::Error) -> bool {
         .chain()
         .any(|cause| match cause.downcast_ref::<KafkaError>() {
             Some(KafkaError::Transaction(e)) => e.is_fatal(),
-            Some(e) => e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fenced),
+            Some(e) => matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::FencedInstanceId)
+            ),
             None => false,
         })
 }
@@ -1478,13 +1613,22 @@ mod tests {
     #[test]
     fn watermark_metadata_round_trips() {
         let at = Timestamp(1_764_547_200_123);
+        for generation in [None, Some(0), Some(17)] {
+            let with_time = commit_metadata(Some(at), generation);
+            assert_eq!(parse_watermark_metadata(&with_time), Resume::At(Some(at)));
+            assert_eq!(parse_generation_metadata(&with_time), generation);
+            let without = commit_metadata(None, generation);
+            assert_eq!(parse_watermark_metadata(&without), Resume::At(None));
+            assert_eq!(parse_generation_metadata(&without), generation);
+        }
+        // As committed before generations were recorded.
         assert_eq!(
-            parse_watermark_metadata(&watermark_metadata(Some(at))),
+            parse_watermark_metadata("leadscore-watermark=1764547200123"),
             Resume::At(Some(at))
         );
         assert_eq!(
-            parse_watermark_metadata(&watermark_metadata(None)),
-            Resume::At(None)
+            parse_generation_metadata("leadscore-watermark=1764547200123"),
+            None
         );
         assert_eq!(parse_watermark_metadata(""), Resume::Unknown);
         assert_eq!(

@@ -27,7 +27,8 @@ pub const ACCOUNTS: &str = "leadscore_accounts";
 pub const PARTITIONS: &str = "leadscore_partitions_assigned";
 pub const RESTORE_DURATION: &str = "leadscore_changelog_restore_duration_seconds";
 pub const RESTORED_LEADS: &str = "leadscore_changelog_restored_leads_total";
-/// Label `change`: `assigned` or `revoked`.
+/// Label `change`: `reclaimed` (a restarted static member took its
+/// partitions back without a rebalance), `assigned` or `revoked`.
 pub const REBALANCES: &str = "leadscore_rebalances_total";
 /// Labels: kind (merge_request, history, event).
 pub const HANDOFFS: &str = "leadscore_identity_handoffs_total";
@@ -80,7 +81,7 @@ fn start_at_zero() {
     for result in ["committed", "aborted"] {
         metrics::counter!(TRANSACTIONS, "result" => result).increment(0);
     }
-    for change in ["assigned", "revoked"] {
+    for change in ["reclaimed", "assigned", "revoked"] {
         metrics::counter!(REBALANCES, "change" => change).increment(0);
     }
     for kind in ["merge_request", "history", "event"] {
