@@ -1,6 +1,6 @@
-//! Prints threshold crossings from leadscore's output topic as they are
-//! committed (`read_committed`), dropping repeats by `event_id`; exits
-//! after IDLE_SECONDS without a new output.
+//! Prints threshold crossings of leads and accounts from leadscore's
+//! output topic as they are committed (`read_committed`), dropping repeats
+//! by `event_id`; exits after IDLE_SECONDS without a new output.
 //!
 //!     cargo run --example print_crossings -- BOOTSTRAP TOPIC [IDLE_SECONDS]
 
@@ -29,7 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .create()?;
     consumer.subscribe(&[&topic])?;
     let mut seen = HashSet::new();
-    let (mut up, mut down, mut changes) = (0u64, 0u64, 0u64);
+    // [lead, account] crossings up and down.
+    let (mut up, mut down, mut changes) = ([0u64; 2], [0u64; 2], 0u64);
     let mut last = Instant::now();
     while last.elapsed() < idle {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
@@ -47,10 +48,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let down_move = output["direction"] == "down";
+        // Account outputs carry `account_id` and a null `lead_id`.
+        let (who, of) = match output["lead_id"].as_str() {
+            Some(lead) => (lead.to_string(), 0),
+            None => (
+                format!("account {}", output["account_id"].as_str().unwrap_or("?")),
+                1,
+            ),
+        };
         if down_move {
-            down += 1;
+            down[of] += 1;
         } else {
-            up += 1;
+            up[of] += 1;
         }
         let why: Vec<String> = output["contributions"]
             .as_array()
@@ -68,9 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .unwrap_or_default();
         println!(
-            "{}  {:<12} {:>5} -> {:<5} score {:5.1} grade {}  {}{}",
+            "{}  {:<12} {:>7} -> {:<7} score {:5.1} grade {}  {}{}",
             output["at"].as_str().unwrap_or(""),
-            output["lead_id"].as_str().unwrap_or(""),
+            who,
             output["previous_tier"].as_str().unwrap_or(""),
             output["tier"].as_str().unwrap_or(""),
             output["score"].as_f64().unwrap_or(0.0),
@@ -79,6 +88,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             why.join(", ")
         );
     }
-    println!("{up} crossings up, {down} down, {changes} other score changes");
+    println!(
+        "leads: {} crossings up, {} down; accounts: {} up, {} down; {changes} other score changes",
+        up[0], down[0], up[1], down[1]
+    );
     Ok(())
 }

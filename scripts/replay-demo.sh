@@ -29,16 +29,25 @@ echo "== leadscore replay (threshold crossings as they happen; first 25 shown)"
 python3 - "$work" <<'PY'
 import collections, json, sys
 work = sys.argv[1]
+def who(o):
+    return o["lead_id"] or f'account {o["account_id"]}'
+def why(o, n):
+    return ", ".join(f'{c["rule"]} {c["points"]:+.1f}' for c in o["contributions"][:n])
 crossings = [o for o in map(json.loads, open(f"{work}/outputs.jsonl")) if o["type"] == "threshold_crossed"]
 for o in crossings[:25]:
-    why = ", ".join(f'{c["rule"]} {c["points"]:+.1f}' for c in o["contributions"][:3])
-    print(f'{o["at"]}  {o["lead_id"]:<12} {o["previous_tier"]:>5} -> {o["tier"]:<5} {o["direction"]:<4} score {o["score"]:5.1f}  ({why})')
-print(f"... {len(crossings)} crossings in all, {sum(o['direction'] == 'down' for o in crossings)} of them cool-downs")
+    print(f'{o["at"]}  {who(o):<12} {o["previous_tier"]:>7} -> {o["tier"]:<7} {o["direction"]:<4} score {o["score"]:5.1f}  ({why(o, 3)})')
+accounts = sum(o["lead_id"] is None for o in crossings)
+print(f"... {len(crossings)} crossings in all ({accounts} of accounts), {sum(o['direction'] == 'down' for o in crossings)} of them cool-downs")
 snapshot = [json.loads(l) for l in open(f"{work}/snapshot.jsonl")]
-print("tiers now:", dict(collections.Counter(s["tier"] for s in snapshot)))
+leads = [s for s in snapshot if "lead_id" in s]
+accounts = [s for s in snapshot if "lead_id" not in s]
+print("lead tiers now:", dict(collections.Counter(s["tier"] for s in leads)))
+print("account tiers now:", dict(collections.Counter(s["tier"] for s in accounts)))
 print("hottest leads:")
-for s in sorted(snapshot, key=lambda s: -s["score"])[:5]:
-    why = ", ".join(f'{c["rule"]} {c["points"]:+.1f}' for c in s["contributions"][:4])
-    print(f'  {s["lead_id"]:<12} {s["score"]:5.1f} grade {s["grade"]} {s["tier"]:<5} {why}')
+for s in sorted(leads, key=lambda s: -s["score"])[:5]:
+    print(f'  {s["lead_id"]:<12} {s["score"]:5.1f} grade {s["grade"]} {s["tier"]:<7} {why(s, 4)}')
+print("hottest accounts:")
+for s in sorted(accounts, key=lambda s: -s["score"])[:5]:
+    print(f'  {s["account_id"]:<22} {s["score"]:5.1f} grade {s["grade"]} {s["tier"]:<7} {s["members"]} leads, {s["engaged_leads"]} engaged')
 PY
 echo "outputs: $work/outputs.jsonl, snapshot: $work/snapshot.jsonl"

@@ -46,12 +46,7 @@ when = [{ field = "industry", equals = "software" }]
 "#;
 
 fn rules_text() -> String {
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
-    )
-    .unwrap();
-    let rules = example.split("\n[kafka]\n").next().unwrap();
-    format!("{rules}\n{ACCOUNTS}")
+    format!("{}\n{ACCOUNTS}", common::example_lead_rules_text())
 }
 
 /// The last state of every account in the account changelog.

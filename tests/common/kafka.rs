@@ -153,13 +153,8 @@ pub fn write_config(
     guarantee: &str,
     extra: &str,
 ) -> PathBuf {
-    let rules = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
-    )
-    .unwrap();
-    // The example's own runtime sections come last; these replace them.
-    let rules = rules.split("\n[kafka]\n").next().unwrap();
-    write_config_with_rules(dir, rules, bootstrap, names, guarantee, extra)
+    let rules = super::example_lead_rules_text();
+    write_config_with_rules(dir, &rules, bootstrap, names, guarantee, extra)
 }
 
 /// `rules` (a rules file's text) plus runtime sections for these topics.

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,10 +19,7 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn rules() -> leadscore::core::Rules {
-    leadscore::config::load_rules(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadscore.toml"),
-    )
-    .unwrap()
+    super::example_rules()
 }
 
 /// Sample traffic without anonymous browsing: every lead's outputs then
