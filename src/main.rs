@@ -175,7 +175,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = config::load(path, &env)?;
     leadscore::kafka::check_properties(&config.kafka)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|(key, message)| config::setting_error(path, "kafka.properties", &key, message))?;
     print!("{}", config::summarize(&config.rules));
     let k = &config.kafka;
     println!(
@@ -443,6 +443,9 @@ fn replay(
     let mut reject = |r: leadscore::replay::RejectedLine| eprintln!("rejected: {r}");
 
     let mut replayer = Replayer::new(&rules, enforce_lateness);
+    if let Some(at) = at {
+        replayer = replayer.until(at);
+    }
     replay_lines(&mut replayer, reader, &mut emit, &mut reject)
         .with_context(|| format!("cannot read {}", input.display()))?;
     let (as_of, leads) = replayer.finish(at, &mut emit).map_err(anyhow::Error::msg)?;

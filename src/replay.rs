@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::codec::{Decoder, Encoding};
 use crate::core::account::{AccountEngine, AccountSnapshot};
 use crate::core::engine::LeadSnapshot;
-use crate::core::{Engine, Event, Outcome, Output, OutputKind, Rules, Timestamp};
+use crate::core::{Engine, Event, Outcome, Output, OutputKind, Rejection, Rules, Timestamp};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayStats {
@@ -50,6 +50,11 @@ pub struct Replayer {
     /// (the stream processor will route them through a topic instead).
     accounts: Option<AccountEngine>,
     watermark: Option<Timestamp>,
+    /// `--at`: the replay's "now". Events further past it than the rules'
+    /// `max_future_skew` are rejected, as the live processor rejects events
+    /// from beyond its wall clock, so that one bad timestamp cannot move
+    /// the clock past it.
+    until: Option<Timestamp>,
     decoder: Decoder,
     pub stats: ReplayStats,
 }
@@ -72,9 +77,18 @@ impl Replayer {
             accounts: AccountEngine::new(rules.clone()),
             engine: Engine::new(rules),
             watermark: None,
+            until: None,
             decoder,
             stats: ReplayStats::default(),
         }
+    }
+
+    /// Replays up to `at`: events more than the allowed future skew past
+    /// it are rejected as too far in the future; those within the skew are
+    /// applied (and the snapshot is then as of the latest of them).
+    pub fn until(mut self, at: Timestamp) -> Self {
+        self.until = Some(at);
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -177,6 +191,20 @@ impl Replayer {
     /// Applies one event at the watermark; `Err` carries a rejection reason.
     pub fn feed(&mut self, event: &Event, emit: &mut dyn FnMut(&Output)) -> Result<(), String> {
         self.stats.events += 1;
+        if let Some(until) = self.until {
+            let allowed_ms = self.engine.rules().settings.max_future_skew_ms;
+            let ahead_ms = event.timestamp.millis().saturating_sub(until.millis());
+            if ahead_ms > allowed_ms {
+                self.stats.rejected += 1;
+                return Err(format!(
+                    "{} (--at {until})",
+                    Rejection::TooFarInFuture {
+                        ahead_ms,
+                        allowed_ms
+                    }
+                ));
+            }
+        }
         let now = self
             .watermark
             .map_or(event.timestamp, |w| w.max(event.timestamp));
@@ -216,6 +244,11 @@ impl Replayer {
         at: Option<Timestamp>,
         emit: &mut dyn FnMut(&Output),
     ) -> Result<(Timestamp, Vec<LeadSnapshot>), String> {
+        // Events within the allowed skew past `until` were applied.
+        let at = at.map(|at| match self.watermark {
+            Some(w) if self.until == Some(at) => at.max(w),
+            _ => at,
+        });
         let at = match (at, self.watermark) {
             (Some(at), Some(w)) if at < w => {
                 return Err(format!(
@@ -242,19 +275,59 @@ impl Replayer {
     }
 }
 
-/// Runs a whole JSON-lines input through a [`Replayer`].
+/// Runs a whole JSON-lines input through a [`Replayer`]; a line that is
+/// not UTF-8 is rejected like any bad line, and the replay goes on.
 pub fn replay_lines<R: BufRead>(
     replayer: &mut Replayer,
     input: R,
     emit: &mut dyn FnMut(&Output),
     reject: &mut dyn FnMut(RejectedLine),
 ) -> std::io::Result<()> {
-    for (index, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+    for_each_line(input, |number, line, _| match line {
+        Ok(line) => replayer.feed_line(number, line, emit, reject),
+        Err(reason) => {
+            replayer.stats.lines += 1;
+            replayer.stats.rejected += 1;
+            reject(RejectedLine {
+                line: number,
+                item: None,
+                reason,
+            });
         }
-        replayer.feed_line(index as u64 + 1, &line, emit, reject);
+    })
+}
+
+/// Reads `input` line by line as bytes, so that a line that is not UTF-8
+/// is that line's problem rather than the end of the file: `each` gets
+/// the line's 1-based number, its text without the line ending (or why it
+/// has none) and the bytes it took. Blank lines are skipped.
+pub fn for_each_line<R: BufRead>(
+    mut input: R,
+    mut each: impl FnMut(u64, Result<&str, String>, usize),
+) -> std::io::Result<()> {
+    let mut buffer = Vec::new();
+    let mut number = 0u64;
+    loop {
+        buffer.clear();
+        let read = input.read_until(b'\n', &mut buffer)?;
+        if read == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let bytes = buffer
+            .strip_suffix(b"\n")
+            .map_or(&buffer[..], |b| b.strip_suffix(b"\r").unwrap_or(b));
+        match std::str::from_utf8(bytes) {
+            Ok(line) if line.trim().is_empty() => {}
+            Ok(line) => each(number, Ok(line), read),
+            Err(e) => each(
+                number,
+                Err(format!(
+                    "not UTF-8 (invalid byte at column {})",
+                    e.valid_up_to() + 1
+                )),
+                read,
+            ),
+        }
     }
-    Ok(())
 }

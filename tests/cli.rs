@@ -149,6 +149,91 @@ fn check_rejects_bad_files_with_the_line_and_reason() {
     }
 }
 
+/// `FILE:LINE:COLUMN: ` at the start of an error, as numbers.
+fn place(stderr: &str, path: &Path) -> (usize, usize) {
+    let rest = stderr
+        .split(&format!("{}:", path.display()))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no place in {stderr}"));
+    let mut numbers = rest.split(':').map(|n| n.parse::<usize>());
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(line)), Some(Ok(column))) if line > 0 && column > 0 => (line, column),
+        _ => panic!("no LINE:COLUMN in {stderr}"),
+    }
+}
+
+#[test]
+fn check_places_runtime_setting_errors_at_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (find, replace, line marker in the broken file, expected message)
+        (
+            "max_batch = 10000",
+            "max_batch = 0",
+            "max_batch = 0",
+            "max_batch must be positive",
+        ),
+        (
+            "commit_interval_ms = 100",
+            "commit_interval_ms = \"fast\"",
+            "commit_interval_ms = \"fast\"",
+            "invalid type",
+        ),
+        (
+            "stuck_after_ms = 120000",
+            "stuck_after = 120000",
+            "stuck_after = 120000",
+            "unknown field `stuck_after`",
+        ),
+        (
+            "listen = \"127.0.0.1:9464\"",
+            "listen = \"nowhere\"",
+            "listen = \"nowhere\"",
+            "is not an address",
+        ),
+        (
+            "level = \"info\"",
+            "level = \"leadscore=loudest\"",
+            "level = \"leadscore=loudest\"",
+            "[logging] level",
+        ),
+        (
+            "create_topics = true",
+            "create_topics = true\npartitions = 0",
+            "partitions = 0",
+            "partitions must be at least 1",
+        ),
+        (
+            "# [kafka.properties]\n# \"security.protocol\" = \"SASL_SSL\"",
+            "[kafka.properties]\n\"securty.protocol\" = \"SASL_SSL\"",
+            "\"securty.protocol\"",
+            "securty.protocol",
+        ),
+    ];
+    for (find, replace, marker, message) in cases {
+        let path = broken_config(dir.path(), find, replace);
+        let out = run(&["check", "--config", path.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{replace} was accepted");
+        assert!(stderr.contains(message), "{replace}: {stderr}");
+        let (line, _) = place(&stderr, &path);
+        assert_eq!(line, line_of(&path, marker), "{replace}: {stderr}");
+    }
+
+    // A byte that is not UTF-8, placed.
+    let original = std::fs::read(example_config()).unwrap();
+    let mut bytes = original.clone();
+    let at = original.windows(9).position(|w| w == b"[scoring]").unwrap();
+    bytes.splice(at + 1..at + 1, [0xffu8]);
+    let path = dir.path().join("latin1.toml");
+    std::fs::write(&path, &bytes).unwrap();
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    let line = original[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    assert_eq!(place(&stderr, &path), (line, 2), "{stderr}");
+}
+
 #[test]
 fn check_names_a_missing_file() {
     let out = run(&["check", "--config", "/nonexistent/rules.toml"]);
@@ -232,7 +317,9 @@ fn replay_writes_outputs_and_a_snapshot_that_shuffling_does_not_change() {
         snapshots.push(jsonl(&snap_path));
     }
     let reference = &snapshots[0];
-    assert_eq!(reference.len(), 400);
+    let leads = reference.iter().filter(|s| s.get("lead_id").is_some());
+    assert_eq!(leads.count(), 400);
+    assert!(reference.len() > 400, "account lines follow the leads'");
     let tiers: std::collections::BTreeSet<&str> = reference
         .iter()
         .map(|s| s["tier"].as_str().unwrap())
@@ -242,6 +329,7 @@ fn replay_writes_outputs_and_a_snapshot_that_shuffling_does_not_change() {
         assert_eq!(other.len(), reference.len());
         for (a, b) in reference.iter().zip(other) {
             assert_eq!(a["lead_id"], b["lead_id"]);
+            assert_eq!(a["account_id"], b["account_id"]);
             assert_eq!(a["grade"], b["grade"]);
             assert_eq!(a["as_of"], b["as_of"]);
             let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
@@ -295,21 +383,105 @@ fn replay_reports_rejected_lines_and_goes_on() {
     );
 }
 
-#[test]
-fn replay_refuses_an_as_of_time_before_the_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_sample(dir.path(), 5, None);
-    let out = run(&[
+/// Replays `input` with the example config; the outputs, the snapshot and
+/// stderr.
+fn replay_file(dir: &Path, input: &Path, extra: &[&str]) -> (String, String, String) {
+    let out_path = dir.join("replay-out.jsonl");
+    let snap_path = dir.join("replay-snap.jsonl");
+    let config = example_config();
+    let mut args = vec![
         "replay",
         "-c",
-        example_config().to_str().unwrap(),
+        config.to_str().unwrap(),
         "-i",
         input.to_str().unwrap(),
-        "--at",
-        "2020-01-01T00:00:00Z",
-    ]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("before the latest event time"));
+        "--output",
+        out_path.to_str().unwrap(),
+        "--snapshot",
+        snap_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (
+        std::fs::read_to_string(&out_path).unwrap(),
+        std::fs::read_to_string(&snap_path).unwrap(),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn replay_rejects_events_too_far_past_its_as_of_time_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_sample(dir.path(), 5, None);
+    let lines = std::fs::read_to_string(&input).unwrap().lines().count();
+    // Every event lies after this --at: each is rejected, by its line.
+    let (outputs, _, stderr) = replay_file(dir.path(), &input, &["--at", "2020-01-01T00:00:00Z"]);
+    assert!(outputs.is_empty(), "{outputs}");
+    assert_eq!(
+        stderr
+            .matches("in the future, beyond the allowed skew")
+            .count(),
+        lines,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rejected: line 1: event time is"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{lines} rejected")), "{stderr}");
+
+    // One line stamped 9999-12-31 among good ones neither moves the clock
+    // nor stops a later --at: it is rejected, the rest score as without it.
+    let good = std::fs::read_to_string(&input).unwrap();
+    let mut with_bad: Vec<&str> = good.lines().collect();
+    let bad = r#"{"type":"track","messageId":"far","userId":"lead-000001","event":"Demo Requested","timestamp":"9999-12-31T00:00:00Z"}"#;
+    with_bad.insert(3, bad);
+    let bad_input = dir.path().join("with-far-future.jsonl");
+    std::fs::write(&bad_input, with_bad.join("\n") + "\n").unwrap();
+    let at = ["--at", "2026-01-15T00:00:00Z"];
+    let (want_outputs, want_snapshot, _) = replay_file(dir.path(), &input, &at);
+    let (got_outputs, got_snapshot, stderr) = replay_file(dir.path(), &bad_input, &at);
+    assert!(
+        stderr.contains("rejected: line 4: event time is"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 rejected"), "{stderr}");
+    assert_eq!(got_outputs, want_outputs);
+    assert_eq!(got_snapshot, want_snapshot);
+}
+
+#[test]
+fn replay_rejects_lines_that_are_not_utf8_by_number_and_scores_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_sample(dir.path(), 30, None);
+    let good = std::fs::read(&input).unwrap();
+    let mut bytes = Vec::new();
+    let mut bad_lines = Vec::new();
+    for (i, line) in good.split_inclusive(|&b| b == b'\n').enumerate() {
+        if i % 50 == 7 {
+            bytes.extend_from_slice(b"{\"type\":\"track\",\"event\":\"\xff\xfe\"}\n");
+            bad_lines.push(bytes.iter().filter(|&&b| b == b'\n').count());
+        }
+        bytes.extend_from_slice(line);
+    }
+    assert!(bad_lines.len() > 3);
+    let bad_input = dir.path().join("not-utf8.jsonl");
+    std::fs::write(&bad_input, bytes).unwrap();
+    let (want_outputs, want_snapshot, _) = replay_file(dir.path(), &input, &[]);
+    let (got_outputs, got_snapshot, stderr) = replay_file(dir.path(), &bad_input, &[]);
+    for line in &bad_lines {
+        assert!(
+            stderr.contains(&format!("rejected: line {line}: not UTF-8")),
+            "line {line}: {stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!("{} rejected", bad_lines.len())),
+        "{stderr}"
+    );
+    assert_eq!(got_outputs, want_outputs);
+    assert_eq!(got_snapshot, want_snapshot);
 }
 
 #[test]
@@ -348,11 +520,17 @@ fn run_with_a_broken_setting_exits_non_zero_naming_it() {
 #[test]
 fn replay_snapshots_accounts_and_emits_their_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let with_accounts = broken_config(
-        dir.path(),
-        "\n[kafka]\n",
-        "\n[accounts]\nfrom_email_domain = true\n[[accounts.tiers]]\nname = \"quiet\"\nmin_score = 0\n[[accounts.tiers]]\nname = \"surging\"\nmin_score = 20\n\n[kafka]\n",
-    );
+    // The shipped rules with an [accounts] section of the test's own.
+    let original = std::fs::read_to_string(example_config()).unwrap();
+    let lead_rules = original.split("\n[accounts]\n").next().unwrap();
+    let with_accounts = dir.path().join("accounts.toml");
+    std::fs::write(
+        &with_accounts,
+        format!(
+            "{lead_rules}\n[accounts]\nfrom_email_domain = true\n[[accounts.tiers]]\nname = \"quiet\"\nmin_score = 0\n[[accounts.tiers]]\nname = \"surging\"\nmin_score = 20\n"
+        ),
+    )
+    .unwrap();
 
     let input = dir.path().join("events.jsonl");
     std::fs::write(
@@ -412,4 +590,36 @@ fn check_catches_a_misspelt_librdkafka_property() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("securty.protocol"), "{stderr}");
     assert!(stderr.contains("[kafka.properties]"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_rules_score_accounts_in_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_sample(dir.path(), 200, None);
+    let (outputs, snapshot, _) = replay_file(dir.path(), &input, &[]);
+    let accounts: Vec<serde_json::Value> = snapshot
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|s| s.get("lead_id").is_none())
+        .collect();
+    // Group calls and work email domains both form accounts.
+    assert!(
+        accounts
+            .iter()
+            .any(|a| a["account_id"].as_str().unwrap().starts_with("acct-")),
+        "{accounts:?}"
+    );
+    assert!(
+        accounts
+            .iter()
+            .any(|a| a["account_id"].as_str().unwrap().ends_with(".example")),
+        "{accounts:?}"
+    );
+    assert!(accounts.iter().all(|a| a["members"].as_u64().unwrap() > 0));
+    let account_crossings = outputs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|o| o["type"] == "threshold_crossed" && o["lead_id"].is_null())
+        .count();
+    assert!(account_crossings > 0, "no account crossed a tier");
 }

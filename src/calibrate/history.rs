@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::codec::{Decoder, Encoding};
 use crate::core::{Rules, Timestamp};
-use crate::replay::Replayer;
+use crate::replay::{for_each_line, Replayer};
 
 /// One lead's known result.
 #[derive(Debug, Clone, PartialEq)]
@@ -180,17 +180,17 @@ pub fn replay_history(
     let decoder = Decoder::for_rules(rules);
     let mut stats = HistoryStats::default();
     let mut read = 0u64;
-    for line in events.lines() {
-        let line = line?;
-        read += line.len() as u64 + 1;
+    for_each_line(events, |_, line, bytes| {
+        read += bytes as u64;
         progress(read);
-        if line.trim().is_empty() {
-            continue;
-        }
         stats.lines += 1;
-        let Ok(items) = decoder.decode(line.as_bytes(), Encoding::Json) else {
+        let Ok(items) = line.and_then(|line| {
+            decoder
+                .decode(line.as_bytes(), Encoding::Json)
+                .map_err(|e| e.to_string())
+        }) else {
             stats.rejected += 1;
-            continue;
+            return;
         };
         for item in items {
             let Ok(event) = item else {
@@ -212,7 +212,7 @@ pub fn replay_history(
                 stats.rejected += 1;
             }
         }
-    }
+    })?;
     let default_decided_at = at
         .or(replayer.watermark())
         .unwrap_or(Timestamp::from_millis(0));

@@ -89,12 +89,45 @@ pub fn load(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: 0,
         column: 0,
         message: format!("cannot read: {e}"),
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+        ConfigError::at(
+            path,
+            &prefix,
+            Some(valid),
+            "not UTF-8: a configuration file must be UTF-8 text",
+        )
     })
+}
+
+/// An error about one setting of the file at `path`, placed at its key
+/// (for problems found after loading, such as a `[kafka.properties]`
+/// entry librdkafka refuses).
+pub fn setting_error(path: &Path, section: &str, key: &str, message: String) -> ConfigError {
+    let source = read(path).unwrap_or_default();
+    ConfigError::at(path, &source, key_offset(&source, section, key), message)
+}
+
+/// Where `key` of the table `section` (dotted for a sub-table, e.g.
+/// `kafka.properties`) is written in `source`; `None` where it is not (a
+/// default, or a value from the environment).
+fn key_offset(source: &str, section: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::Document::parse(source).ok()?;
+    let mut item = doc.as_item();
+    for part in section.split('.') {
+        item = item.as_table_like()?.get(part)?;
+    }
+    item.as_table_like()?
+        .key(key)?
+        .span()
+        .map(|span| span.start)
 }
 
 /// One runtime section: its table from the file (if any) with environment
@@ -119,14 +152,59 @@ fn runtime_section<T: serde::de::DeserializeOwned>(
     let settings = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| {
+            // The table has no places; the file does. Without overrides
+            // the same section read from the file fails the same way, at
+            // the offending key or value.
+            let place = if applied_nothing(&blame, name) {
+                section_error_offset::<T>(source, name)
+            } else {
+                None
+            };
             ConfigError::at(
                 file,
                 source,
-                offset,
+                place.or(offset),
                 format!("{blame}: {}", e.message().trim_end()),
             )
         })?;
     Ok((settings, offset))
+}
+
+fn applied_nothing(blame: &str, name: &str) -> bool {
+    blame == format!("[{name}]")
+}
+
+/// Where reading `[name]` straight from `source` fails.
+fn section_error_offset<T: serde::de::DeserializeOwned>(source: &str, name: &str) -> Option<usize> {
+    match toml::from_str::<std::collections::BTreeMap<String, T>>(&only_section(source, name)) {
+        Ok(_) => None,
+        Err(e) => e.span().map(|span| span.start),
+    }
+}
+
+/// `source` with every line outside the table `[name]` and its sub-tables
+/// blanked out byte for byte, so that offsets stay those of `source`.
+/// Line-based: a multi-line value with a line starting with `[` could
+/// mislead it, which only costs an error its exact place.
+fn only_section(source: &str, name: &str) -> String {
+    let own = format!("{name}]");
+    let sub = format!("{name}.");
+    let mut inside = false;
+    let mut out = Vec::with_capacity(source.len());
+    for line in source.split_inclusive('\n') {
+        let head = line.trim_start();
+        if let Some(header) = head.strip_prefix('[') {
+            let header = header.trim_start();
+            inside =
+                !header.starts_with('[') && (header.starts_with(&own) || header.starts_with(&sub));
+        }
+        if inside {
+            out.extend_from_slice(line.as_bytes());
+        } else {
+            out.extend(line.bytes().map(|b| if b == b'\n' { b'\n' } else { b' ' }));
+        }
+    }
+    String::from_utf8(out).expect("whole lines of UTF-8 text, and spaces")
 }
 
 /// The sections of the rules whose scalar settings the environment may
@@ -192,7 +270,7 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         e
     })?;
     let mut overridden_by_env = rules_overrides;
-    let (kafka, _): (KafkaSettings, _) = runtime_section(
+    let (kafka, kafka_offset): (KafkaSettings, _) = runtime_section(
         file,
         source,
         env,
@@ -200,7 +278,7 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         sections.kafka,
         &mut overridden_by_env,
     )?;
-    let (processing, offset): (ProcessingSettings, _) = runtime_section(
+    let (processing, processing_offset): (ProcessingSettings, _) = runtime_section(
         file,
         source,
         env,
@@ -224,56 +302,94 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         sections.logging,
         &mut overridden_by_env,
     )?;
+    // A setting's own place in the file; else its section's (a default
+    // or an environment override has none).
+    let at_key = |section: &str, key: &str, section_offset: Option<usize>, message: String| {
+        let place = key_offset(source, section, key).or(section_offset);
+        Err(ConfigError::at(file, source, place, message))
+    };
     if !http.listen.is_empty() && http.listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(ConfigError::at(
-            file,
-            source,
+        return at_key(
+            "http",
+            "listen",
             http_offset,
             format!(
                 "[http] listen = {:?} is not an address such as 127.0.0.1:9464 (\"\" turns the server off)",
                 http.listen
             ),
-        ));
+        );
     }
     if http.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        return Err(ConfigError::at(
-            file,
-            source,
+        return at_key(
+            "http",
+            "token",
             http_offset,
-            "[http] token is empty; remove it to leave the query API open",
-        ));
+            "[http] token is empty; remove it to leave the query API open".into(),
+        );
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&logging.level) {
-        return Err(ConfigError::at(
-            file,
-            source,
+        return at_key(
+            "logging",
+            "level",
             logging_offset,
             format!("[logging] level = {:?}: {e}", logging.level),
-        ));
+        );
     }
-    let problem = |message: String| Err(ConfigError::at(file, source, offset, message));
+    let problem =
+        |key: &str, message: String| at_key("processing", key, processing_offset, message);
     if processing.commit_interval_ms == 0 {
-        return problem("[processing] commit_interval_ms must be positive".into());
+        return problem(
+            "commit_interval_ms",
+            "[processing] commit_interval_ms must be positive".into(),
+        );
     }
     if processing.max_batch == 0 {
-        return problem("[processing] max_batch must be positive".into());
+        return problem(
+            "max_batch",
+            "[processing] max_batch must be positive".into(),
+        );
     }
     if processing.commit_interval_ms >= processing.transaction_timeout_ms {
-        return problem(format!(
-            "[processing] commit_interval_ms ({}) must be below transaction_timeout_ms ({})",
-            processing.commit_interval_ms, processing.transaction_timeout_ms
-        ));
+        return problem(
+            "commit_interval_ms",
+            format!(
+                "[processing] commit_interval_ms ({}) must be below transaction_timeout_ms ({})",
+                processing.commit_interval_ms, processing.transaction_timeout_ms
+            ),
+        );
     }
     if let Err(e) = crate::codec::Encoding::from_content_type(&processing.default_content_type) {
-        return problem(format!("[processing] default_content_type: {e}"));
+        return problem(
+            "default_content_type",
+            format!("[processing] default_content_type: {e}"),
+        );
+    }
+    // Both ids must differ per instance; one written among the properties
+    // is the same for every instance that reads this file.
+    for (property, setting) in [
+        ("group.instance.id", "group_instance_id"),
+        ("transactional.id", "transactional_id"),
+    ] {
+        if kafka.properties.contains_key(property) {
+            return at_key(
+                "kafka.properties",
+                property,
+                kafka_offset,
+                format!(
+                    "[kafka.properties] \"{property}\" would give every instance the same id: \
+                     set [kafka] {setting} per instance instead (or LEADSCORE_KAFKA_{})",
+                    setting.to_ascii_uppercase()
+                ),
+            );
+        }
     }
     if kafka.partitions < 1 {
-        return Err(ConfigError::at(
-            file,
-            source,
-            None,
-            "[kafka] partitions must be at least 1",
-        ));
+        return at_key(
+            "kafka",
+            "partitions",
+            kafka_offset,
+            "[kafka] partitions must be at least 1".into(),
+        );
     }
     Ok(Config {
         rules,
@@ -359,6 +475,49 @@ mod tests {
                 .contains("must be below transaction_timeout_ms"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn instance_ids_come_from_their_own_settings() {
+        let file = Path::new("t.toml");
+        let config = parse(RULES, file, &[]).unwrap();
+        assert_eq!(
+            config.kafka.group_instance_id(),
+            Some(config.kafka.transactional_id()),
+            "static membership under the transactional id by default"
+        );
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let config = parse(
+            RULES,
+            file,
+            &env(&[("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "leadscore-3")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.kafka.group_instance_id().as_deref(),
+            Some("leadscore-3")
+        );
+        let config = parse(
+            RULES,
+            file,
+            &env(&[("LEADSCORE_KAFKA_GROUP_INSTANCE_ID", "")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.kafka.group_instance_id(),
+            None,
+            "\"\" is dynamic membership"
+        );
+        for property in ["group.instance.id", "transactional.id"] {
+            let text = format!("{RULES}[kafka.properties]\n\"{property}\" = \"x\"\n");
+            let e = parse(&text, file, &[]).unwrap_err().to_string();
+            assert!(e.contains(property) && e.contains("per instance"), "{e}");
+        }
     }
 
     #[test]

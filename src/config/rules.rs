@@ -416,13 +416,16 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
                         format!("rule `{}`: `cap` and `once` exclude each other", rule.name),
                     ));
                 }
-                if !(cap.points.is_finite() && cap.points > 0.0) {
+                if !(in_points_range(cap.points) && cap.points > 0.0) {
                     return Err(ctx.err(
                         &span,
-                        format!("rule `{}`: cap points must be positive", rule.name),
+                        format!(
+                            "rule `{}`: cap points must be positive and at most {MAX_POINTS}",
+                            rule.name
+                        ),
                     ));
                 }
-                let per = parse_duration(&cap.per)
+                let per = parse_duration_at_least(&cap.per, MIN_CAP_WINDOW)
                     .map_err(|m| ctx.err(&span, format!("rule `{}`: cap `per`: {m}", rule.name)))?;
                 Some(Cap {
                     points: cap.points,
@@ -471,10 +474,10 @@ fn compile_grades(ctx: &Ctx, raw: Spanned<RawGrades>) -> Result<GradeThresholds,
     let grades_span = raw.span();
     let g = raw.into_inner();
     for (name, value) in [("A", g.a), ("B", g.b), ("C", g.c)] {
-        if !value.is_finite() {
+        if !in_points_range(value) {
             return Err(ctx.err(
                 &grades_span,
-                format!("grade {name} must be a finite number"),
+                format!("grade {name} must be a number within ±{MAX_POINTS}"),
             ));
         }
     }
@@ -571,10 +574,13 @@ fn compile_tiers(
         if tiers.iter().any(|t| t.name.as_ref() == tier.name) {
             return Err(ctx.err(&span, format!("tier `{}` is defined twice", tier.name)));
         }
-        if !tier.min_score.is_finite() {
+        if !in_points_range(tier.min_score) {
             return Err(ctx.err(
                 &span,
-                format!("tier `{}`: min_score must be finite", tier.name),
+                format!(
+                    "tier `{}`: min_score must be a number within ±{MAX_POINTS}",
+                    tier.name
+                ),
             ));
         }
         if let Some(prev) = tiers.last() {
@@ -692,8 +698,11 @@ fn compile_accounts(
         ("per_department", raw.per_department),
         ("per_seniority", raw.per_seniority),
     ] {
-        if !value.is_finite() {
-            return Err(ctx.err(&span, format!("[accounts] {name} must be a finite number")));
+        if !in_points_range(value) {
+            return Err(ctx.err(
+                &span,
+                format!("[accounts] {name} must be a number within ±{MAX_POINTS}"),
+            ));
         }
     }
     if raw.lead_engagement_cap <= 0.0 {
@@ -770,10 +779,10 @@ fn check_rule_header(
             ),
         ));
     }
-    if !points.is_finite() {
+    if !in_points_range(points) {
         return Err(ctx.err(
             span,
-            format!("rule `{name}`: points must be a finite number"),
+            format!("rule `{name}`: points must be a number within ±{MAX_POINTS}"),
         ));
     }
     Ok(())
@@ -918,6 +927,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The largest points, caps, thresholds and scores a rules file may
+/// name. Far beyond any real scoring scale, and small enough that no sum
+/// of them over any number of events leaves the finite floats.
+const MAX_POINTS: f64 = 1e6;
+
+fn in_points_range(value: f64) -> bool {
+    value.is_finite() && value.abs() <= MAX_POINTS
+}
+
+/// Cap windows are counted in whole windows of event time.
+const MIN_CAP_WINDOW: Duration = Duration::from_secs(1);
+
+/// Decay is `2^(-elapsed / half_life)`: a half-life of milliseconds would
+/// make a value from minutes away overflow or vanish in one step.
+const MIN_HALF_LIFE: Duration = Duration::from_secs(60);
+
+fn parse_duration_at_least(text: &str, least: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < least {
+        return Err(format!(
+            "\"{}\" is too short; it must be at least {}",
+            text.trim(),
+            humantime::format_duration(least)
+        ));
+    }
+    Ok(d)
+}
+
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -926,7 +963,7 @@ fn parse_half_life(text: &str) -> Result<HalfLife, String> {
     if text.trim() == "none" {
         return Ok(HalfLife::Never);
     }
-    parse_duration(text).map(|d| HalfLife::Millis(d.as_millis() as f64))
+    parse_duration_at_least(text, MIN_HALF_LIFE).map(|d| HalfLife::Millis(d.as_millis() as f64))
 }
 
 fn compile_settings(ctx: &Ctx, s: &RawScoring, e: &RawEvents) -> Result<Settings, ConfigError> {
@@ -936,25 +973,34 @@ fn compile_settings(ctx: &Ctx, s: &RawScoring, e: &RawEvents) -> Result<Settings
         None => None,
         Some(c) => {
             let r = c.get_ref();
-            if !(r.min.is_finite() && r.max.is_finite() && r.min < r.max) {
-                return Err(ctx.err(&c.span(), "`scoring.clamp` needs finite min < max"));
+            if !(in_points_range(r.min) && in_points_range(r.max) && r.min < r.max) {
+                return Err(ctx.err(
+                    &c.span(),
+                    format!("`scoring.clamp` needs min < max, both within ±{MAX_POINTS}"),
+                ));
             }
             Some((r.min, r.max))
         }
     };
     let base = *s.base.get_ref();
-    if !base.is_finite() {
-        return Err(ctx.err(&s.base.span(), "`scoring.base` must be a finite number"));
+    if !in_points_range(base) {
+        return Err(ctx.err(
+            &s.base.span(),
+            format!("`scoring.base` must be a number within ±{MAX_POINTS}"),
+        ));
     }
     let step = *s.step.get_ref();
-    if !(step.is_finite() && step >= 0.0) {
-        return Err(ctx.err(&s.step.span(), "`scoring.step` must be zero or positive"));
+    if !(in_points_range(step) && step >= 0.0) {
+        return Err(ctx.err(
+            &s.step.span(),
+            format!("`scoring.step` must be zero or positive, at most {MAX_POINTS}"),
+        ));
     }
     let hysteresis = *s.hysteresis.get_ref();
-    if !(hysteresis.is_finite() && hysteresis >= 0.0) {
+    if !(in_points_range(hysteresis) && hysteresis >= 0.0) {
         return Err(ctx.err(
             &s.hysteresis.span(),
-            "`scoring.hysteresis` must be zero or positive",
+            format!("`scoring.hysteresis` must be zero or positive, at most {MAX_POINTS}"),
         ));
     }
     let dur = |v: &Spanned<String>, name: &str| {

@@ -61,15 +61,18 @@ pub fn flush_promptly<C: ProducerContext>(
 
 /// Whether librdkafka accepts every `[kafka.properties]` entry (names and
 /// values), without connecting: `check` reports a typo before `run` would.
-pub fn check_properties(kafka: &crate::config::KafkaSettings) -> Result<(), String> {
+/// `Err` names the first entry refused, and why.
+pub fn check_properties(kafka: &crate::config::KafkaSettings) -> Result<(), (String, String)> {
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    // One at a time, so the error names its entry; some properties are
+    // judged only with the others (e.g. a mechanism and its credentials).
     for (key, value) in &kafka.properties {
         config.set(key, value);
+        if let Err(e) = config.create_native_config() {
+            return Err((key.clone(), format!("[kafka.properties] \"{key}\": {e}")));
+        }
     }
-    config
-        .create_native_config()
-        .map(|_| ())
-        .map_err(|e| format!("[kafka.properties]: {e}"))
+    Ok(())
 }
 pub use records::headers;
