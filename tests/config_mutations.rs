@@ -47,16 +47,33 @@ const NUMBERS: &[&str] = &[
 ];
 
 const DURATIONS: &[&str] = &[
-    "\"1ns\"", "\"0s\"", "\"1ms\"", "\"999ms\"", "\"1s\"", "\"59s\"", "\"1m\"", "\"1h\"",
-    "\"100000000d\"", "\"none\"", "\"soon\"", "\"-1d\"", "\"\"",
+    "\"1ns\"",
+    "\"0s\"",
+    "\"1ms\"",
+    "\"999ms\"",
+    "\"1s\"",
+    "\"59s\"",
+    "\"1m\"",
+    "\"1h\"",
+    "\"100000000d\"",
+    "\"none\"",
+    "\"soon\"",
+    "\"-1d\"",
+    "\"\"",
 ];
 
 #[derive(Debug, Clone)]
 enum Mutation {
     /// Replace the `index`-th number with `NUMBERS[with]`.
-    Number { index: usize, with: usize },
+    Number {
+        index: usize,
+        with: usize,
+    },
     /// Replace the `index`-th duration string with `DURATIONS[with]`.
-    Duration { index: usize, with: usize },
+    Duration {
+        index: usize,
+        with: usize,
+    },
     DeleteLine(usize),
     DuplicateLine(usize),
 }

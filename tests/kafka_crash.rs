@@ -141,7 +141,9 @@ fn an_instance_fenced_by_a_newer_one_with_its_transactional_id_exits_non_zero() 
 /// A batch the broker refuses (its outputs exceed the output topic's
 /// `max.message.bytes`) is aborted, state is restored from the changelog
 /// and the input rewound, again and again, until the topic is fixed; then
-/// everything goes through exactly once.
+/// everything goes through exactly once. With `poison_after_attempts = 0`:
+/// by default a message that keeps failing would be dead-lettered. While
+/// it fails, `/healthz` says so.
 #[test]
 fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
     use rdkafka::admin::{
@@ -176,10 +178,23 @@ fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
         &broker.bootstrap,
         &names,
         "exactly_once",
-        EVENT_TIME,
+        &format!("{EVENT_TIME}poison_after_attempts = 0\n"),
     );
     let listen = format!("127.0.0.1:{}", common::free_port());
-    let instance = Instance::start(&config, &[("LEADSCORE_HTTP_LISTEN", listen.as_str())]);
+    let instance = Instance::start(
+        &config,
+        &[
+            ("LEADSCORE_HTTP_LISTEN", listen.as_str()),
+            ("LEADSCORE_HTTP_STUCK_AFTER_MS", "2000"),
+        ],
+    );
+    let healthz = || -> u16 {
+        match ureq::get(&format!("http://{listen}/healthz")).call() {
+            Ok(response) => response.status().as_u16(),
+            Err(ureq::Error::StatusCode(code)) => code,
+            Err(e) => panic!("/healthz: {e}"),
+        }
+    };
     let aborted = || -> f64 {
         let Ok(mut response) = ureq::get(&format!("http://{listen}/metrics")).call() else {
             return 0.0;
@@ -202,6 +217,15 @@ fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
         0,
         "nothing committed while the batch is refused"
     );
+    // The loop comes round, but an abort loop is not progress.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while healthz() != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz stayed healthy through an abort loop"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let fixed = AlterConfig::new(ResourceSpecifier::Topic(&names.output))
         .set("max.message.bytes", "1048576");
@@ -212,6 +236,7 @@ fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
         r.unwrap();
     }
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
+    assert_eq!(healthz(), 200, "healthy again once batches commit");
     assert!(instance.terminate().success());
 
     let cut = event_time_cut(&lines);

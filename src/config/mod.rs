@@ -107,6 +107,10 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// A dead letter holds the original key and headers, the reason headers
+/// and as much of the value as fits.
+const MIN_DEAD_LETTER_BYTES: usize = 16 * 1024;
+
 /// An error about one setting of the file at `path`, placed at its key
 /// (for problems found after loading, such as a `[kafka.properties]`
 /// entry librdkafka refuses).
@@ -343,6 +347,15 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
             "[processing] commit_interval_ms must be positive".into(),
         );
     }
+    if processing.dead_letter_max_bytes < MIN_DEAD_LETTER_BYTES {
+        return problem(
+            "dead_letter_max_bytes",
+            format!(
+                "[processing] dead_letter_max_bytes must be at least {MIN_DEAD_LETTER_BYTES} \
+                 (room for the key and the reason headers)"
+            ),
+        );
+    }
     if processing.max_batch == 0 {
         return problem(
             "max_batch",
@@ -446,13 +459,13 @@ mod tests {
     }
 
     #[test]
-    fn bad_runtime_settings_name_the_setting() {
+    fn bad_runtime_settings_name_the_setting_at_its_key() {
         let file = Path::new("t.toml");
         let text = format!("{RULES}[kafka]\nbootstrap = \"x\"\n");
         let e = parse(&text, file, &[]).unwrap_err();
         assert!(
             e.to_string()
-                .contains("t.toml:9:1: [kafka]: unknown field `bootstrap`"),
+                .contains("t.toml:10:1: [kafka]: unknown field `bootstrap`"),
             "{e}"
         );
         let env = vec![(

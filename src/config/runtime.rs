@@ -186,6 +186,18 @@ pub struct ProcessingSettings {
     /// What decay timers follow once a partition is read to its end.
     #[serde(default = "default_timer_clock")]
     pub timer_clock: TimerClock,
+    /// The largest dead-letter record written (key, value and headers):
+    /// a larger original value goes to the dead-letter topic truncated,
+    /// with its size and SHA-256 in headers. Keep it under the producer's
+    /// `message.max.bytes` and the dead-letter topic's `max.message.bytes`.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: usize,
+    /// A batch that fails this many times in a row is retried one message
+    /// at a time, and a message that fails alone this many times in a row
+    /// is dead-lettered (reason `poison`) instead of retried forever.
+    /// 0: retry forever.
+    #[serde(default = "default_poison_after_attempts")]
+    pub poison_after_attempts: u32,
 }
 
 /// The clock that fires decay-driven changes (tier cool-downs).
@@ -208,6 +220,13 @@ impl Default for ProcessingSettings {
     }
 }
 
+fn default_dead_letter_max_bytes() -> usize {
+    // librdkafka's message.max.bytes is 1,000,000.
+    900_000
+}
+fn default_poison_after_attempts() -> u32 {
+    5
+}
 fn default_guarantee() -> Guarantee {
     Guarantee::ExactlyOnce
 }

@@ -20,6 +20,7 @@
 //!   from an aborted transaction, is recognised by the position it covers.
 
 mod admin;
+mod poison;
 mod processor;
 mod records;
 mod restore;

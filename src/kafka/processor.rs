@@ -21,7 +21,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, Pur
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::admin;
-use super::records::{dead_letter_headers, header_text, output_headers, output_value, DeadLetter};
+use super::poison::{Position, Retries};
+use super::records::{
+    dead_letter_headers, fit_dead_letter, header_text, headers_bytes, output_headers, output_value,
+    DeadLetter,
+};
 use super::restore::{restore_account_partitions, restore_partitions};
 use crate::codec::account::{decode_account_update, encode_account_state, encode_account_update};
 use crate::codec::identity::{decode_handoff, encode_handoff};
@@ -252,6 +256,7 @@ struct Processor<'c> {
     account_topic: Option<String>,
     accounts: BTreeMap<i32, AccountPartition>,
     counters: Counters,
+    retries: Retries,
 }
 
 /// Runs the processor until `shutdown` is requested (then finishes and
@@ -391,6 +396,7 @@ pub fn run(
         account_topic,
         accounts: BTreeMap::new(),
         counters: Counters::default(),
+        retries: Retries::new(config.processing.poison_after_attempts),
     };
     tracing::info!(
         input = %kafka.input_topic,
@@ -485,7 +491,8 @@ impl Processor<'_> {
         let interval = Duration::from_millis(self.config.processing.commit_interval_ms);
         let deadline = Instant::now() + interval;
         let mut batch = Vec::new();
-        while batch.len() < self.config.processing.max_batch && !shutdown.is_requested() {
+        let limit = self.retries.batch_limit(self.config.processing.max_batch);
+        while batch.len() < limit && !shutdown.is_requested() {
             self.status.beat();
             self.answer_queries();
             let left = deadline.saturating_duration_since(Instant::now());
@@ -750,7 +757,13 @@ impl Processor<'_> {
 
     fn process_or_recover(&mut self, batch: Vec<OwnedMessage>) -> anyhow::Result<()> {
         match self.process(&batch) {
-            Ok(()) => Ok(()),
+            Ok(true) => {
+                self.status.batch_committed();
+                self.retries
+                    .committed(batch.iter().map(|m| (m.topic(), m.partition(), m.offset())));
+                Ok(())
+            }
+            Ok(false) => Ok(()),
             Err(Retry(error)) if is_fatal(&error) => Err(stop_reason(error, "batch failed")),
             Err(Retry(error)) => {
                 if self.transactional {
@@ -758,8 +771,15 @@ impl Processor<'_> {
                 }
                 tracing::warn!(
                     error = format!("{error:#}"),
+                    messages = batch.len(),
                     "batch failed; rewinding to the committed offsets"
                 );
+                self.status.batch_failed();
+                let positions: Vec<Position> = batch
+                    .iter()
+                    .map(|m| (m.topic().to_string(), m.partition(), m.offset()))
+                    .collect();
+                self.retries.failed(&positions, &format!("{error:#}"));
                 self.settle_failed_batch();
                 if self.transactional {
                     self.producer
@@ -826,7 +846,9 @@ impl Processor<'_> {
         Ok(())
     }
 
-    fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), Retry> {
+    /// Processes and commits a batch; `Ok(false)` when there was nothing
+    /// to do.
+    fn process(&mut self, batch: &[OwnedMessage]) -> Result<bool, Retry> {
         let wall = wall_clock();
         let mode = self.config.processing.timer_clock;
         let timers_due = self.partitions.values().any(|p| {
@@ -843,7 +865,7 @@ impl Processor<'_> {
         });
         if batch.is_empty() && !timers_due {
             self.update_gauges();
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         if self.transactional {
@@ -854,42 +876,43 @@ impl Processor<'_> {
         let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for message in batch {
             let partition = message.partition();
-            if message.topic() == self.identity_topic {
-                if !self.partitions.contains_key(&partition) {
-                    continue; // revoked while buffered
-                }
-                next_offsets.insert(
-                    (message.topic().to_string(), partition),
-                    message.offset() + 1,
+            let topic = message.topic();
+            let is_input = topic == self.config.kafka.input_topic;
+            let is_identity = topic == self.identity_topic;
+            let held = if is_input || is_identity {
+                self.partitions.contains_key(&partition)
+            } else {
+                self.accounts.contains_key(&partition)
+            };
+            if !held {
+                continue; // revoked while buffered
+            }
+            next_offsets.insert((topic.to_string(), partition), message.offset() + 1);
+            if let Some(reason) = self.retries.poison(topic, partition, message.offset()) {
+                let reason = reason.to_string();
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset = message.offset(),
+                    reason,
+                    "dead-lettering a message that failed every attempt"
                 );
+                self.dead_letter(message, "poison", reason, None)?;
+                continue;
+            }
+            if is_identity {
                 self.apply_handoff(message)?;
                 self.send_handoffs(partition)?;
                 self.send_account_updates(partition)?;
-                continue;
-            }
-            if message.topic() != self.config.kafka.input_topic {
-                if !self.accounts.contains_key(&partition) {
-                    continue; // revoked while buffered
-                }
-                next_offsets.insert(
-                    (message.topic().to_string(), partition),
-                    message.offset() + 1,
-                );
+            } else if is_input {
+                self.counters.consumed += 1;
+                metrics::counter!(m::EVENTS_CONSUMED).increment(1);
+                self.score(message, wall)?;
+                self.send_handoffs(partition)?;
+                self.send_account_updates(partition)?;
+            } else {
                 self.apply_account_update(message)?;
-                continue;
             }
-            if !self.partitions.contains_key(&partition) {
-                continue; // revoked while buffered
-            }
-            next_offsets.insert(
-                (message.topic().to_string(), partition),
-                message.offset() + 1,
-            );
-            self.counters.consumed += 1;
-            metrics::counter!(m::EVENTS_CONSUMED).increment(1);
-            self.score(message, wall)?;
-            self.send_handoffs(partition)?;
-            self.send_account_updates(partition)?;
         }
         let mut decay_outputs = Vec::new();
         for p in self.partitions.values_mut() {
@@ -947,7 +970,7 @@ impl Processor<'_> {
         metrics::histogram!(m::BATCH_MESSAGES).record(batch.len() as f64);
         metrics::histogram!(m::BATCH_DURATION).record(started.elapsed().as_secs_f64());
         self.update_gauges();
-        Ok(())
+        Ok(true)
     }
 
     /// Leads and partitions held (cheap: map sizes).
@@ -1371,6 +1394,22 @@ impl Processor<'_> {
         self.counters.dead_lettered += 1;
         metrics::counter!(m::EVENTS_REJECTED, "reason" => reason_code).increment(1);
         metrics::counter!(m::DEAD_LETTERS).increment(1);
+        let fitted = fit_dead_letter(
+            message.key(),
+            message.payload(),
+            headers_bytes(message.headers()),
+            self.config.processing.dead_letter_max_bytes,
+        );
+        if let Some((what, bytes, _)) = &fitted.truncated {
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                original_bytes = bytes,
+                truncated = %what,
+                "dead letter truncated to fit dead_letter_max_bytes"
+            );
+        }
         let headers = dead_letter_headers(
             message.headers(),
             &DeadLetter {
@@ -1381,13 +1420,14 @@ impl Processor<'_> {
                 offset: message.offset(),
                 item,
             },
+            &fitted,
         );
         let mut record =
             BaseRecord::<[u8], [u8]>::to(&self.config.kafka.dead_letter_topic).headers(headers);
-        if let Some(key) = message.key() {
+        if let Some(key) = fitted.key {
             record = record.key(key);
         }
-        if let Some(payload) = message.payload() {
+        if let Some(payload) = fitted.value {
             record = record.payload(payload);
         }
         send(&self.producer, record)

@@ -51,6 +51,15 @@ async fn healthz(State(state): State<AppState>) -> Response {
         let body = json!({"status": "stuck", "seconds_since_loop": since.as_secs()});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
+    // Coming round is not progress: an abort-and-retry loop does that too.
+    if let Some(failing) = state
+        .status
+        .failing_for()
+        .filter(|f| *f > state.stuck_after)
+    {
+        let body = json!({"status": "failing", "seconds_failing": failing.as_secs()});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(json!({"status": "ok"})).into_response()
 }
 

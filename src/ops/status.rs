@@ -9,6 +9,9 @@ pub struct Status {
     started: Instant,
     /// Milliseconds since `started` when the loop last came round.
     heartbeat_ms: AtomicU64,
+    /// Milliseconds since `started` (at least 1) when batches began to
+    /// fail without one committing since; 0 while they commit.
+    failing_since_ms: AtomicU64,
     ready: AtomicBool,
 }
 
@@ -17,6 +20,7 @@ impl Default for Status {
         Status {
             started: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
+            failing_since_ms: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         }
     }
@@ -32,6 +36,26 @@ impl Status {
     pub fn since_beat(&self) -> Duration {
         let now = self.started.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// A batch failed (and will be retried): the loop comes round, but
+    /// makes no progress until one commits.
+    pub fn batch_failed(&self) {
+        let ms = (self.started.elapsed().as_millis() as u64).max(1);
+        let _ = self
+            .failing_since_ms
+            .compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn batch_committed(&self) {
+        self.failing_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long batches have failed with none committed since.
+    pub fn failing_for(&self) -> Option<Duration> {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        (since > 0).then(|| Duration::from_millis(now.saturating_sub(since)))
     }
 
     pub fn set_ready(&self, ready: bool) {
