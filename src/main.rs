@@ -217,7 +217,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     let metrics = leadscore::ops::metrics::install().context("cannot set up metrics")?;
     let status = std::sync::Arc::new(leadscore::ops::status::Status::default());
-    let (queries, answer_from) = std::sync::mpsc::channel();
+    let (queries, answer_from) = std::sync::mpsc::sync_channel(leadscore::ops::http::QUERY_QUEUE);
     if !config.http.listen.is_empty() {
         let address = &config.http.listen;
         let listener = runtime
@@ -226,19 +226,32 @@ fn run(path: &Path) -> anyhow::Result<()> {
         let bound = listener
             .local_addr()
             .map_or(address.clone(), |a| a.to_string());
-        tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz, /v1/leads and /v1/accounts");
+        let query_api = listener.local_addr().is_ok_and(|a| {
+            leadscore::ops::http::query_api_allowed(&a, config.http.token.as_deref())
+        });
+        if query_api {
+            tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz, /v1/leads and /v1/accounts");
+        } else {
+            tracing::warn!(
+                address = %bound,
+                "serving /metrics, /healthz and /readyz; the query API (/v1/...) is off: \
+                 [http] listen is not a loopback address and no [http] token is set"
+            );
+        }
         let state = leadscore::ops::http::AppState {
             status: status.clone(),
             queries,
             metrics: metrics.clone(),
             token: config.http.token.clone(),
             stuck_after: std::time::Duration::from_millis(config.http.stuck_after_ms),
+            query_api,
         };
-        runtime.spawn(async move {
-            if let Err(e) = leadscore::ops::http::serve(listener, state).await {
-                tracing::error!(error = %e, "http server stopped");
-            }
-        });
+        let max_connections = config.http.max_connections;
+        runtime.spawn(leadscore::ops::http::serve(
+            listener,
+            state,
+            max_connections,
+        ));
         runtime.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {

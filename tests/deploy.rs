@@ -95,6 +95,17 @@ fn kubernetes_manifests_agree_with_leadscore() {
         args,
         ["run", "--config", &format!("{mount}/leadscore.toml")]
     );
+    // The query API's token comes from a Secret (the API is off without it).
+    let token = container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("LEADSCORE_HTTP_TOKEN"))
+        .expect("LEADSCORE_HTTP_TOKEN in the container's env");
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"]["key"].as_str(),
+        Some("query-token")
+    );
     let selector = &deployment["spec"]["selector"]["matchLabels"];
 
     for (file, kind) in [

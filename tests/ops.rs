@@ -366,3 +366,96 @@ fn a_lead_held_by_another_instance_is_answered_with_its_partition() {
     }
     assert_eq!(answered, 20);
 }
+
+/// Exposed beyond loopback: without a token the query API is off while
+/// metrics and probes answer; idle connections by the thousand do not stop
+/// `/metrics`; an overlong id is refused without being echoed.
+#[test]
+fn exposed_without_a_token_serves_metrics_and_probes_only_and_shrugs_off_idle_connections() {
+    use std::io::Write as _;
+
+    let broker = kafka();
+    let names = Names::new("exposed");
+    create_topic(&broker.bootstrap, &names.input, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &broker.bootstrap, &names, "exactly_once", "");
+    let port = free_port();
+    // Any address of this machine: the wildcard. Reached over loopback.
+    let listen = format!("0.0.0.0:{port}");
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("exposed.log");
+    let instance = Instance::start_logging(
+        &config,
+        &[
+            ("LEADSCORE_HTTP_LISTEN", listen.as_str()),
+            ("LEADSCORE_HTTP_MAX_CONNECTIONS", "64"),
+        ],
+        &log,
+    );
+    wait_for("/readyz", Duration::from_secs(60), || {
+        get(&format!("{base}/readyz"), None).is_some_and(|(s, _)| s == 200)
+    });
+    let (status, body) = get(&format!("{base}/v1/leads/lead-000001"), None).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("query_api_off"), "{body}");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("the query API (/v1/...) is off"));
+
+    // 2,000 connections that never send a request, and some that send
+    // half a header and stall.
+    let mut idle = Vec::new();
+    for i in 0..2000 {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            continue; // the accept queue is full: shed, as intended
+        };
+        if i % 10 == 0 {
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        }
+        idle.push(stream);
+    }
+    let asked = Instant::now();
+    wait_for(
+        "/metrics among idle connections",
+        Duration::from_secs(20),
+        || {
+            get(&format!("{base}/metrics"), None).is_some_and(|(s, body)| {
+                s == 200 && body.contains("leadscore_http_connections_refused_total")
+            })
+        },
+    );
+    eprintln!(
+        "/metrics answered {:.1} s after {} idle connections were opened",
+        asked.elapsed().as_secs_f64(),
+        idle.len()
+    );
+    let (_, metrics) = get(&format!("{base}/metrics"), None).unwrap();
+    let refused = sum_of(
+        &samples(&metrics),
+        "leadscore_http_connections_refused_total",
+    );
+    assert!(refused > 0.0, "connections over the cap were refused");
+    drop(idle);
+
+    assert!(instance.terminate().success());
+
+    // With a token on the same address, the API answers, and an overlong
+    // id gets 414 without being echoed.
+    let instance = Instance::start(
+        &config,
+        &[
+            ("LEADSCORE_HTTP_LISTEN", listen.as_str()),
+            ("LEADSCORE_HTTP_TOKEN", "s3cret"),
+        ],
+    );
+    wait_for("/readyz", Duration::from_secs(60), || {
+        get(&format!("{base}/readyz"), None).is_some_and(|(s, _)| s == 200)
+    });
+    let long_id = "x".repeat(600);
+    let (status, body) = get(&format!("{base}/v1/leads/{long_id}"), Some("s3cret")).unwrap();
+    assert_eq!(status, 414, "{body}");
+    assert!(!body.contains(&long_id), "the id is not echoed: {body}");
+    let (status, _) = get(&format!("{base}/v1/leads/lead-000001"), Some("s3cret")).unwrap();
+    assert_eq!(status, 404, "unknown lead, API on");
+    assert!(instance.terminate().success());
+}

@@ -323,6 +323,14 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
             ),
         );
     }
+    if http.max_connections == 0 {
+        return at_key(
+            "http",
+            "max_connections",
+            http_offset,
+            "[http] max_connections must be at least 1".into(),
+        );
+    }
     if http.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return at_key(
             "http",

@@ -268,6 +268,15 @@ pub struct HttpSettings {
     /// this long.
     #[serde(default = "default_stuck_after_ms")]
     pub stuck_after_ms: u64,
+    /// Connections served at once; one more is closed as soon as it is
+    /// accepted. Each lives at most 30 s and must send its request headers
+    /// within 5 s, so idle connections free their slots soon.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    256
 }
 
 impl Default for HttpSettings {

@@ -1,6 +1,12 @@
 //! The HTTP side: `/metrics`, `/healthz`, `/readyz` and the query API.
+//!
+//! Built to stay up when exposed: each connection has a few seconds to
+//! send its request headers and a bounded life, connections beyond a cap
+//! are closed at once, queries wait in a bounded queue (a full one answers
+//! 503 at once), and the query API answers on a non-loopback address only
+//! behind a token.
 
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +23,32 @@ use super::status::{LeadAnswer, LeadQuery, Status, Subject};
 /// How long a query waits for the loop to answer (it answers between
 /// batches, so normally within one commit interval).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queries waiting for the loop; beyond this a query is answered 503.
+pub const QUERY_QUEUE: usize = 1024;
+/// A client must send its request headers within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every connection is closed after this, idle or not (scrapers, probes
+/// and clients reconnect), so idle connections cannot hold the slots.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30);
+/// Longer lead or account ids are refused (414), not looked up.
+const MAX_ID_BYTES: usize = 512;
 
 #[derive(Clone)]
 pub struct AppState {
     pub status: Arc<Status>,
-    pub queries: Sender<LeadQuery>,
+    pub queries: SyncSender<LeadQuery>,
     pub metrics: PrometheusHandle,
     pub token: Option<String>,
     pub stuck_after: Duration,
+    /// `false` on a non-loopback address without a token: `/v1/...`
+    /// answers 403 rather than every lead's score to whoever reaches it.
+    pub query_api: bool,
+}
+
+/// Whether the query API may answer on `listen` with `token`: always on
+/// loopback, elsewhere only behind a token.
+pub fn query_api_allowed(listen: &std::net::SocketAddr, token: Option<&str>) -> bool {
+    listen.ip().is_loopback() || token.is_some()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -109,6 +133,15 @@ async fn query(
         Subject::Lead => "lead",
         Subject::Account => "account",
     };
+    if !state.query_api {
+        return error(
+            StatusCode::FORBIDDEN,
+            "query_api_off",
+            "the query API is off: [http] listen is not a loopback address and no [http] token \
+             is set"
+                .into(),
+        );
+    }
     if !authorised(&state, &headers) {
         let mut response = error(
             StatusCode::UNAUTHORIZED,
@@ -120,18 +153,36 @@ async fn query(
             .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
         return response;
     }
+    if id.len() > MAX_ID_BYTES {
+        // Not echoed back: it could be anything.
+        return error(
+            StatusCode::URI_TOO_LONG,
+            "id_too_long",
+            format!("{what} ids are at most {MAX_ID_BYTES} bytes"),
+        );
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let asked = state.queries.send(LeadQuery {
+    let asked = state.queries.try_send(LeadQuery {
         subject,
         lead_id: id.clone(),
         reply,
     });
-    if asked.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "the processor is stopping".into(),
-        );
+    match asked {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("{QUERY_QUEUE} queries are already waiting; try again"),
+            )
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the processor is stopping".into(),
+            )
+        }
     }
     match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
         Ok(Ok(LeadAnswer::Found(body))) => Json(body).into_response(),
@@ -172,9 +223,44 @@ async fn query(
     }
 }
 
-/// Serves until the runtime shuts down.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+/// Serves until the runtime shuts down, with at most `max_connections`
+/// connections at once: one more is closed as soon as it is accepted.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, max_connections: usize) {
+    let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait for some to close.
+                tracing::warn!(error = %e, "cannot accept an http connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!(crate::ops::metrics::HTTP_CONNECTIONS_REFUSED).increment(1);
+            continue; // dropped: closed
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, connection).await;
+                }
+            }
+            drop(slot);
+        });
+    }
 }
 
 /// A lead's current state as the query API returns it: the numbers, and

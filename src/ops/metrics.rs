@@ -36,6 +36,9 @@ pub const MISROUTED: &str = "leadscore_events_misrouted_total";
 pub const READY: &str = "leadscore_ready";
 /// Labels `version` (of leadscore) and `rules_version`.
 pub const BUILD_INFO: &str = "leadscore_build_info";
+/// HTTP connections closed at once because `[http] max_connections` were
+/// open.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "leadscore_http_connections_refused_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -87,6 +90,7 @@ fn start_at_zero() {
     for kind in ["merge_request", "history", "event"] {
         metrics::counter!(HANDOFFS, "kind" => kind).increment(0);
     }
+    metrics::counter!(HTTP_CONNECTIONS_REFUSED).increment(0);
     for name in [LEADS, ACCOUNTS, PARTITIONS, READY] {
         metrics::gauge!(name).set(0.0);
     }
@@ -137,6 +141,10 @@ fn describe() {
         "Time to restore assigned partitions from the changelog."
     );
     describe_counter!(RESTORED_LEADS, "Leads restored from the changelog.");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections closed at once: [http] max_connections were open."
+    );
     describe_counter!(REBALANCES, "Partition assignment changes, by kind.");
     describe_counter!(
         HANDOFFS,
