@@ -32,6 +32,17 @@ fn broken_config(dir: &Path, find: &str, replace: &str) -> PathBuf {
     path
 }
 
+/// The example with `find` replaced: `check` refuses it, saying
+/// `message`; the file and `check`'s stderr.
+fn check_refuses(dir: &Path, find: &str, replace: &str, message: &str) -> (PathBuf, String) {
+    let path = broken_config(dir, find, replace);
+    let out = run(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{replace} was accepted");
+    assert!(stderr.contains(message), "{replace}: {stderr}");
+    (path, stderr)
+}
+
 fn line_of(path: &Path, needle: &str) -> usize {
     std::fs::read_to_string(path)
         .unwrap()
@@ -119,11 +130,7 @@ fn check_rejects_bad_files_with_the_line_and_reason() {
         ("B = 30", "B = 50", "[grades]", "A >= B >= C"),
     ];
     for (find, replace, marker, message) in cases {
-        let path = broken_config(dir.path(), find, replace);
-        let out = run(&["check", "--config", path.to_str().unwrap()]);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{replace} was accepted");
-        assert!(stderr.contains(message), "{replace}: {stderr}");
+        let (path, stderr) = check_refuses(dir.path(), find, replace, message);
         let marker_line = marker.lines().next().unwrap();
         let content = std::fs::read_to_string(&path).unwrap();
         let expected_line = if marker.contains('\n') {
@@ -211,11 +218,7 @@ fn check_places_runtime_setting_errors_at_their_key() {
         ),
     ];
     for (find, replace, marker, message) in cases {
-        let path = broken_config(dir.path(), find, replace);
-        let out = run(&["check", "--config", path.to_str().unwrap()]);
-        let stderr = text(&out.stderr);
-        assert!(!out.status.success(), "{replace} was accepted");
-        assert!(stderr.contains(message), "{replace}: {stderr}");
+        let (path, stderr) = check_refuses(dir.path(), find, replace, message);
         let (line, _) = place(&stderr, &path);
         assert_eq!(line, line_of(&path, marker), "{replace}: {stderr}");
     }

@@ -559,3 +559,15 @@ fn unsafe_sigterm(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// The value of one series (`name{labels}` as exposed) from the `/metrics`
+/// of the instance listening on `listen`; 0 while unreachable or absent.
+pub fn metric(listen: &str, series: &str) -> f64 {
+    let Ok(mut response) = ureq::get(&format!("http://{listen}/metrics")).call() else {
+        return 0.0;
+    };
+    let text = response.body_mut().read_to_string().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}

@@ -254,3 +254,13 @@ pub fn assert_changelog_equals_replay(bootstrap: &str, names: &Names, replayer: 
         &replayer.engine().snapshot(Timestamp(last)),
     );
 }
+
+/// On a broker with full transactions: the `read_committed` outputs are
+/// `replay`'s of `lines` (with event-time decay up to their last event),
+/// none repeated or missing, and the changelog holds replay's state.
+pub fn assert_run_equals_replay(bootstrap: &str, names: &Names, lines: &[String]) {
+    let cut = event_time_cut(lines);
+    let (expected, replayer) = replay(lines, cut);
+    assert_exactly_replay(&read_topic(bootstrap, &names.output, true), &expected, cut);
+    assert_changelog_equals_replay(bootstrap, names, &replayer);
+}
