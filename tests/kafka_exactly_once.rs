@@ -178,11 +178,12 @@ fn a_hot_lead_cools_down_with_no_new_event_and_it_is_published_once() {
     let broker = kafka();
     let names = Names::new("decay");
     create_topic(&broker.bootstrap, &names.input, 4);
-    // Seconds instead of weeks, so the wall clock reaches the due time.
+    // A minute (the shortest half-life check accepts) instead of weeks,
+    // so the wall clock reaches the due time.
     let rules = r#"
         version = "decay-test"
         [scoring]
-        half_life = "4s"
+        half_life = "1m"
         hysteresis = 5
         [events]
         max_future_skew = "1m"
@@ -238,8 +239,8 @@ fn a_hot_lead_cools_down_with_no_new_event_and_it_is_published_once() {
         r#"{{"type":"track","messageId":"d-1","userId":"hot-lead","event":"Demo Requested","timestamp":"{now}"}}"#
     );
     produce_lines(&broker.bootstrap, &names.input, &[event]);
-    // 50 points fall below 35 after 4 * log2(50/35) = 2.06 s, by the wall
-    // clock alone; then the processor is killed, and its successor (ready,
+    // 50 points fall below 35 after 60 * log2(50/35) = 30.87 s, by the
+    // wall clock alone; then the processor is killed, and its successor (ready,
     // so holding the lead again) must not publish the cool-down again.
     wait_for("no cool-down was published", &|| crossings_so_far() >= 2);
     instance.kill9();
@@ -274,7 +275,7 @@ fn a_hot_lead_cools_down_with_no_new_event_and_it_is_published_once() {
     assert!(score < 35.0 && score > 34.9, "{score}");
     let cooled_after = at_millis(down) - Timestamp::parse_rfc3339(&now).unwrap().millis();
     assert!(
-        (2000..2200).contains(&cooled_after),
+        (30_800..31_100).contains(&cooled_after),
         "cooled down after {cooled_after} ms"
     );
 }
