@@ -189,14 +189,19 @@ fn check(path: &Path) -> anyhow::Result<()> {
     );
     match config.http.listen.as_str() {
         "" => println!("http: off"),
-        address => println!(
-            "http: {address} (query API {})",
-            if config.http.token.is_some() {
-                "behind a bearer token"
-            } else {
-                "open"
-            }
-        ),
+        address => {
+            let allowed = address.parse().is_ok_and(|a| {
+                leadscore::ops::http::query_api_allowed(&a, config.http.token.as_deref())
+            });
+            println!(
+                "http: {address} (query API {})",
+                match (config.http.token.is_some(), allowed) {
+                    (true, _) => "behind a bearer token",
+                    (false, true) => "open, on loopback",
+                    (false, false) => "off: not a loopback address and no [http] token",
+                }
+            )
+        }
     }
     for name in &config.overridden_by_env {
         println!("overridden by environment: {name}");
