@@ -14,6 +14,12 @@ use common::verify::*;
 
 const EVENT_TIME: &str = "timer_clock = \"event_time\"\n";
 
+/// The event time of the line in the middle of `lines`.
+fn middle_timestamp(lines: &[String]) -> String {
+    let middle: serde_json::Value = serde_json::from_str(&lines[lines.len() / 2]).unwrap();
+    middle["timestamp"].as_str().unwrap().to_string()
+}
+
 /// `lines` keyed by their lead, with `extra` (key, value) placed after the
 /// first half.
 fn with_one_more(lines: &[String], key: &str, value: Vec<u8>) -> Vec<InputRecord> {
@@ -39,11 +45,7 @@ fn a_message_too_large_to_dead_letter_whole_goes_there_truncated_and_nothing_sta
     // The broker's defaults: a record of 1,020,000 bytes is let in.
     create_topic(&broker.bootstrap, &names.input, 4);
     let lines = sample(300, 41);
-    let timestamp = serde_json::from_str::<serde_json::Value>(&lines[lines.len() / 2]).unwrap()
-        ["timestamp"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let timestamp = middle_timestamp(&lines);
     let head = format!(
         r#"{{"type":"track","messageId":"big","userId":"lead-big","event":"Demo Requested","timestamp":"{timestamp}","properties":{{"blob":""#
     );
@@ -127,11 +129,7 @@ fn a_message_that_fails_every_attempt_is_dead_lettered_after_the_configured_atte
         r.unwrap();
     }
     let lines = sample(100, 42);
-    let timestamp = serde_json::from_str::<serde_json::Value>(&lines[lines.len() / 2]).unwrap()
-        ["timestamp"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let timestamp = middle_timestamp(&lines);
     let long_id = format!("lead-{}", "9".repeat(150_000));
     let poison = format!(
         r#"{{"type":"track","messageId":"poison","userId":"{long_id}","event":"Demo Requested","timestamp":"{timestamp}"}}"#
