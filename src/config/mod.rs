@@ -147,7 +147,8 @@ fn runtime_section<T: serde::de::DeserializeOwned>(
 ) -> Result<(T, Option<usize>), ConfigError> {
     let (offset, mut table) = raw.map_or((None, toml::Table::new()), |(o, t)| (Some(o), t));
     let applied = runtime::apply_env(name, &mut table, env);
-    let blame = if applied.is_empty() {
+    let from_file_alone = applied.is_empty();
+    let blame = if from_file_alone {
         format!("[{name}]")
     } else {
         format!("[{name}] (with {})", applied.join(", "))
@@ -159,7 +160,7 @@ fn runtime_section<T: serde::de::DeserializeOwned>(
             // The table has no places; the file does. Without overrides
             // the same section read from the file fails the same way, at
             // the offending key or value.
-            let place = if applied_nothing(&blame, name) {
+            let place = if from_file_alone {
                 section_error_offset::<T>(source, name)
             } else {
                 None
@@ -172,10 +173,6 @@ fn runtime_section<T: serde::de::DeserializeOwned>(
             )
         })?;
     Ok((settings, offset))
-}
-
-fn applied_nothing(blame: &str, name: &str) -> bool {
-    blame == format!("[{name}]")
 }
 
 /// Where reading `[name]` straight from `source` fails.
