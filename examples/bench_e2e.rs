@@ -2,8 +2,9 @@
 //!
 //! (a) a bare transactional consume -> produce passthrough (same batch
 //!     bounds and transaction settings as leadscore), (b) `leadscore run`
-//!     exactly-once, (c) `leadscore run` at-least-once, each over the same
-//!     backlog of N typical ~300-byte `track` events (throughput, events/s);
+//!     exactly-once, (c) `leadscore run` at-least-once, (d) (b) with
+//!     `threads = 2`, each over the same backlog of N typical ~300-byte
+//!     `track` events (throughput, events/s, and leadscore's CPU time);
 //!     then event-to-output latency (p50/p99) of (a) and (b) with events
 //!     produced at a steady rate while they run.
 //!
@@ -67,14 +68,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "(a) passthrough, exactly-once:   {:>9.0} events/s",
         passthrough
     );
-    let eos = run_leadscore(&broker, input, "bench-eos", "exactly_once", events)?;
-    println!("(b) leadscore run, exactly-once: {:>9.0} events/s", eos);
-    let alo = run_leadscore(&broker, input, "bench-alo", "at_least_once", events)?;
-    println!("(c) leadscore run, at-least-once:{:>9.0} events/s", alo);
+    let (eos, eos_cpu) = run_leadscore(&broker, input, "bench-eos", "exactly_once", 1, events)?;
     println!(
-        "(b)/(a) = {:.2}   (b)/(c) = {:.2}",
+        "(b) leadscore run, exactly-once: {:>9.0} events/s   {}",
+        eos,
+        cpu_text(eos_cpu, events)
+    );
+    let (alo, alo_cpu) = run_leadscore(&broker, input, "bench-alo", "at_least_once", 1, events)?;
+    println!(
+        "(c) leadscore run, at-least-once:{:>9.0} events/s   {}",
+        alo,
+        cpu_text(alo_cpu, events)
+    );
+    let (two, two_cpu) = run_leadscore(&broker, input, "bench-eos2", "exactly_once", 2, events)?;
+    println!(
+        "(d) as (b), threads = 2:         {:>9.0} events/s   {}",
+        two,
+        cpu_text(two_cpu, events)
+    );
+    println!(
+        "(b)/(a) = {:.2}   (b)/(c) = {:.2}   (d)/(b) = {:.2}",
         eos / passthrough,
-        eos / alo
+        eos / alo,
+        two / eos
     );
 
     let (p50, p99) = latency_passthrough(&broker, start_ms)?;
@@ -346,6 +362,7 @@ fn leadscore_process(
     input: &str,
     name: &str,
     guarantee: &str,
+    threads: usize,
 ) -> std::io::Result<std::process::Child> {
     Command::new("target/release/leadscore")
         .args(["run", "--config", "config/leadscore.toml"])
@@ -367,28 +384,60 @@ fn leadscore_process(
         // This benchmark's producer is librdkafka's.
         .env("LEADSCORE_KAFKA_INPUT_PARTITIONER", "consistent_random")
         .env("LEADSCORE_PROCESSING_GUARANTEE", guarantee)
+        .env("LEADSCORE_PROCESSING_THREADS", threads.to_string())
         .stdout(Stdio::null())
         .spawn()
 }
 
+/// Events/s of `leadscore run` over the backlog, and the CPU seconds
+/// (user + system) its process used until it had committed all of it.
 fn run_leadscore(
     broker: &str,
     input: &str,
     name: &str,
     guarantee: &str,
+    threads: usize,
     events: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
+) -> Result<(f64, Option<f64>), Box<dyn std::error::Error>> {
     assert!(
         Path::new("target/release/leadscore").exists(),
         "build target/release/leadscore first"
     );
-    let mut child = leadscore_process(broker, input, name, guarantee)?;
+    let mut child = leadscore_process(broker, input, name, guarantee, threads)?;
     let rate = wait_for(broker, name, input, events);
+    let cpu = cpu_seconds(child.id());
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
     child.wait()?;
-    Ok(rate)
+    Ok((rate, cpu))
+}
+
+/// User plus system CPU time of a running process, from /proc (Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces): state is
+    // the first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let per_second = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    Some(ticks / per_second)
+}
+
+fn cpu_text(cpu: Option<f64>, events: usize) -> String {
+    match cpu {
+        Some(seconds) => format!(
+            "CPU {seconds:.1} s ({:.1} µs per event)",
+            seconds * 1e6 / events as f64
+        ),
+        None => "CPU time unknown".into(),
+    }
 }
 
 /// Produces LATENCY_EVENTS at a steady rate to a fresh topic while a
@@ -506,7 +555,7 @@ fn latency_leadscore(
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let input = "bench-lat-ls-in";
     create_topic(broker, input)?;
-    let mut child = leadscore_process(broker, input, "bench-lat-ls", "exactly_once")?;
+    let mut child = leadscore_process(broker, input, "bench-lat-ls", "exactly_once", 1)?;
     std::thread::sleep(Duration::from_secs(5)); // group join and restore
                                                 // Only events that change a score produce an output; those are timed.
     let result = latency(broker, input, "bench-lat-ls-out", start_ms, |v| {

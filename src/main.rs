@@ -221,8 +221,12 @@ fn run(path: &Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     let metrics = leadscore::ops::metrics::install().context("cannot set up metrics")?;
-    let status = std::sync::Arc::new(leadscore::ops::status::Status::default());
-    let (queries, answer_from) = std::sync::mpsc::sync_channel(leadscore::ops::http::QUERY_QUEUE);
+    let threads = config.processing.threads;
+    let status = std::sync::Arc::new(leadscore::ops::status::Status::new(threads));
+    // One query queue per stream thread: a query goes to each.
+    let (queries, answer_from): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| std::sync::mpsc::sync_channel(leadscore::ops::http::QUERY_QUEUE))
+        .unzip();
     if !config.http.listen.is_empty() {
         let address = &config.http.listen;
         let listener = runtime
@@ -282,7 +286,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
         tracing::info!("stop requested; finishing the batch in flight");
         on_signal.request();
     });
-    // The processor loop blocks (librdkafka calls); it runs on this thread.
+    // The stream threads block (librdkafka calls); they run beside the
+    // runtime's.
     leadscore::kafka::run(&config, &shutdown, &status, answer_from)
 }
 

@@ -110,6 +110,9 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 /// A dead letter holds the original key and headers, the reason headers
 /// and as much of the value as fits.
 const MIN_DEAD_LETTER_BYTES: usize = 16 * 1024;
+/// Stream threads per process; each holds a consumer, a producer and their
+/// connections.
+pub const MAX_THREADS: usize = 64;
 
 /// An error about one setting of the file at `path`, placed at its key
 /// (for problems found after loading, such as a `[kafka.properties]`
@@ -359,6 +362,12 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
                 "[processing] dead_letter_max_bytes must be at least {MIN_DEAD_LETTER_BYTES} \
                  (room for the key and the reason headers)"
             ),
+        );
+    }
+    if !(1..=MAX_THREADS).contains(&processing.threads) {
+        return problem(
+            "threads",
+            format!("[processing] threads must be from 1 to {MAX_THREADS}"),
         );
     }
     if processing.max_batch == 0 {

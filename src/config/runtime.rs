@@ -198,6 +198,12 @@ pub struct ProcessingSettings {
     /// 0: retry forever.
     #[serde(default = "default_poison_after_attempts")]
     pub poison_after_attempts: u32,
+    /// Stream threads in this process: each is a member of the consumer
+    /// group with its own consumer, producer and transactional id
+    /// (`<transactional_id>-<n>` when there are several), holding some of
+    /// the partitions. One per core the instance is given.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
 }
 
 /// The clock that fires decay-driven changes (tier cool-downs).
@@ -226,6 +232,9 @@ fn default_dead_letter_max_bytes() -> usize {
 }
 fn default_poison_after_attempts() -> u32 {
     5
+}
+fn default_threads() -> usize {
+    1
 }
 fn default_guarantee() -> Guarantee {
     Guarantee::ExactlyOnce

@@ -19,18 +19,171 @@
 //!   partitions (see [`crate::core::handoff`]): a handoff seen twice, or
 //!   from an aborted transaction, is recognised by the position it covers.
 
+//!
+//! The runtime is a driver per stream thread ([`driver`]: the consumer,
+//! the producer, the transaction, rebalances) and tasks that own one
+//! partition's state each ([`tasks`]). `[processing] threads = N` runs N
+//! drivers in one process, each a member of the group.
+
 mod admin;
+mod clients;
+mod driver;
+mod offsets;
 mod poison;
-mod processor;
 mod records;
 mod restore;
+mod tasks;
 
-pub use processor::{run, Shutdown};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::time::{Duration, Instant};
-
+use anyhow::{anyhow, bail};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+
+use crate::codec::{Decoder, Encoding};
+use crate::config::{Config, Guarantee};
+use crate::core::Timestamp;
+use crate::ops::metrics as m;
+use crate::ops::status::{LeadQuery, Status};
+use driver::{Driver, ThreadIds};
+use tasks::{Shared, Topics};
+
+/// A request to stop after the batch in flight, shared with signal
+/// handlers and every stream thread.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs `[processing] threads` stream threads, one per queue of
+/// `queries`, until `shutdown` is requested (then each finishes and
+/// commits its batch in flight, leaves the group and the call returns
+/// `Ok`) or one meets a fatal error (fenced by a newer instance, broker
+/// refuses the transaction): then the others stop too and the error is
+/// returned.
+pub fn run(
+    config: &Config,
+    shutdown: &Shutdown,
+    status: &Status,
+    queries: Vec<Receiver<LeadQuery>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let kafka = &config.kafka;
+    let base = clients::base_config(kafka);
+    if kafka.create_topics {
+        admin::ensure_topics(&base, kafka, config.rules.accounts.is_some())?;
+    }
+    let Some(input_partitions) = admin::partition_count(&base, &kafka.input_topic)? else {
+        bail!(
+            "input topic {} does not exist (and create_topics is off)",
+            kafka.input_topic
+        );
+    };
+    let identity_topic = kafka.identity_topic();
+    match admin::partition_count(&base, &identity_topic)? {
+        Some(n) if n == input_partitions => {}
+        Some(n) => bail!(
+            "identity topic {identity_topic} has {n} partitions; it must have the input's \
+             {input_partitions}"
+        ),
+        None => bail!(
+            "identity topic {identity_topic} does not exist (and create_topics is off): create \
+             it with the input's {input_partitions} partitions"
+        ),
+    }
+    let default_encoding = Encoding::from_content_type(&config.processing.default_content_type)
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut decoder = Decoder::for_rules(&config.rules);
+    decoder.limits.max_message_bytes = config.processing.max_message_bytes;
+    let rules = Arc::new(config.rules.clone());
+    let transactional = config.processing.guarantee == Guarantee::ExactlyOnce;
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => config.rules.version.to_string()).set(1.0);
+    let threads = queries.len();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = queries
+            .into_iter()
+            .enumerate()
+            .map(|(thread, queries)| {
+                let shared = Shared {
+                    config,
+                    rules: rules.clone(),
+                    decoder: decoder.clone(),
+                    default_encoding,
+                    topics: Topics::of(config),
+                    input_partitions: i32::try_from(input_partitions).unwrap_or(i32::MAX),
+                    read_committed: transactional,
+                    base: base.clone(),
+                };
+                let ids = ThreadIds {
+                    thread,
+                    transactional_id: transactional
+                        .then(|| thread_id(kafka.transactional_id(), thread, threads)),
+                    group_instance_id: kafka
+                        .group_instance_id()
+                        .map(|id| thread_id(id, thread, threads)),
+                };
+                std::thread::Builder::new()
+                    .name(format!("stream-{thread}"))
+                    .spawn_scoped(scope, move || {
+                        let _span =
+                            (threads > 1).then(|| tracing::info_span!("stream", thread).entered());
+                        let result = Driver::start(ids, shared, status, queries, started)
+                            .and_then(|driver| driver.run(shutdown));
+                        if result.is_err() {
+                            // The process stops as a whole; the others
+                            // leave the group on their way out.
+                            shutdown.request();
+                        }
+                        result
+                    })
+            })
+            .collect();
+        let mut first_error = None;
+        for thread in running {
+            let result = match thread {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(e) => {
+                    shutdown.request();
+                    Err(anyhow!("cannot start a stream thread: {e}"))
+                }
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}
+
+/// The transactional or group instance id of stream thread `thread`: the
+/// configured one alone, `<id>-<thread>` with several threads.
+fn thread_id(id: String, thread: usize, threads: usize) -> String {
+    if threads == 1 {
+        id
+    } else {
+        format!("{id}-{thread}")
+    }
+}
+
+pub(crate) fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Timestamp(ms)
+}
 
 /// Waits until every record `producer` holds is delivered or has failed,
 /// serving delivery reports meanwhile.

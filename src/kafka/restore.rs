@@ -1,7 +1,7 @@
-//! Rebuilding a partition's lead state from its changelog partition.
+//! Reading changelog partitions from their start to their end: how each
+//! task kind rebuilds its state (see `tasks`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -10,27 +10,16 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::codec::account::decode_account_state;
-use crate::codec::proto::{decode_changelog, ChangelogValue};
-use crate::core::account::AccountEngine;
-use crate::core::{Engine, Rules};
+use crate::core::Rules;
 
 /// Give up when the changelog makes no progress for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Engines rebuilt from a changelog, one per partition: lead engines or
-/// account engines.
-pub(crate) struct Restored<E> {
-    pub engines: BTreeMap<i32, E>,
-    pub records: u64,
-    pub elapsed: Duration,
-}
 
 struct QuietContext;
 
 impl ClientContext for QuietContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        super::processor::quiet_error(error, reason);
+        super::clients::quiet_error(error, reason);
     }
 }
 
@@ -38,7 +27,7 @@ impl ConsumerContext for QuietContext {}
 
 /// Reads `topic`'s `partitions` from the start to their end, handing each
 /// record (partition, key, value, offset) to `each`.
-fn read_to_end(
+pub(super) fn read_to_end(
     base: &ClientConfig,
     topic: &str,
     partitions: &[i32],
@@ -105,7 +94,13 @@ fn read_to_end(
     Ok(records)
 }
 
-fn wrong_rules(topic: &str, partition: i32, found: &str, rules: &Rules) -> anyhow::Error {
+/// Why a changelog written under other rules cannot be restored.
+pub(super) fn wrong_rules(
+    topic: &str,
+    partition: i32,
+    found: &str,
+    rules: &Rules,
+) -> anyhow::Error {
     anyhow::anyhow!(
         "changelog {topic}/{partition} holds state scored by rules version \
          \"{found}\", but this instance runs \"{}\": rule indexes would not match. \
@@ -113,108 +108,4 @@ fn wrong_rules(topic: &str, partition: i32, found: &str, rules: &Rules) -> anyho
          history into it.",
         rules.version
     )
-}
-
-/// Reads the changelog `partitions` from the start to their end and
-/// returns the engine each describes. With `read_committed`, records of aborted
-/// transactions are skipped (on brokers that hide them); either way the
-/// leads' recorded input offsets keep reprocessing exact.
-pub(crate) fn restore_partitions(
-    base: &ClientConfig,
-    topic: &str,
-    partitions: &[i32],
-    rules: &Arc<Rules>,
-    read_committed: bool,
-) -> anyhow::Result<Restored<Engine>> {
-    let started = Instant::now();
-    let mut engines: BTreeMap<i32, Engine> = partitions
-        .iter()
-        .map(|&p| (p, Engine::new(rules.clone()).track_changes()))
-        .collect();
-    let records = read_to_end(
-        base,
-        topic,
-        partitions,
-        read_committed,
-        |partition, key, value, offset| {
-            let Some(engine) = engines.get_mut(&partition) else {
-                return Ok(());
-            };
-            let Some(value) = value else {
-                return Ok(()); // a tombstone: nothing to restore
-            };
-            match decode_changelog(value)
-                .with_context(|| format!("changelog {topic}/{partition} offset {offset}"))?
-            {
-                ChangelogValue::Lead {
-                    state,
-                    rules_version,
-                } => {
-                    if rules_version != rules.version.as_ref() {
-                        return Err(wrong_rules(topic, partition, &rules_version, rules));
-                    }
-                    engine.restore_lead(key, state);
-                }
-                ChangelogValue::AliasOf(target) => engine.restore_alias(key, &target),
-            }
-            Ok(())
-        },
-    )?;
-    for engine in engines.values_mut() {
-        // What was restored is not a change to write back.
-        engine.take_changes(|_, _| {});
-    }
-    Ok(Restored {
-        engines,
-        records,
-        elapsed: started.elapsed(),
-    })
-}
-
-/// [`restore_partitions`] for the account changelog.
-pub(crate) fn restore_account_partitions(
-    base: &ClientConfig,
-    topic: &str,
-    partitions: &[i32],
-    rules: &Arc<Rules>,
-    read_committed: bool,
-) -> anyhow::Result<Restored<AccountEngine>> {
-    let started = Instant::now();
-    let mut engines: BTreeMap<i32, AccountEngine> = BTreeMap::new();
-    for &p in partitions {
-        let engine = AccountEngine::new(rules.clone())
-            .context("account rules")?
-            .track_changes();
-        engines.insert(p, engine);
-    }
-    let records = read_to_end(
-        base,
-        topic,
-        partitions,
-        read_committed,
-        |partition, key, value, offset| {
-            let Some(engine) = engines.get_mut(&partition) else {
-                return Ok(());
-            };
-            let Some(value) = value else {
-                engine.forget_account(key); // a tombstone: the account was dropped
-                return Ok(());
-            };
-            let (state, rules_version) = decode_account_state(value)
-                .with_context(|| format!("changelog {topic}/{partition} offset {offset}"))?;
-            if rules_version != rules.version.as_ref() {
-                return Err(wrong_rules(topic, partition, &rules_version, rules));
-            }
-            engine.restore_account(key, state);
-            Ok(())
-        },
-    )?;
-    for engine in engines.values_mut() {
-        engine.take_changes(|_, _| {});
-    }
-    Ok(Restored {
-        engines,
-        records,
-        elapsed: started.elapsed(),
-    })
 }

@@ -36,7 +36,9 @@ const MAX_ID_BYTES: usize = 512;
 #[derive(Clone)]
 pub struct AppState {
     pub status: Arc<Status>,
-    pub queries: SyncSender<LeadQuery>,
+    /// One queue per stream thread; a query goes to each, and the thread
+    /// that holds the lead's partition answers it.
+    pub queries: Vec<SyncSender<LeadQuery>>,
     pub metrics: PrometheusHandle,
     pub token: Option<String>,
     pub stuck_after: Duration,
@@ -161,29 +163,39 @@ async fn query(
             format!("{what} ids are at most {MAX_ID_BYTES} bytes"),
         );
     }
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let asked = state.queries.try_send(LeadQuery {
-        subject,
-        lead_id: id.clone(),
-        reply,
-    });
-    match asked {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                format!("{QUERY_QUEUE} queries are already waiting; try again"),
-            )
-        }
-        Err(TrySendError::Disconnected(_)) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                "the processor is stopping".into(),
-            )
+    let mut answers = Vec::with_capacity(state.queries.len());
+    for queue in &state.queries {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked = queue.try_send(LeadQuery {
+            subject,
+            lead_id: id.clone(),
+            reply,
+        });
+        match asked {
+            Ok(()) => answers.push(answer),
+            Err(TrySendError::Full(_)) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!("{QUERY_QUEUE} queries are already waiting; try again"),
+                )
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stopping",
+                    "the processor is stopping".into(),
+                )
+            }
         }
     }
+    let answer = async move {
+        let mut all = Vec::with_capacity(answers.len());
+        for answer in answers {
+            all.push(answer.await?);
+        }
+        Ok::<_, tokio::sync::oneshot::error::RecvError>(LeadAnswer::combine(all))
+    };
     match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
         Ok(Ok(LeadAnswer::Found(body))) => Json(body).into_response(),
         Ok(Ok(LeadAnswer::Unknown { partition })) => (

@@ -5,66 +5,129 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The health of the stream threads, each in its own slot: the process is
+/// live while every thread comes round, and ready when every thread has
+/// its partitions restored.
 pub struct Status {
     started: Instant,
+    threads: Vec<ThreadStatus>,
+}
+
+#[derive(Default)]
+struct ThreadStatus {
     /// Milliseconds since `started` when the loop last came round.
     heartbeat_ms: AtomicU64,
     /// Milliseconds since `started` (at least 1) when batches began to
     /// fail without one committing since; 0 while they commit.
     failing_since_ms: AtomicU64,
     ready: AtomicBool,
+    /// What the thread holds, for the process-wide gauges.
+    leads: AtomicU64,
+    accounts: AtomicU64,
+    partitions: AtomicU64,
 }
 
 impl Default for Status {
     fn default() -> Self {
-        Status {
-            started: Instant::now(),
-            heartbeat_ms: AtomicU64::new(0),
-            failing_since_ms: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
-        }
+        Status::new(1)
     }
 }
 
+/// What one stream thread holds, summed over threads into the gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Held {
+    pub leads: usize,
+    pub accounts: usize,
+    pub partitions: usize,
+}
+
 impl Status {
-    pub fn beat(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    pub fn new(threads: usize) -> Self {
+        Status {
+            started: Instant::now(),
+            threads: (0..threads.max(1))
+                .map(|_| ThreadStatus::default())
+                .collect(),
+        }
     }
 
-    /// How long since the loop last came round.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn beat(&self, thread: usize) {
+        self.threads[thread]
+            .heartbeat_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the slowest thread last came round.
     pub fn since_beat(&self) -> Duration {
-        let now = self.started.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+        let now = self.now_ms();
+        let oldest = self
+            .threads
+            .iter()
+            .map(|t| t.heartbeat_ms.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(now);
+        Duration::from_millis(now.saturating_sub(oldest))
     }
 
     /// A batch failed (and will be retried): the loop comes round, but
     /// makes no progress until one commits.
-    pub fn batch_failed(&self) {
-        let ms = (self.started.elapsed().as_millis() as u64).max(1);
-        let _ = self
+    pub fn batch_failed(&self, thread: usize) {
+        let ms = self.now_ms().max(1);
+        let _ = self.threads[thread].failing_since_ms.compare_exchange(
+            0,
+            ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn batch_committed(&self, thread: usize) {
+        self.threads[thread]
             .failing_since_ms
-            .compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
+            .store(0, Ordering::Relaxed);
     }
 
-    pub fn batch_committed(&self) {
-        self.failing_since_ms.store(0, Ordering::Relaxed);
-    }
-
-    /// How long batches have failed with none committed since.
+    /// How long batches have failed, on the thread failing longest, with
+    /// none committed there since.
     pub fn failing_for(&self) -> Option<Duration> {
-        let since = self.failing_since_ms.load(Ordering::Relaxed);
-        let now = self.started.elapsed().as_millis() as u64;
-        (since > 0).then(|| Duration::from_millis(now.saturating_sub(since)))
+        let now = self.now_ms();
+        self.threads
+            .iter()
+            .map(|t| t.failing_since_ms.load(Ordering::Relaxed))
+            .filter(|&since| since > 0)
+            .min()
+            .map(|since| Duration::from_millis(now.saturating_sub(since)))
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-        metrics::gauge!(super::metrics::READY).set(f64::from(u8::from(ready)));
+    pub fn set_ready(&self, thread: usize, ready: bool) {
+        self.threads[thread].ready.store(ready, Ordering::Relaxed);
+        metrics::gauge!(super::metrics::READY).set(f64::from(u8::from(self.is_ready())));
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.threads.iter().all(|t| t.ready.load(Ordering::Relaxed))
+    }
+
+    /// Records what `thread` holds and sets the process-wide gauges.
+    pub fn set_held(&self, thread: usize, held: Held) {
+        let slot = &self.threads[thread];
+        slot.leads.store(held.leads as u64, Ordering::Relaxed);
+        slot.accounts.store(held.accounts as u64, Ordering::Relaxed);
+        slot.partitions
+            .store(held.partitions as u64, Ordering::Relaxed);
+        let sum = |of: fn(&ThreadStatus) -> &AtomicU64| -> f64 {
+            self.threads
+                .iter()
+                .map(|t| of(t).load(Ordering::Relaxed))
+                .sum::<u64>() as f64
+        };
+        metrics::gauge!(super::metrics::LEADS).set(sum(|t| &t.leads));
+        metrics::gauge!(super::metrics::ACCOUNTS).set(sum(|t| &t.accounts));
+        metrics::gauge!(super::metrics::PARTITIONS).set(sum(|t| &t.partitions));
     }
 }
 
@@ -92,4 +155,95 @@ pub enum LeadAnswer {
     Elsewhere { partition: i32, assigned: Vec<i32> },
     /// Partitions are still being assigned or restored.
     NotReady,
+}
+
+impl LeadAnswer {
+    /// The answer of the process from the answers of its stream threads:
+    /// the thread holding the lead's partition knows it; the others say
+    /// where it belongs.
+    pub fn combine(answers: Vec<LeadAnswer>) -> LeadAnswer {
+        let mut combined: Option<LeadAnswer> = None;
+        for answer in answers {
+            combined = Some(match (combined, answer) {
+                (None, answer) => answer,
+                (Some(found @ LeadAnswer::Found(_)), _) | (_, found @ LeadAnswer::Found(_)) => {
+                    found
+                }
+                (Some(LeadAnswer::NotReady), _) | (_, LeadAnswer::NotReady) => LeadAnswer::NotReady,
+                (Some(unknown @ LeadAnswer::Unknown { .. }), _)
+                | (_, unknown @ LeadAnswer::Unknown { .. }) => unknown,
+                (
+                    Some(LeadAnswer::Elsewhere {
+                        partition,
+                        mut assigned,
+                    }),
+                    LeadAnswer::Elsewhere { assigned: more, .. },
+                ) => {
+                    assigned.extend(more);
+                    assigned.sort_unstable();
+                    assigned.dedup();
+                    LeadAnswer::Elsewhere {
+                        partition,
+                        assigned,
+                    }
+                }
+            });
+        }
+        combined.unwrap_or(LeadAnswer::NotReady)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elsewhere(partition: i32, assigned: &[i32]) -> LeadAnswer {
+        LeadAnswer::Elsewhere {
+            partition,
+            assigned: assigned.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_thread_holding_the_partition_answers_for_the_process() {
+        let found = LeadAnswer::Found(serde_json::json!({"lead_id": "a"}));
+        for answers in [
+            vec![elsewhere(3, &[0, 1]), found.clone()],
+            vec![found.clone(), elsewhere(3, &[0, 1])],
+            vec![LeadAnswer::Unknown { partition: 2 }, found.clone()],
+        ] {
+            assert_eq!(LeadAnswer::combine(answers), found);
+        }
+        assert_eq!(
+            LeadAnswer::combine(vec![
+                elsewhere(2, &[0, 1]),
+                LeadAnswer::Unknown { partition: 2 }
+            ]),
+            LeadAnswer::Unknown { partition: 2 }
+        );
+        assert_eq!(
+            LeadAnswer::combine(vec![elsewhere(5, &[1, 0]), elsewhere(5, &[3, 2])]),
+            elsewhere(5, &[0, 1, 2, 3])
+        );
+        assert_eq!(
+            LeadAnswer::combine(vec![LeadAnswer::NotReady, elsewhere(5, &[1])]),
+            LeadAnswer::NotReady
+        );
+        assert_eq!(LeadAnswer::combine(vec![]), LeadAnswer::NotReady);
+    }
+
+    #[test]
+    fn the_process_is_ready_and_live_only_when_every_thread_is() {
+        let status = Status::new(2);
+        assert!(!status.is_ready());
+        status.set_ready(0, true);
+        assert!(!status.is_ready());
+        status.set_ready(1, true);
+        assert!(status.is_ready());
+        assert_eq!(status.failing_for(), None);
+        status.batch_failed(1);
+        assert!(status.failing_for().is_some());
+        status.batch_committed(1);
+        assert_eq!(status.failing_for(), None);
+    }
 }

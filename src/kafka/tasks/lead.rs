@@ -1,0 +1,421 @@
+//! The lead task: input partition N with identity partition N. Scores
+//! tracking events, applies handoffs from other partitions' alias merges,
+//! sends the handoffs and account updates scoring produces, fires decay
+//! timers and writes the lead changelog.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use rdkafka::message::{Message, OwnedMessage};
+
+use super::{Out, Shared, Task, Topics};
+use crate::codec::account::encode_account_update;
+use crate::codec::identity::{decode_handoff, encode_handoff};
+use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
+use crate::codec::Encoding;
+use crate::config::TimerClock;
+use crate::core::{Engine, Outcome, Timestamp};
+use crate::kafka::clients::Retry;
+use crate::kafka::offsets::{Committed, Resume};
+use crate::kafka::records::header_text;
+use crate::kafka::restore::{read_to_end, wrong_rules};
+use crate::ops::metrics as m;
+use crate::ops::partitioner::partition_of;
+use crate::ops::status::LeadAnswer;
+
+/// Items of one batch envelope share an input offset; each gets its own
+/// position below it. Envelopes with more items are dead-lettered.
+const MAX_BATCH_ITEMS: usize = 1 << POSITION_ITEM_BITS;
+const POSITION_ITEM_BITS: u32 = 10;
+
+/// An input key was seen on another partition than the configured
+/// partitioner gives: said once per process, counted always.
+static MISROUTED_WARNED: AtomicBool = AtomicBool::new(false);
+
+pub(super) struct LeadTask {
+    partition: i32,
+    engine: Engine,
+    /// The consumer has read the input partition to its end: decay timers
+    /// then follow the wall clock; while catching up they follow event
+    /// time.
+    at_end: bool,
+}
+
+impl LeadTask {
+    pub fn lead_count(&self) -> usize {
+        self.engine.lead_count()
+    }
+
+    /// The clock decay timers follow: event time (the partition's
+    /// watermark) while catching up, so a backlog fires timers exactly as
+    /// `replay` does; the wall clock once the partition is read to its end
+    /// (unless the config says event time only).
+    fn timer_clock(&self, wall: Timestamp, mode: TimerClock) -> Option<Timestamp> {
+        if self.at_end && mode == TimerClock::Wall {
+            Some(wall.max(self.engine.watermark().unwrap_or(wall)))
+        } else {
+            self.engine.watermark()
+        }
+    }
+
+    fn score(&mut self, message: &OwnedMessage, out: &mut Out<'_>) -> Result<(), Retry> {
+        out.counters.consumed += 1;
+        metrics::counter!(m::EVENTS_CONSUMED).increment(1);
+        check_routing(out.shared, message);
+        let encoding = match header_text(message.headers(), crate::kafka::headers::CONTENT_TYPE) {
+            Some(value) => Encoding::from_content_type(value),
+            None => Ok(out.shared.default_encoding),
+        };
+        let decoded = encoding.and_then(|encoding| {
+            out.shared
+                .decoder
+                .decode(message.payload().unwrap_or_default(), encoding)
+        });
+        let items = match decoded {
+            Ok(items) if items.len() > MAX_BATCH_ITEMS => {
+                return out.dead_letter(
+                    message,
+                    "batch_too_large",
+                    format!("a batch envelope may hold at most {MAX_BATCH_ITEMS} items"),
+                    None,
+                );
+            }
+            Ok(items) => items,
+            Err(e) => return out.dead_letter(message, e.reason_code(), e.to_string(), None),
+        };
+        let several = items.len() > 1;
+        for (index, item) in items.into_iter().enumerate() {
+            let item_number = several.then_some(index + 1);
+            let event = match item {
+                Ok(event) => event,
+                Err(e) => {
+                    out.dead_letter(message, e.reason_code(), e.to_string(), item_number)?;
+                    continue;
+                }
+            };
+            let lag_ms = out.wall.millis().saturating_sub(event.timestamp.millis());
+            let position = (message.offset() << POSITION_ITEM_BITS) | index as i64;
+            // Decay already due by event time fires before the next event,
+            // as in `replay`: a late event must not slip in ahead of a
+            // cool-down its lead was due, or what is published would depend
+            // on where batches end (and differ, under one event_id, after a
+            // restart). The wall clock waits for the batch's end, when every
+            // event read so far is applied.
+            let due = self
+                .engine
+                .watermark()
+                .map(|clock| self.engine.advance(clock))
+                .unwrap_or_default();
+            let outcome = self.engine.apply_from(&event, out.wall, Some(position));
+            out.outputs(&due)?;
+            match outcome {
+                Outcome::Applied(outputs) => {
+                    out.counters.scored += 1;
+                    metrics::counter!(m::EVENTS_SCORED).increment(1);
+                    metrics::histogram!(m::EVENT_LAG).record(lag_ms as f64 / 1000.0);
+                    out.outputs(&outputs)?;
+                }
+                Outcome::Duplicate | Outcome::AlreadyApplied => {
+                    out.counters.duplicates += 1;
+                    metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                }
+                Outcome::HandedOff => {}
+                Outcome::Rejected(r) => {
+                    out.dead_letter(message, r.reason_code(), r.to_string(), item_number)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on one handoff from another partition's engine.
+    fn apply_handoff(&mut self, message: &OwnedMessage, out: &mut Out<'_>) -> Result<(), Retry> {
+        let decoded = decode_handoff(
+            message.payload().unwrap_or_default(),
+            &out.shared.decoder,
+            &out.shared.rules.version,
+        );
+        let handoff = match decoded {
+            Ok(handoff) => handoff,
+            Err(e) => return out.dead_letter(message, "invalid_handoff", e.to_string(), None),
+        };
+        let kind = handoff.kind();
+        let outcome = self.engine.apply_handoff(handoff);
+        tracing::debug!(
+            kind,
+            partition = message.partition(),
+            offset = message.offset(),
+            outcome = match &outcome {
+                Outcome::Applied(_) => "applied",
+                Outcome::Duplicate | Outcome::AlreadyApplied => "already applied",
+                Outcome::HandedOff => "passed on",
+                Outcome::Rejected(_) => "rejected",
+            },
+            "handoff"
+        );
+        match outcome {
+            Outcome::Applied(outputs) => out.outputs(&outputs),
+            Outcome::Duplicate | Outcome::AlreadyApplied | Outcome::HandedOff => Ok(()),
+            Outcome::Rejected(r) => out.dead_letter(message, r.reason_code(), r.to_string(), None),
+        }
+    }
+
+    /// Sends the handoffs the engine produced to the identity topic, each
+    /// to the partition of the identity it concerns.
+    fn send_handoffs(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        let shared = out.shared;
+        for handoff in &self.engine.take_handoffs() {
+            let destination = handoff.destination();
+            let value = encode_handoff(handoff, &shared.rules.version);
+            let partition = partition_of(
+                shared.config.kafka.input_partitioner,
+                destination.as_bytes(),
+                shared.input_partitions,
+            );
+            metrics::counter!(m::HANDOFFS, "kind" => handoff.kind()).increment(1);
+            out.record(
+                &shared.topics.identities,
+                Some(partition),
+                destination,
+                Some(&value),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sends the account updates scoring produced to the account updates
+    /// topic, keyed by account.
+    fn send_account_updates(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        let updates = self.engine.take_account_updates();
+        let Some(topic) = &out.shared.topics.account_updates else {
+            return Ok(());
+        };
+        for update in &updates {
+            let value = encode_account_update(update);
+            out.record(topic, None, update.account_id(), Some(&value))?;
+        }
+        Ok(())
+    }
+}
+
+impl Task for LeadTask {
+    fn apply(&mut self, message: &OwnedMessage, out: &mut Out<'_>) -> Result<(), Retry> {
+        if message.topic() == out.shared.topics.identities {
+            self.apply_handoff(message, out)?;
+        } else {
+            self.score(message, out)?;
+        }
+        self.send_handoffs(out)?;
+        self.send_account_updates(out)
+    }
+
+    fn set_at_end(&mut self, topics: &Topics, topic: &str, at_end: bool) {
+        // Handoffs come when they come; only the input's end says the
+        // partition has caught up.
+        if topic == topics.input {
+            self.at_end = at_end;
+        }
+    }
+
+    fn timers_due(&self, wall: Timestamp, mode: TimerClock) -> bool {
+        self.engine
+            .next_due()
+            .zip(self.timer_clock(wall, mode))
+            .is_some_and(|(due, clock)| due <= clock)
+    }
+
+    fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        let mode = out.shared.config.processing.timer_clock;
+        if let Some(clock) = self.timer_clock(out.wall, mode) {
+            let outputs = self.engine.advance(clock);
+            out.outputs(&outputs)?;
+        }
+        Ok(())
+    }
+
+    fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        let version = out.shared.rules.version.clone();
+        let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+        self.engine.take_changes(|lead_id, change| {
+            records.push((lead_id.to_string(), encode_changelog(&change, &version)));
+        });
+        let topic = &out.shared.topics.changelog;
+        for (key, value) in &records {
+            out.record(topic, Some(self.partition), key, Some(value))?;
+        }
+        Ok(())
+    }
+
+    fn watermark(&self) -> Option<Timestamp> {
+        self.engine.watermark()
+    }
+}
+
+/// Merges across partitions send a handoff to the partition the configured
+/// partitioner gives an identity; an input key found on another partition
+/// means producers use another partitioner.
+fn check_routing(shared: &Shared<'_>, message: &OwnedMessage) {
+    let Some(key) = message.key() else {
+        return;
+    };
+    let partitioner = shared.config.kafka.input_partitioner;
+    let expected = partition_of(partitioner, key, shared.input_partitions);
+    if expected == message.partition() {
+        return;
+    }
+    metrics::counter!(m::MISROUTED).increment(1);
+    if !MISROUTED_WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            key = %String::from_utf8_lossy(key),
+            partition = message.partition(),
+            expected,
+            ?partitioner,
+            "input key on another partition than [kafka] input_partitioner gives: alias merges \
+             across partitions will miss; set input_partitioner to the producers' partitioner"
+        );
+    }
+}
+
+/// Rebuilds the lead tasks of input `partitions` from the changelog, all
+/// at once. With `read_committed`, records of aborted transactions are
+/// skipped (on brokers that hide them); either way the leads' recorded
+/// input offsets keep reprocessing exact.
+pub(super) fn restore(
+    shared: &Shared<'_>,
+    partitions: &[i32],
+    committed: &BTreeMap<(String, i32), Committed>,
+) -> anyhow::Result<BTreeMap<i32, LeadTask>> {
+    if partitions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let started = Instant::now();
+    let rules = &shared.rules;
+    let topic = &shared.topics.changelog;
+    let mut engines: BTreeMap<i32, Engine> = partitions
+        .iter()
+        .map(|&p| (p, Engine::new(rules.clone()).track_changes()))
+        .collect();
+    let records = read_to_end(
+        &shared.base,
+        topic,
+        partitions,
+        shared.read_committed,
+        |partition, key, value, offset| {
+            let Some(engine) = engines.get_mut(&partition) else {
+                return Ok(());
+            };
+            let Some(value) = value else {
+                return Ok(()); // a tombstone: nothing to restore
+            };
+            match decode_changelog(value)
+                .with_context(|| format!("changelog {topic}/{partition} offset {offset}"))?
+            {
+                ChangelogValue::Lead {
+                    state,
+                    rules_version,
+                } => {
+                    if rules_version != rules.version.as_ref() {
+                        return Err(wrong_rules(topic, partition, &rules_version, rules));
+                    }
+                    engine.restore_lead(key, state);
+                }
+                ChangelogValue::AliasOf(target) => engine.restore_alias(key, &target),
+            }
+            Ok(())
+        },
+    )?;
+    let elapsed = started.elapsed();
+    let seconds = elapsed.as_secs_f64().max(1e-3);
+    let leads: usize = engines.values().map(Engine::lead_count).sum();
+    metrics::histogram!(m::RESTORE_DURATION).record(elapsed.as_secs_f64());
+    metrics::counter!(m::RESTORED_LEADS).increment(leads as u64);
+    let resume: BTreeMap<i32, Resume> = partitions
+        .iter()
+        .map(|&p| {
+            let resume = committed
+                .get(&(shared.topics.input.clone(), p))
+                .map_or(Resume::At(None), |c| c.resume);
+            (p, resume)
+        })
+        .collect();
+    tracing::info!(
+        ?partitions,
+        leads,
+        records,
+        resume_at = ?resume,
+        seconds = format!("{seconds:.3}"),
+        leads_per_second = format!("{:.0}", leads as f64 / seconds),
+        "partitions restored from changelog"
+    );
+    let partitioner = shared.config.kafka.input_partitioner;
+    let count = shared.input_partitions;
+    let mut tasks = BTreeMap::new();
+    for (partition, mut engine) in engines {
+        // What was restored is not a change to write back.
+        engine.take_changes(|_, _| {});
+        engine.set_locality(Arc::new(move |id: &str| {
+            partition_of(partitioner, id.as_bytes(), count) == partition
+        }));
+        engine.resume_watermark(match resume.get(&partition) {
+            Some(Resume::At(watermark)) => *watermark,
+            // Committed without a watermark (by an older version, or by a
+            // broker that drops commit metadata, as tansu does): none, so
+            // the events read again rebuild it. Decay then fires no earlier
+            // than it did before, only possibly later, which changes
+            // nothing while a partition's event times rise; the restored
+            // leads' latest clock could fire it too early.
+            Some(Resume::Unknown) | None => None,
+        });
+        tasks.insert(
+            partition,
+            LeadTask {
+                partition,
+                engine,
+                at_end: false,
+            },
+        );
+    }
+    Ok(tasks)
+}
+
+/// Answers a lead query from the lead tasks a thread holds.
+pub(super) fn answer(
+    tasks: &BTreeMap<i32, LeadTask>,
+    shared: &Shared<'_>,
+    lead_id: &str,
+) -> LeadAnswer {
+    let now = crate::kafka::wall_clock();
+    for (&partition, task) in tasks {
+        let id = task.engine.resolve(lead_id);
+        if let Some(snapshot) = task.engine.explain(id, now) {
+            return LeadAnswer::Found(crate::ops::http::lead_json(
+                &snapshot,
+                &shared.rules,
+                partition,
+            ));
+        }
+    }
+    // An identity merged into a lead held elsewhere: that lead's partition
+    // knows the alias too.
+    let held_as = tasks
+        .values()
+        .map(|t| t.engine.resolve(lead_id))
+        .find(|id| *id != lead_id)
+        .unwrap_or(lead_id);
+    let partition = partition_of(
+        shared.config.kafka.input_partitioner,
+        held_as.as_bytes(),
+        shared.input_partitions,
+    );
+    if tasks.contains_key(&partition) {
+        LeadAnswer::Unknown { partition }
+    } else {
+        LeadAnswer::Elsewhere {
+            partition,
+            assigned: tasks.keys().copied().collect(),
+        }
+    }
+}

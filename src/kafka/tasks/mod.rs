@@ -1,0 +1,360 @@
+//! Tasks: the state of one partition each, and what it does with the
+//! records of its topics. The driver hands each record to the task that
+//! owns its topic-partition, asks every task for its due timers and its
+//! changelog records, and commits; tasks never touch the consumer or the
+//! transaction. A new kind of record goes to the task that owns its topic;
+//! a new kind of task is one file here and a line in [`Tasks`].
+
+mod account;
+mod lead;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::BaseRecord;
+use rdkafka::ClientConfig;
+
+use super::clients::{send, Retry, TransactionProducer};
+use super::offsets::Committed;
+use super::records::{
+    dead_letter_headers, fit_dead_letter, headers_bytes, output_headers, output_value, DeadLetter,
+};
+use crate::codec::{Decoder, Encoding};
+use crate::config::{Config, TimerClock};
+use crate::core::{Output, OutputKind, Rules, Timestamp};
+use crate::ops::metrics as m;
+use crate::ops::status::{Held, LeadAnswer, Subject};
+
+use account::AccountTask;
+use lead::LeadTask;
+
+/// The partition state of one stream thread, one task per partition.
+pub(super) trait Task {
+    /// Applies one record of one of the task's topics, writing what it
+    /// causes to `out`.
+    fn apply(&mut self, message: &OwnedMessage, out: &mut Out<'_>) -> Result<(), Retry>;
+
+    /// Whether the consumer has read `topic`'s partition to its end: timers
+    /// then follow the wall clock, while catching up the records' time.
+    fn set_at_end(&mut self, topics: &Topics, topic: &str, at_end: bool);
+
+    /// Whether a timer is due at the clock the task follows.
+    fn timers_due(&self, wall: Timestamp, mode: TimerClock) -> bool;
+
+    /// Fires the timers due at the clock the task follows.
+    fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry>;
+
+    /// Writes the changelog records of what changed since the last call.
+    fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry>;
+
+    /// The event-time watermark committed with the task's offsets.
+    fn watermark(&self) -> Option<Timestamp>;
+}
+
+/// The topics of one deployment.
+pub(super) struct Topics {
+    pub input: String,
+    /// Handoffs between lead partitions for alias merges; its partitions
+    /// go with the input's.
+    pub identities: String,
+    pub output: String,
+    pub dead_letter: String,
+    pub changelog: String,
+    /// With `[accounts]`.
+    pub account_updates: Option<String>,
+    pub account_changelog: String,
+}
+
+impl Topics {
+    pub fn of(config: &Config) -> Topics {
+        let kafka = &config.kafka;
+        Topics {
+            input: kafka.input_topic.clone(),
+            identities: kafka.identity_topic(),
+            output: kafka.output_topic.clone(),
+            dead_letter: kafka.dead_letter_topic.clone(),
+            changelog: kafka.changelog_topic.clone(),
+            account_updates: config
+                .rules
+                .accounts
+                .is_some()
+                .then(|| kafka.account_updates_topic.clone()),
+            account_changelog: kafka.account_changelog_topic.clone(),
+        }
+    }
+
+    /// The topics the group consumer subscribes to.
+    pub fn subscribed(&self) -> Vec<&str> {
+        let mut topics = vec![self.input.as_str(), self.identities.as_str()];
+        topics.extend(self.account_updates.as_deref());
+        topics
+    }
+}
+
+/// What every task of a stream thread reads and never changes.
+pub(super) struct Shared<'c> {
+    pub config: &'c Config,
+    pub rules: Arc<Rules>,
+    pub decoder: Decoder,
+    pub default_encoding: Encoding,
+    pub topics: Topics,
+    /// Of the input topic, to name the partition of a lead held elsewhere.
+    pub input_partitions: i32,
+    /// Changelogs are read `read_committed` (in `exactly_once` mode).
+    pub read_committed: bool,
+    /// For the changelog readers of restores.
+    pub base: ClientConfig,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub consumed: u64,
+    pub scored: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub outputs: u64,
+    pub batches: u64,
+}
+
+/// Where tasks write during a batch: every record goes through the
+/// thread's producer, into the batch's transaction.
+pub(super) struct Out<'a> {
+    pub shared: &'a Shared<'a>,
+    pub producer: &'a TransactionProducer,
+    pub counters: &'a mut Counters,
+    /// The batch's wall clock.
+    pub wall: Timestamp,
+}
+
+impl Out<'_> {
+    pub fn output(&mut self, output: &Output) -> Result<(), Retry> {
+        let encoding = self.shared.config.processing.output_encoding;
+        let value = output_value(output, encoding);
+        let record = BaseRecord::to(&self.shared.topics.output)
+            .key(
+                output
+                    .lead_id
+                    .as_deref()
+                    .or(output.account_id.as_deref())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )
+            .payload(&value)
+            .headers(output_headers(output, encoding));
+        self.counters.outputs += 1;
+        metrics::counter!(m::OUTPUTS, "type" => output.kind.as_str()).increment(1);
+        if output.kind == OutputKind::ThresholdCrossed {
+            metrics::counter!(
+                m::CROSSINGS,
+                "tier" => output.tier.to_string(),
+                "direction" => output.direction.as_str()
+            )
+            .increment(1);
+        }
+        send(self.producer, record)
+    }
+
+    pub fn outputs(&mut self, outputs: &[Output]) -> Result<(), Retry> {
+        outputs.iter().try_for_each(|output| self.output(output))
+    }
+
+    /// Sends `message` to the dead-letter topic with why (item `item` of a
+    /// batch envelope, when it holds several).
+    pub fn dead_letter(
+        &mut self,
+        message: &OwnedMessage,
+        reason_code: &'static str,
+        reason: String,
+        item: Option<usize>,
+    ) -> Result<(), Retry> {
+        self.counters.dead_lettered += 1;
+        metrics::counter!(m::EVENTS_REJECTED, "reason" => reason_code).increment(1);
+        metrics::counter!(m::DEAD_LETTERS).increment(1);
+        let fitted = fit_dead_letter(
+            message.key(),
+            message.payload(),
+            headers_bytes(message.headers()),
+            self.shared.config.processing.dead_letter_max_bytes,
+        );
+        if let Some((what, bytes, _)) = &fitted.truncated {
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                original_bytes = bytes,
+                truncated = %what,
+                "dead letter truncated to fit dead_letter_max_bytes"
+            );
+        }
+        let headers = dead_letter_headers(
+            message.headers(),
+            &DeadLetter {
+                reason_code,
+                reason,
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                item,
+            },
+            &fitted,
+        );
+        let mut record =
+            BaseRecord::<[u8], [u8]>::to(&self.shared.topics.dead_letter).headers(headers);
+        if let Some(key) = fitted.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = fitted.value {
+            record = record.payload(payload);
+        }
+        send(self.producer, record)
+    }
+
+    /// Sends a keyed record to `topic` (to `partition`, or where the
+    /// producer's partitioner puts the key); no value is a tombstone.
+    pub fn record(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), Retry> {
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .key(key)
+            .headers(rdkafka::message::OwnedHeaders::new());
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        send(self.producer, record)
+    }
+}
+
+/// The tasks of one stream thread, by kind and partition.
+#[derive(Default)]
+pub(super) struct Tasks {
+    /// Input partition N with identity partition N.
+    leads: BTreeMap<i32, LeadTask>,
+    /// Account updates partitions.
+    accounts: BTreeMap<i32, AccountTask>,
+}
+
+impl Tasks {
+    /// The task that owns a topic-partition, if this thread holds it.
+    pub fn get_mut(
+        &mut self,
+        topics: &Topics,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&mut dyn Task> {
+        if topic == topics.input || topic == topics.identities {
+            self.leads.get_mut(&partition).map(|t| t as &mut dyn Task)
+        } else if topics.account_updates.as_deref() == Some(topic) {
+            self.accounts
+                .get_mut(&partition)
+                .map(|t| t as &mut dyn Task)
+        } else {
+            None
+        }
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &dyn Task> {
+        let leads = self.leads.values().map(|t| t as &dyn Task);
+        leads.chain(self.accounts.values().map(|t| t as &dyn Task))
+    }
+
+    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut dyn Task> {
+        let leads = self.leads.values_mut().map(|t| t as &mut dyn Task);
+        leads.chain(self.accounts.values_mut().map(|t| t as &mut dyn Task))
+    }
+
+    /// Drops the tasks of revoked topic-partitions.
+    pub fn drop_partitions(&mut self, topics: &Topics, lost: &[(String, i32)]) {
+        for (topic, partition) in lost {
+            if *topic == topics.input {
+                self.leads.remove(partition);
+                metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string()).set(0.0);
+            } else if topics.account_updates.as_ref() == Some(topic) {
+                self.accounts.remove(partition);
+            }
+        }
+    }
+
+    /// (Re)builds the tasks of `partitions` from their changelogs, where
+    /// the group's `committed` offsets say their processing resumes.
+    pub fn restore(
+        &mut self,
+        shared: &Shared<'_>,
+        partitions: &[(String, i32)],
+        committed: &BTreeMap<(String, i32), Committed>,
+    ) -> anyhow::Result<()> {
+        let of = |topic: &str| -> Vec<i32> {
+            let mut held: Vec<i32> = partitions
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|&(_, p)| p)
+                .collect();
+            held.sort_unstable();
+            held
+        };
+        let topics = &shared.topics;
+        let input = of(&topics.input);
+        let identities = of(&topics.identities);
+        if input != identities {
+            // Also seen for a moment while a new identity topic reaches the
+            // group's metadata; handoffs for an input partition held
+            // elsewhere wait, uncommitted, for the instance that holds it.
+            tracing::warn!(
+                ?input,
+                ?identities,
+                "input and identity partitions assigned apart: alias merges across partitions \
+                 wait until partition N of both topics is on one instance; keep \
+                 partition.assignment.strategy at range (the default)"
+            );
+        }
+        self.leads.extend(lead::restore(shared, &input, committed)?);
+        if let Some(topic) = &topics.account_updates {
+            self.accounts.extend(account::restore(shared, &of(topic))?);
+        }
+        Ok(())
+    }
+
+    /// The topic-partitions this thread's tasks read.
+    pub fn topic_partitions(&self, topics: &Topics) -> Vec<(String, i32)> {
+        let mut held = Vec::new();
+        for &p in self.leads.keys() {
+            held.push((topics.input.clone(), p));
+            held.push((topics.identities.clone(), p));
+        }
+        if let Some(topic) = &topics.account_updates {
+            held.extend(self.accounts.keys().map(|&p| (topic.clone(), p)));
+        }
+        held
+    }
+
+    pub fn held(&self) -> Held {
+        Held {
+            leads: self.leads.values().map(LeadTask::lead_count).sum(),
+            accounts: self.accounts.values().map(AccountTask::account_count).sum(),
+            partitions: self.leads.len(),
+        }
+    }
+
+    /// Input and account partitions held, for logs.
+    pub fn partitions(&self) -> (Vec<i32>, Vec<i32>) {
+        (
+            self.leads.keys().copied().collect(),
+            self.accounts.keys().copied().collect(),
+        )
+    }
+
+    /// Answers a query from committed state (called between batches).
+    pub fn answer(&self, shared: &Shared<'_>, subject: Subject, id: &str) -> LeadAnswer {
+        match subject {
+            Subject::Lead => lead::answer(&self.leads, shared, id),
+            Subject::Account => account::answer(&self.accounts, shared, id),
+        }
+    }
+}
