@@ -364,7 +364,11 @@ fn leadscore_process(
     guarantee: &str,
     threads: usize,
 ) -> std::io::Result<std::process::Child> {
-    Command::new("target/release/leadscore")
+    let mut command = Command::new("target/release/leadscore");
+    if threads > 1 {
+        command.env("LEADSCORE_PROCESSING_THREADS", threads.to_string());
+    }
+    command
         .args(["run", "--config", "config/leadscore.toml"])
         .env("RUST_LOG", "warn")
         .env("LEADSCORE_KAFKA_BOOTSTRAP_SERVERS", broker)
@@ -384,7 +388,6 @@ fn leadscore_process(
         // This benchmark's producer is librdkafka's.
         .env("LEADSCORE_KAFKA_INPUT_PARTITIONER", "consistent_random")
         .env("LEADSCORE_PROCESSING_GUARANTEE", guarantee)
-        .env("LEADSCORE_PROCESSING_THREADS", threads.to_string())
         .stdout(Stdio::null())
         .spawn()
 }

@@ -565,10 +565,10 @@ proptest! {
         for (a, engine) in accounts.iter_mut().enumerate() {
             engine.take_changes(|id, state| {
                 if let Some(state) = state {
-                    let bytes = encode_account_state(state, &rules.version);
-                    let (back, version) = decode_account_state(&bytes).unwrap();
+                    let bytes = encode_account_state(state, &rules.stamp());
+                    let (back, written_by) = decode_account_state(&bytes).unwrap();
                     assert_eq!(&back, state);
-                    assert_eq!(version.as_str(), &*rules.version);
+                    assert_eq!(written_by, rules.stamp());
                     restored[a].restore_account(id, back);
                 }
             });

@@ -132,7 +132,7 @@ fn split_engines(rules: &Arc<Rules>) -> Vec<Partition> {
 }
 
 /// Encodes and routes what partition `from` handed off.
-fn route(parts: &mut [Partition], from: usize, version: &str) {
+fn route(parts: &mut [Partition], from: usize, version: &leadscore::core::RulesStamp) {
     for handoff in parts[from].engine.take_handoffs() {
         let to = partition_of(handoff.destination());
         parts[to].inbox.push_back(encode_handoff(&handoff, version));
@@ -147,7 +147,7 @@ fn deliver(
     n: usize,
     twice: bool,
     decoder: &Decoder,
-    version: &str,
+    version: &leadscore::core::RulesStamp,
 ) -> Result<(), TestCaseError> {
     for _ in 0..n {
         let Some(bytes) = parts[p].inbox.pop_front() else {
@@ -226,7 +226,7 @@ proptest! {
         repeat in prop::collection::vec(any::<bool>(), 200),
     ) {
         let rules = arc(rules(RULES));
-        let version = rules.version.to_string();
+        let version = rules.stamp();
         let decoder = Decoder::for_rules(&rules);
         let mut whole = Engine::new(rules.clone());
         let mut parts = split_engines(&rules);
@@ -271,7 +271,7 @@ proptest! {
 #[test]
 fn anonymous_history_follows_its_alias_to_another_partition() {
     let rules = arc(rules(RULES));
-    let version = rules.version.to_string();
+    let version = rules.stamp();
     let decoder = Decoder::for_rules(&rules);
     // Two ids that live on different partitions.
     let user = "user-0";

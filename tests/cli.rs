@@ -61,6 +61,13 @@ fn check_accepts_the_example_and_summarises_it() {
         stdout.contains("rules version: b2b-saas-2026.11.1"),
         "{stdout}"
     );
+    let fingerprint = stdout
+        .split("(fingerprint ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("a fingerprint: {stdout}"));
+    assert_eq!(fingerprint.len(), 16, "{fingerprint}");
+    assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
     assert!(stdout.contains("tiers (4):"));
     assert!(stdout.contains(
         "sql          score >= 85 if grade B or better and any of [budget, authority] known"

@@ -299,9 +299,13 @@ fn lead_state_round_trips_through_its_changelog_record() {
     let mut checked = 0;
     for snapshot in engine.snapshot(Timestamp(t)) {
         let state = engine.lead(&snapshot.lead_id).unwrap();
-        let (back, version) = decode_lead_state(&encode_lead_state(state, "v1")).unwrap();
+        let stamp = leadscore::core::RulesStamp {
+            version: "v1".into(),
+            fingerprint: "0123456789abcdef".into(),
+        };
+        let (back, written_by) = decode_lead_state(&encode_lead_state(state, &stamp)).unwrap();
         assert_eq!(&back, state);
-        assert_eq!(version, "v1");
+        assert_eq!(written_by, stamp);
         checked += 1;
     }
     assert!(checked >= 20, "{checked}");

@@ -73,9 +73,9 @@ impl Run {
             }
         }
         let mut records = Vec::new();
-        let version = self.engine.rules().version.clone();
+        let stamp = self.engine.rules().stamp();
         self.engine.take_changes(|id, change| {
-            records.push((id.to_string(), encode_changelog(&change, &version)));
+            records.push((id.to_string(), encode_changelog(&change, &stamp)));
         });
         records
     }
@@ -191,10 +191,10 @@ fn events_read_again_move_the_watermark_as_before() {
     ));
 
     let mut restarted = Engine::new(rules.clone());
-    let version = rules.version.clone();
+    let stamp = rules.stamp();
     first.take_changes(|id, change| {
         if let ChangelogValue::Lead { state, .. } =
-            decode_changelog(&encode_changelog(&change, &version)).unwrap()
+            decode_changelog(&encode_changelog(&change, &stamp)).unwrap()
         {
             restarted.restore_lead(id, state);
         }

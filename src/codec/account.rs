@@ -11,7 +11,7 @@ use crate::core::account::{AccountState, AccountUpdate, Member};
 use crate::core::decay::{Decaying, HalfLife};
 use crate::core::lead::TraitState;
 use crate::core::output::Cause;
-use crate::core::Timestamp;
+use crate::core::{RulesStamp, Timestamp};
 
 fn member_to_wire(m: &Member) -> wire::MemberRecord {
     wire::MemberRecord {
@@ -158,9 +158,10 @@ pub fn decode_account_update(bytes: &[u8]) -> Result<AccountUpdate, DecodeError>
 }
 
 /// An account's state as a changelog record.
-pub fn encode_account_state(state: &AccountState, rules_version: &str) -> Vec<u8> {
+pub fn encode_account_state(state: &AccountState, rules: &RulesStamp) -> Vec<u8> {
     wire::AccountStateRecord {
-        rules_version: rules_version.to_string(),
+        rules_version: rules.version.clone(),
+        rules_fingerprint: rules.fingerprint.clone(),
         clock_ms: state.clock.millis(),
         tier: u32::from(state.tier),
         last_emitted_score: state.last_emitted_score,
@@ -178,8 +179,8 @@ pub fn encode_account_state(state: &AccountState, rules_version: &str) -> Vec<u8
     .encode_to_vec()
 }
 
-/// An account's state and the rules version it was written under.
-pub fn decode_account_state(bytes: &[u8]) -> Result<(AccountState, String), DecodeError> {
+/// An account's state and the rules it was written under.
+pub fn decode_account_state(bytes: &[u8]) -> Result<(AccountState, RulesStamp), DecodeError> {
     let r = wire::AccountStateRecord::decode(bytes)
         .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     let traits = r
@@ -212,6 +213,9 @@ pub fn decode_account_state(bytes: &[u8]) -> Result<(AccountState, String), Deco
             r.has_due.then_some(Timestamp(r.due_ms)),
             r.position,
         ),
-        r.rules_version,
+        RulesStamp {
+            version: r.rules_version,
+            fingerprint: r.rules_fingerprint,
+        },
     ))
 }

@@ -9,9 +9,9 @@ use super::proto::{
 };
 use super::{DecodeError, Decoder};
 use crate::core::handoff::Handoff;
-use crate::core::Timestamp;
+use crate::core::{RulesStamp, Timestamp};
 
-pub fn encode_handoff(handoff: &Handoff, rules_version: &str) -> Vec<u8> {
+pub fn encode_handoff(handoff: &Handoff, rules: &RulesStamp) -> Vec<u8> {
     use wire::identity_record::Kind;
     let kind = match handoff {
         Handoff::MergeRequest {
@@ -36,7 +36,7 @@ pub fn encode_handoff(handoff: &Handoff, rules_version: &str) -> Vec<u8> {
         } => Kind::History(wire::History {
             from: from.to_string(),
             into: into.to_string(),
-            state: Some(lead_state_to_wire(state, rules_version)),
+            state: Some(lead_state_to_wire(state, rules)),
             cause_event_id: cause.to_string(),
             at_ms: at.millis(),
         }),
@@ -62,11 +62,11 @@ pub fn encode_handoff(handoff: &Handoff, rules_version: &str) -> Vec<u8> {
 }
 
 /// Reads a handoff back. A history written under other rules (its rule
-/// indexes would mean other rules) is refused with the version it names.
+/// indexes would mean other rules) is refused, naming those rules.
 pub fn decode_handoff(
     bytes: &[u8],
     decoder: &Decoder,
-    rules_version: &str,
+    rules: &RulesStamp,
 ) -> Result<Handoff, DecodeError> {
     use wire::identity_record::Kind;
     let record =
@@ -82,12 +82,17 @@ pub fn decode_handoff(
         }),
         Kind::History(r) => {
             let state = r.state.ok_or(DecodeError::MissingField("state"))?;
-            let (state, version) = lead_state_from_wire(state)?;
-            if version != rules_version {
+            let (state, written_by) = lead_state_from_wire(state)?;
+            if !written_by.readable_by(rules) {
                 return Err(DecodeError::InvalidField {
                     field: "state",
                     reason: format!(
-                        "written under rules version {version:?}, these are {rules_version:?}"
+                        "written under rules version {:?} (fingerprint {:?}), these are {:?} \
+                         (fingerprint {:?})",
+                        written_by.version,
+                        written_by.fingerprint,
+                        rules.version,
+                        rules.fingerprint
                     ),
                 });
             }

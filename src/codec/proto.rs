@@ -10,8 +10,12 @@ use crate::core::lead::{
 };
 use crate::core::output::Output;
 use crate::core::time::Timestamp;
+use crate::core::RulesStamp;
 
-/// The generated wire types.
+/// The generated wire types. A changelog record is a lead's state or an
+/// alias: boxing the state would cost an allocation per record written
+/// and read, for a size only the alias variant would save.
+#[allow(clippy::large_enum_variant)]
 pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/leadscore.v1.rs"));
 }
@@ -221,17 +225,18 @@ pub(crate) fn trait_state_to_wire(t: &TraitState) -> wire::TraitState {
 }
 
 /// A lead's state as a changelog record.
-pub fn encode_lead_state(state: &LeadState, rules_version: &str) -> Vec<u8> {
-    lead_state_to_wire(state, rules_version).encode_to_vec()
+pub fn encode_lead_state(state: &LeadState, rules: &RulesStamp) -> Vec<u8> {
+    lead_state_to_wire(state, rules).encode_to_vec()
 }
 
-pub(crate) fn lead_state_to_wire(state: &LeadState, rules_version: &str) -> wire::LeadStateRecord {
+pub(crate) fn lead_state_to_wire(state: &LeadState, rules: &RulesStamp) -> wire::LeadStateRecord {
     let decaying = |d: &Decaying| wire::Decaying {
         anchor_ms: d.anchor.millis(),
         value: d.value,
     };
     wire::LeadStateRecord {
-        rules_version: rules_version.to_string(),
+        rules_version: rules.version.clone(),
+        rules_fingerprint: rules.fingerprint.clone(),
         clock_ms: state.clock.millis(),
         tier: u32::from(state.tier),
         last_emitted_score: state.last_emitted_score,
@@ -277,7 +282,7 @@ pub(crate) fn lead_state_to_wire(state: &LeadState, rules_version: &str) -> wire
             .iter()
             .map(|m| wire::MergedHistory {
                 identity: m.identity.to_string(),
-                state: Some(lead_state_to_wire(&m.state, rules_version)),
+                state: Some(lead_state_to_wire(&m.state, rules)),
             })
             .collect(),
     }
@@ -285,21 +290,18 @@ pub(crate) fn lead_state_to_wire(state: &LeadState, rules_version: &str) -> wire
 
 /// One changelog record's value.
 pub enum ChangelogValue {
-    Lead {
-        state: LeadState,
-        rules_version: String,
-    },
+    Lead { state: LeadState, rules: RulesStamp },
     AliasOf(String),
 }
 
 pub fn encode_changelog(
     change: &crate::core::engine::StateChange<'_>,
-    rules_version: &str,
+    rules: &RulesStamp,
 ) -> Vec<u8> {
     use crate::core::engine::StateChange;
     let kind = match change {
         StateChange::Lead(state) => {
-            wire::changelog_record::Kind::Lead(lead_state_to_wire(state, rules_version))
+            wire::changelog_record::Kind::Lead(lead_state_to_wire(state, rules))
         }
         StateChange::AliasOf(target) => wire::changelog_record::Kind::AliasOf(target.to_string()),
     };
@@ -311,20 +313,17 @@ pub fn decode_changelog(bytes: &[u8]) -> Result<ChangelogValue, DecodeError> {
         wire::ChangelogRecord::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     match record.kind {
         Some(wire::changelog_record::Kind::Lead(lead)) => {
-            let (state, rules_version) = lead_state_from_wire(lead)?;
-            Ok(ChangelogValue::Lead {
-                state,
-                rules_version,
-            })
+            let (state, rules) = lead_state_from_wire(lead)?;
+            Ok(ChangelogValue::Lead { state, rules })
         }
         Some(wire::changelog_record::Kind::AliasOf(target)) => Ok(ChangelogValue::AliasOf(target)),
         None => Err(DecodeError::MissingField("kind")),
     }
 }
 
-/// Reads a changelog record back; the rules version it was written under
-/// comes with it, so the caller can refuse state from other rules.
-pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, String), DecodeError> {
+/// Reads a changelog record back; the rules it was written under come
+/// with it, so the caller can refuse state from other rules.
+pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, RulesStamp), DecodeError> {
     let r =
         wire::LeadStateRecord::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     lead_state_from_wire(r)
@@ -332,7 +331,7 @@ pub fn decode_lead_state(bytes: &[u8]) -> Result<(LeadState, String), DecodeErro
 
 pub(crate) fn lead_state_from_wire(
     r: wire::LeadStateRecord,
-) -> Result<(LeadState, String), DecodeError> {
+) -> Result<(LeadState, RulesStamp), DecodeError> {
     let decaying = |d: Option<wire::Decaying>| {
         let d = d.unwrap_or_default();
         Decaying {
@@ -413,5 +412,11 @@ pub(crate) fn lead_state_from_wire(
             })
             .collect::<Result<_, DecodeError>>()?,
     };
-    Ok((state, r.rules_version))
+    Ok((
+        state,
+        RulesStamp {
+            version: r.rules_version,
+            fingerprint: r.rules_fingerprint,
+        },
+    ))
 }

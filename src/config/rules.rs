@@ -1036,7 +1036,12 @@ pub fn summarize(rules: &Rules) -> String {
     let mut out = String::new();
     let s = &rules.settings;
     let days = |ms: f64| ms / crate::core::time::MS_PER_DAY as f64;
-    let _ = writeln!(out, "rules version: {}", rules.version);
+    let _ = writeln!(
+        out,
+        "rules version: {} (fingerprint {})",
+        rules.version,
+        rules.fingerprint()
+    );
     let half_life = match s.half_life {
         HalfLife::Millis(ms) => format!("{} days", days(ms)),
         _ => "none (no decay)".to_string(),

@@ -9,6 +9,7 @@ pub mod account;
 pub mod decay;
 pub mod engine;
 pub mod event;
+pub mod fingerprint;
 pub mod handoff;
 pub mod lead;
 pub mod output;
@@ -17,6 +18,7 @@ pub mod time;
 
 pub use engine::{Engine, Outcome, Rejection};
 pub use event::{Event, EventKind, Fields, Value};
+pub use fingerprint::RulesStamp;
 pub use handoff::Handoff;
 pub use output::{Contribution, Direction, Output, OutputKind};
 pub use rules::Rules;

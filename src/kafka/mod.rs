@@ -107,6 +107,7 @@ pub fn run(
     let mut decoder = Decoder::for_rules(&config.rules);
     decoder.limits.max_message_bytes = config.processing.max_message_bytes;
     let rules = Arc::new(config.rules.clone());
+    let stamp = rules.stamp();
     let transactional = config.processing.guarantee == Guarantee::ExactlyOnce;
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => config.rules.version.to_string()).set(1.0);
     let threads = queries.len();
@@ -118,6 +119,7 @@ pub fn run(
                 let shared = Shared {
                     config,
                     rules: rules.clone(),
+                    stamp: stamp.clone(),
                     decoder: decoder.clone(),
                     default_encoding,
                     topics: Topics::of(config),

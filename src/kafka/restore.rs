@@ -10,7 +10,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::core::Rules;
+use crate::core::RulesStamp;
 
 /// Give up when the changelog makes no progress for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -94,18 +94,42 @@ pub(super) fn read_to_end(
     Ok(records)
 }
 
-/// Why a changelog written under other rules cannot be restored.
-pub(super) fn wrong_rules(
+/// Whether state the changelog holds, written under `found`, can be
+/// restored under the running rules (`running`): only when both have the
+/// same content, whatever their versions say. Records written before state
+/// carried a fingerprint are judged by their version.
+pub(super) fn check_rules(
     topic: &str,
     partition: i32,
-    found: &str,
-    rules: &Rules,
-) -> anyhow::Error {
-    anyhow::anyhow!(
-        "changelog {topic}/{partition} holds state scored by rules version \
-         \"{found}\", but this instance runs \"{}\": rule indexes would not match. \
-         Use a new changelog topic (and consumer group) for new rules, and replay \
-         history into it.",
-        rules.version
-    )
+    found: &RulesStamp,
+    running: &RulesStamp,
+) -> anyhow::Result<()> {
+    if found.readable_by(running) {
+        return Ok(());
+    }
+    let what = if found.version == running.version {
+        format!(
+            "rules of the same version \"{}\" but other content (fingerprint {} there, {} \
+             here): the rules file was edited without a new version",
+            running.version, found.fingerprint, running.fingerprint
+        )
+    } else {
+        format!(
+            "rules version \"{}\"{}, but this instance runs \"{}\" (fingerprint {})",
+            found.version,
+            if found.fingerprint.is_empty() {
+                String::new()
+            } else {
+                format!(" (fingerprint {})", found.fingerprint)
+            },
+            running.version,
+            running.fingerprint
+        )
+    };
+    Err(anyhow::anyhow!(
+        "changelog {topic}/{partition} holds state scored by {what}; its rule and trait \
+         indexes would point at other rules, so it is not restored. Run the rules that wrote \
+         it, or use a new changelog topic (and consumer group) for the new rules and replay \
+         history into it."
+    ))
 }

@@ -15,7 +15,7 @@ use crate::config::{Partitioner, TimerClock};
 use crate::core::account::{AccountEngine, AccountUpdate};
 use crate::core::Timestamp;
 use crate::kafka::clients::Retry;
-use crate::kafka::restore::{read_to_end, wrong_rules};
+use crate::kafka::restore::{check_rules, read_to_end};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
 use crate::ops::status::LeadAnswer;
@@ -88,12 +88,12 @@ impl Task for AccountTask {
     }
 
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
-        let version = out.shared.rules.version.clone();
+        let stamp = &out.shared.stamp;
         let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         self.engine.take_changes(|account_id, state| {
             records.push((
                 account_id.to_string(),
-                state.map(|s| encode_account_state(s, &version)),
+                state.map(|s| encode_account_state(s, stamp)),
             ));
         });
         let topic = &out.shared.topics.account_changelog;
@@ -139,11 +139,9 @@ pub(super) fn restore(
                 engine.forget_account(key); // a tombstone: the account was dropped
                 return Ok(());
             };
-            let (state, rules_version) = decode_account_state(value)
+            let (state, written_by) = decode_account_state(value)
                 .with_context(|| format!("changelog {topic}/{partition} offset {offset}"))?;
-            if rules_version != rules.version.as_ref() {
-                return Err(wrong_rules(topic, partition, &rules_version, rules));
-            }
+            check_rules(topic, partition, &written_by, &shared.stamp)?;
             engine.restore_account(key, state);
             Ok(())
         },

@@ -21,7 +21,7 @@ use crate::core::{Engine, Outcome, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
 use crate::kafka::records::header_text;
-use crate::kafka::restore::{read_to_end, wrong_rules};
+use crate::kafka::restore::{check_rules, read_to_end};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
 use crate::ops::status::LeadAnswer;
@@ -136,7 +136,7 @@ impl LeadTask {
         let decoded = decode_handoff(
             message.payload().unwrap_or_default(),
             &out.shared.decoder,
-            &out.shared.rules.version,
+            &out.shared.stamp,
         );
         let handoff = match decoded {
             Ok(handoff) => handoff,
@@ -169,7 +169,7 @@ impl LeadTask {
         let shared = out.shared;
         for handoff in &self.engine.take_handoffs() {
             let destination = handoff.destination();
-            let value = encode_handoff(handoff, &shared.rules.version);
+            let value = encode_handoff(handoff, &shared.stamp);
             let partition = partition_of(
                 shared.config.kafka.input_partitioner,
                 destination.as_bytes(),
@@ -237,10 +237,10 @@ impl Task for LeadTask {
     }
 
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
-        let version = out.shared.rules.version.clone();
+        let stamp = &out.shared.stamp;
         let mut records: Vec<(String, Vec<u8>)> = Vec::new();
         self.engine.take_changes(|lead_id, change| {
-            records.push((lead_id.to_string(), encode_changelog(&change, &version)));
+            records.push((lead_id.to_string(), encode_changelog(&change, stamp)));
         });
         let topic = &out.shared.topics.changelog;
         for (key, value) in &records {
@@ -315,11 +315,9 @@ pub(super) fn restore(
             {
                 ChangelogValue::Lead {
                     state,
-                    rules_version,
+                    rules: written_by,
                 } => {
-                    if rules_version != rules.version.as_ref() {
-                        return Err(wrong_rules(topic, partition, &rules_version, rules));
-                    }
+                    check_rules(topic, partition, &written_by, &shared.stamp)?;
                     engine.restore_lead(key, state);
                 }
                 ChangelogValue::AliasOf(target) => engine.restore_alias(key, &target),

@@ -22,7 +22,7 @@ use super::records::{
 };
 use crate::codec::{Decoder, Encoding};
 use crate::config::{Config, TimerClock};
-use crate::core::{Output, OutputKind, Rules, Timestamp};
+use crate::core::{Output, OutputKind, Rules, RulesStamp, Timestamp};
 use crate::ops::metrics as m;
 use crate::ops::status::{Held, LeadAnswer, Subject};
 
@@ -96,6 +96,8 @@ impl Topics {
 pub(super) struct Shared<'c> {
     pub config: &'c Config,
     pub rules: Arc<Rules>,
+    /// What changelog records say about the rules that wrote them.
+    pub stamp: RulesStamp,
     pub decoder: Decoder,
     pub default_encoding: Encoding,
     pub topics: Topics,
