@@ -26,6 +26,11 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Another rules (or config) file, say the one deployed now: print
+        /// what differs between its rules and these, and whether state it
+        /// wrote can be restored under these.
+        #[arg(long, value_name = "OLD")]
+        against: Option<PathBuf>,
     },
     /// Run the stream processor: consume tracking events from Kafka, publish
     /// score changes and threshold crossings. Stops cleanly on SIGTERM/SIGINT.
@@ -119,7 +124,7 @@ fn main() -> ExitCode {
         init_logging(&config::LoggingSettings::default());
     }
     let result = match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, against } => check(&config, against.as_deref()),
         Command::Run { config } => run(&config),
         Command::Replay {
             config,
@@ -171,9 +176,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<()> {
+fn check(path: &Path, against: Option<&Path>) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = config::load(path, &env)?;
+    if let Some(old_path) = against {
+        let text = std::fs::read_to_string(old_path)
+            .with_context(|| format!("cannot read {}", old_path.display()))?;
+        let old = config::parse_rules(&text, old_path)?;
+        print_rules_change(&old, &config.rules, old_path, path);
+    }
     leadscore::kafka::check_properties(&config.kafka)
         .map_err(|(key, message)| config::setting_error(path, "kafka.properties", &key, message))?;
     print!("{}", config::summarize(&config.rules));
@@ -208,6 +219,53 @@ fn check(path: &Path) -> anyhow::Result<()> {
     }
     println!("ok: {} is valid", path.display());
     Ok(())
+}
+
+/// What changes in the rules from `old` to `new`, and what it means for
+/// the state `old` wrote.
+fn print_rules_change(
+    old: &leadscore::core::Rules,
+    new: &leadscore::core::Rules,
+    old_path: &Path,
+    new_path: &Path,
+) {
+    let (was, is) = (old.stamp(), new.stamp());
+    println!(
+        "rules change: {} (version {:?}, fingerprint {}) -> {} (version {:?}, fingerprint {})",
+        old_path.display(),
+        was.version,
+        was.fingerprint,
+        new_path.display(),
+        is.version,
+        is.fingerprint
+    );
+    let differences = leadscore::core::fingerprint::differences(old, new);
+    for difference in &differences {
+        println!("{difference}");
+    }
+    if differences.is_empty() {
+        println!(
+            "no difference in what scores: state written under the old rules is restored under \
+             these{}",
+            if was.version == is.version {
+                ""
+            } else {
+                " (outputs will name the new version)"
+            }
+        );
+    } else {
+        if was.version == is.version {
+            println!(
+                "warning: the content differs but the version does not; give these rules a new \
+                 version"
+            );
+        }
+        println!(
+            "state written under the old rules is not restored under these (run stops, naming \
+             both fingerprints): deploy them with a new changelog topic and consumer group, and \
+             replay history into them"
+        );
+    }
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {

@@ -633,3 +633,66 @@ fn the_shipped_rules_score_accounts_in_replay() {
         .count();
     assert!(account_crossings > 0, "no account crossed a tier");
 }
+
+#[test]
+fn check_against_the_deployed_rules_names_each_change_and_what_it_means_for_state() {
+    let deployed = example_config();
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(&deployed).unwrap();
+
+    // A new version of the same content: state restores.
+    let renamed = dir.path().join("renamed.toml");
+    std::fs::write(
+        &renamed,
+        shipped.replace(
+            "version = \"b2b-saas-2026.11.1\"",
+            "version = \"b2b-saas-2026.12.0\"",
+        ),
+    )
+    .unwrap();
+    let args = |new: &Path| {
+        vec![
+            "check".to_string(),
+            "--config".into(),
+            new.display().to_string(),
+            "--against".into(),
+            deployed.display().to_string(),
+        ]
+    };
+    let out = run(&args(&renamed)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("no difference in what scores"), "{stdout}");
+    assert!(
+        stdout.contains("outputs will name the new version"),
+        "{stdout}"
+    );
+
+    // A rule inserted at the top of the engagement rules and a point
+    // changed, version kept: both named, and the warning.
+    let at = shipped.find("[[engagement]]").unwrap();
+    let edited_text = format!(
+        "{}[[engagement]]\nname = \"trade_show_visit\"\ntype = \"track\"\nevent = \"Trade Show Visit\"\npoints = 12\n\n{}",
+        &shipped[..at],
+        &shipped[at..].replacen("points = 30", "points = 25", 1)
+    );
+    let edited = dir.path().join("edited.toml");
+    std::fs::write(&edited, edited_text).unwrap();
+    let out = run(&args(&edited).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "changed: engagement \"demo_requested\"",
+        "points=30.0",
+        "points=25.0",
+        "added: engagement \"trade_show_visit\"",
+        "moved: engagement \"demo_requested\" from position 1 to 2",
+        "warning: the content differs but the version does not",
+        "is not restored under these",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
+    }
+}

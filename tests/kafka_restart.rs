@@ -109,13 +109,16 @@ fn an_instance_stopped_by_sigterm_hands_its_partitions_over_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_with_default_session(dir.path(), broker, &names);
     produce_lines(&broker.bootstrap, &names.input, first);
-    let a = Instance::start(
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let a = Instance::start_logging(
         &config,
         &[("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "handover-a")],
+        &logs[0],
     );
-    let b = Instance::start(
+    let b = Instance::start_logging(
         &config,
         &[("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "handover-b")],
+        &logs[1],
     );
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
     assert!(a.terminate().success());
@@ -123,11 +126,23 @@ fn an_instance_stopped_by_sigterm_hands_its_partitions_over_at_once() {
     produce_lines(&broker.bootstrap, &names.input, second);
     // Well inside the session timeout: only a member that left the group
     // lets b take its partitions this soon.
-    wait_caught_up(
-        &broker.bootstrap,
-        &names,
-        Duration::from_millis(SESSION_TIMEOUT_MS / 2),
-    );
+    let caught_up = std::panic::catch_unwind(|| {
+        wait_caught_up(
+            &broker.bootstrap,
+            &names,
+            Duration::from_millis(SESSION_TIMEOUT_MS / 2),
+        )
+    });
+    if let Err(panic) = caught_up {
+        for log in &logs {
+            eprintln!(
+                "--- {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::panic::resume_unwind(panic);
+    }
     eprintln!(
         "after SIGTERM of one of two instances, the other had caught up on all partitions \
          {:.1} s later (session timeout {} s)",

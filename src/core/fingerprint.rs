@@ -61,6 +61,89 @@ pub fn describe(rules: &Rules) -> String {
     out
 }
 
+/// What differs between the content of two rule sets, one line per
+/// setting, trait, tier or rule that was added, removed or changed (with
+/// both descriptions), and one for each kept at another position (state
+/// refers to rules, tiers and traits by position). Empty: the same content.
+pub fn differences(old: &Rules, new: &Rules) -> Vec<String> {
+    let items = |rules: &Rules| -> Vec<(String, String)> {
+        describe(rules)
+            .lines()
+            .skip(1)
+            .map(|line| (item_key(line), line.to_string()))
+            .collect()
+    };
+    let (old_items, new_items) = (items(old), items(new));
+    let find = |items: &[(String, String)], key: &str| -> Option<String> {
+        items
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, line)| line.clone())
+    };
+    let mut out = Vec::new();
+    for (key, line) in &old_items {
+        match find(&new_items, key) {
+            None => out.push(format!("removed: {key}\n  - {line}")),
+            Some(now) if now != *line => out.push(format!("changed: {key}\n  - {line}\n  + {now}")),
+            Some(_) => {}
+        }
+    }
+    for (key, line) in &new_items {
+        if find(&old_items, key).is_none() {
+            out.push(format!("added: {key}\n  + {line}"));
+        }
+    }
+    // State refers to rules, tiers and traits by their position among
+    // their kind: one kept but at another position reads other state.
+    let position = |items: &[(String, String)], key: &str| -> Option<usize> {
+        let kind = kind_of(key);
+        items
+            .iter()
+            .filter(|(k, _)| kind_of(k) == kind)
+            .position(|(k, _)| k == key)
+    };
+    for (key, _) in &old_items {
+        if let (Some(was), Some(is)) = (position(&old_items, key), position(&new_items, key)) {
+            if was != is && key.contains('"') {
+                out.push(format!(
+                    "moved: {key} from position {} to {} (state refers to it by position)",
+                    was + 1,
+                    is + 1
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The kind part of an item key: `engagement`, `account fit`, `trait`.
+fn kind_of(key: &str) -> &str {
+    key.split(" \"").next().unwrap_or(key)
+}
+
+/// What a description line is about: its kind and name (a trait by name,
+/// not by its position).
+fn item_key(line: &str) -> String {
+    if let Some(profile_line) = line.strip_prefix("account ") {
+        return format!("account {}", item_key(profile_line));
+    }
+    let mut words = line.split(' ');
+    let kind = words.next().unwrap_or_default();
+    match kind {
+        "trait" => {
+            let _position = words.next();
+            format!("trait {}", words.next().unwrap_or_default())
+        }
+        "tier" | "fit" | "engagement" => {
+            // Names are written quoted and may hold spaces.
+            let rest = &line[kind.len() + 1..];
+            let name_end = rest[1..].find('"').map_or(rest.len(), |i| i + 2);
+            format!("{kind} {}", &rest[..name_end])
+        }
+        _ => kind.to_string(),
+    }
+}
+
 fn describe_into(rules: &Rules, out: &mut String) {
     let s = &rules.settings;
     let _ = writeln!(
@@ -189,8 +272,11 @@ fn describe_accounts(accounts: &AccountRules, out: &mut String) {
         accounts.department_group.as_deref(),
         accounts.seniority_group.as_deref()
     );
-    out.push_str("account profile\n");
-    describe_into(&accounts.profile, out);
+    let mut profile = String::new();
+    describe_into(&accounts.profile, &mut profile);
+    for line in profile.lines() {
+        let _ = writeln!(out, "account {line}");
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +311,49 @@ event = "Demo Requested"
         parse_rules(text, Path::new("rules.toml"))
             .unwrap()
             .fingerprint()
+    }
+
+    fn rules(text: &str) -> crate::core::Rules {
+        parse_rules(text, Path::new("rules.toml")).unwrap()
+    }
+
+    #[test]
+    fn differences_name_what_was_added_removed_changed_and_moved() {
+        let old = rules(RULES);
+        assert!(super::differences(&old, &old).is_empty());
+        let renamed = RULES.replace("version = \"v1\"", "version = \"v2\"");
+        assert!(super::differences(&old, &rules(&renamed)).is_empty());
+
+        let edited = RULES.replace("points = 30", "points = 7").replace(
+            "[[engagement]]",
+            "[[engagement]]\nname = \"pricing page\"\npoints = 5\ntype = \"page\"\n\n[[engagement]]",
+        );
+        let found = super::differences(&old, &rules(&edited));
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found[0].starts_with("changed: engagement \"demo\""),
+            "{found:#?}"
+        );
+        assert!(found[0].contains("points=30.0") && found[0].contains("points=7.0"));
+        assert!(
+            found[1].starts_with("added: engagement \"pricing page\""),
+            "{found:#?}"
+        );
+        assert!(
+            found[2].starts_with("moved: engagement \"demo\" from position 1 to 2"),
+            "{found:#?}"
+        );
+
+        let without_fit = RULES.replace("[[fit]]\nname = \"vp\"", "[[fit]]\nname = \"vice\"");
+        let found = super::differences(&old, &rules(&without_fit));
+        assert!(
+            found.iter().any(|d| d.starts_with("removed: fit \"vp\"")),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(|d| d.starts_with("added: fit \"vice\"")),
+            "{found:#?}"
+        );
     }
 
     #[test]
