@@ -198,8 +198,7 @@ impl<'c> Driver<'c> {
                     );
                 }
                 AssignmentChange::Assigned(held) => {
-                    let committed = offsets::committed(&self.consumer, &held)?;
-                    self.tasks.restore(&self.shared, &held, &committed)?;
+                    let committed = self.restore_assigned(&held)?;
                     self.report_assignment(&committed);
                     self.publish_held();
                     self.status.set_ready(self.thread, true);
@@ -207,6 +206,37 @@ impl<'c> Driver<'c> {
             }
         }
         Ok(())
+    }
+
+    /// Restores the tasks of newly assigned partitions. The group's
+    /// coordinator and the changelog's leaders may be moving while a
+    /// rebalance settles: a failed read is tried again before it ends the
+    /// thread.
+    fn restore_assigned(
+        &mut self,
+        held: &[(String, i32)],
+    ) -> anyhow::Result<BTreeMap<(String, i32), offsets::Committed>> {
+        const ATTEMPTS: u32 = 3;
+        let mut attempt = 1;
+        loop {
+            let restored = offsets::committed(&self.consumer, held).and_then(|committed| {
+                self.tasks.restore(&self.shared, held, &committed)?;
+                Ok(committed)
+            });
+            match restored {
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        attempt,
+                        "restore failed; trying again"
+                    );
+                    self.tasks.drop_partitions(&self.shared.topics, held);
+                    std::thread::sleep(Duration::from_secs(1));
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Counts and logs an assignment: `reclaimed` when a restarted static
