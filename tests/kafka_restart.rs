@@ -115,12 +115,18 @@ fn an_instance_stopped_by_sigterm_hands_its_partitions_over_at_once() {
         &[("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "handover-a")],
         &logs[0],
     );
-    let b = Instance::start_logging(
+    let mut b = Instance::start_logging(
         &config,
         &[("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "handover-b")],
         &logs[1],
     );
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
+    // Both started at once and raced to create the topics: both run.
+    assert!(
+        b.child.try_wait().unwrap().is_none(),
+        "b stopped early:\n{}",
+        std::fs::read_to_string(&logs[1]).unwrap_or_default()
+    );
     assert!(a.terminate().success());
     let stopped = Instant::now();
     produce_lines(&broker.bootstrap, &names.input, second);

@@ -96,15 +96,18 @@ pub(crate) fn ensure_topics(
     let results = runtime
         .block_on(admin.create_topics(missing.iter(), &options))
         .context("cannot create topics")?;
-    let mut created = Vec::new();
+    // Another instance starting at the same moment may create some of them
+    // first: those are waited for like the ones created here.
+    let mut awaited = Vec::new();
     for result in results {
         match result {
             Ok(name) => {
                 tracing::info!(topic = %name, "created topic");
-                created.push(name);
+                awaited.push(name);
             }
             Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                tracing::debug!(topic = %name, "topic already exists")
+                tracing::debug!(topic = %name, "topic already exists");
+                awaited.push(name);
             }
             Err((name, code)) => bail!("cannot create topic {name}: {code}"),
         }
@@ -112,7 +115,7 @@ pub(crate) fn ensure_topics(
     // The controller has the topics; a broker's metadata may show them a
     // moment later, and start-up reads their partition counts next.
     let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
-    for name in &created {
+    for name in &awaited {
         while partition_count(base, name)?.is_none() {
             if std::time::Instant::now() > deadline {
                 bail!(

@@ -86,8 +86,13 @@ pub fn run(
     }
     let Some(input_partitions) = admin::partition_count(&base, &kafka.input_topic)? else {
         bail!(
-            "input topic {} does not exist (and create_topics is off)",
-            kafka.input_topic
+            "input topic {} does not exist{}",
+            kafka.input_topic,
+            if kafka.create_topics {
+                ""
+            } else {
+                " (and create_topics is off)"
+            }
         );
     };
     let identity_topic = kafka.identity_topic();
@@ -98,8 +103,13 @@ pub fn run(
              {input_partitions}"
         ),
         None => bail!(
-            "identity topic {identity_topic} does not exist (and create_topics is off): create \
-             it with the input's {input_partitions} partitions"
+            "identity topic {identity_topic} does not exist{}: create it with the input's \
+             {input_partitions} partitions",
+            if kafka.create_topics {
+                ""
+            } else {
+                " (and create_topics is off)"
+            }
         ),
     }
     let default_encoding = Encoding::from_content_type(&config.processing.default_content_type)
