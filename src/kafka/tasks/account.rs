@@ -11,9 +11,9 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use super::{Out, Shared, Task, Topics};
 use crate::codec::account::{decode_account_state, decode_account_update, encode_account_state};
-use crate::config::{Partitioner, TimerClock};
+use crate::config::Partitioner;
 use crate::core::account::{AccountEngine, AccountUpdate};
-use crate::core::Timestamp;
+use crate::core::{Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::restore::{check_rules, read_to_end};
 use crate::ops::metrics as m;
@@ -32,16 +32,6 @@ pub(super) struct AccountTask {
 impl AccountTask {
     pub fn account_count(&self) -> usize {
         self.engine.account_count()
-    }
-
-    /// The latest update time while catching up, the wall clock once read
-    /// to the end (as lead tasks do with event time).
-    fn timer_clock(&self, wall: Timestamp, mode: TimerClock) -> Option<Timestamp> {
-        if self.at_end && mode == TimerClock::Wall {
-            Some(wall.max(self.watermark.unwrap_or(wall)))
-        } else {
-            self.watermark
-        }
     }
 }
 
@@ -71,20 +61,17 @@ impl Task for AccountTask {
         self.at_end = at_end;
     }
 
-    fn timers_due(&self, wall: Timestamp, mode: TimerClock) -> bool {
-        self.engine
-            .next_due()
-            .zip(self.timer_clock(wall, mode))
-            .is_some_and(|(due, clock)| due <= clock)
+    /// Account decay follows the latest update time seen.
+    fn own_time(&self) -> (Option<Timestamp>, bool) {
+        (self.watermark, self.at_end)
     }
 
-    fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
-        let mode = out.shared.config.processing.timer_clock;
-        if let Some(clock) = self.timer_clock(out.wall, mode) {
-            let outputs = self.engine.advance(clock);
-            out.outputs(&outputs)?;
-        }
-        Ok(())
+    fn next_due(&self) -> Option<Timestamp> {
+        self.engine.next_due()
+    }
+
+    fn advance(&mut self, clock: Timestamp) -> Vec<Output> {
+        self.engine.advance(clock)
     }
 
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {

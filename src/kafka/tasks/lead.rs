@@ -16,8 +16,7 @@ use crate::codec::account::encode_account_update;
 use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
 use crate::codec::Encoding;
-use crate::config::TimerClock;
-use crate::core::{Engine, Outcome, Timestamp};
+use crate::core::{Engine, Outcome, Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
 use crate::kafka::records::header_text;
@@ -47,18 +46,6 @@ pub(super) struct LeadTask {
 impl LeadTask {
     pub fn lead_count(&self) -> usize {
         self.engine.lead_count()
-    }
-
-    /// The clock decay timers follow: event time (the partition's
-    /// watermark) while catching up, so a backlog fires timers exactly as
-    /// `replay` does; the wall clock once the partition is read to its end
-    /// (unless the config says event time only).
-    fn timer_clock(&self, wall: Timestamp, mode: TimerClock) -> Option<Timestamp> {
-        if self.at_end && mode == TimerClock::Wall {
-            Some(wall.max(self.engine.watermark().unwrap_or(wall)))
-        } else {
-            self.engine.watermark()
-        }
     }
 
     fn score(&mut self, message: &OwnedMessage, out: &mut Out<'_>) -> Result<(), Retry> {
@@ -220,20 +207,17 @@ impl Task for LeadTask {
         }
     }
 
-    fn timers_due(&self, wall: Timestamp, mode: TimerClock) -> bool {
-        self.engine
-            .next_due()
-            .zip(self.timer_clock(wall, mode))
-            .is_some_and(|(due, clock)| due <= clock)
+    /// Decay follows the partition's watermark (its latest event time).
+    fn own_time(&self) -> (Option<Timestamp>, bool) {
+        (self.engine.watermark(), self.at_end)
     }
 
-    fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
-        let mode = out.shared.config.processing.timer_clock;
-        if let Some(clock) = self.timer_clock(out.wall, mode) {
-            let outputs = self.engine.advance(clock);
-            out.outputs(&outputs)?;
-        }
-        Ok(())
+    fn next_due(&self) -> Option<Timestamp> {
+        self.engine.next_due()
+    }
+
+    fn advance(&mut self, clock: Timestamp) -> Vec<Output> {
+        self.engine.advance(clock)
     }
 
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {

@@ -39,17 +39,57 @@ pub(super) trait Task {
     /// then follow the wall clock, while catching up the records' time.
     fn set_at_end(&mut self, topics: &Topics, topic: &str, at_end: bool);
 
+    /// The time the task's own records have reached (event or update
+    /// time), and whether its partition is read to the end: together they
+    /// give the clock its timers follow ([`timer_clock`]).
+    fn own_time(&self) -> (Option<Timestamp>, bool);
+
+    /// When its next timer is due, if one is.
+    fn next_due(&self) -> Option<Timestamp>;
+
+    /// Fires the timers due by `clock`; returns what they publish.
+    fn advance(&mut self, clock: Timestamp) -> Vec<Output>;
+
     /// Whether a timer is due at the clock the task follows.
-    fn timers_due(&self, wall: Timestamp, mode: TimerClock) -> bool;
+    fn timers_due(&self, wall: Timestamp, mode: TimerClock) -> bool {
+        let (own, at_end) = self.own_time();
+        self.next_due()
+            .zip(timer_clock(own, at_end, wall, mode))
+            .is_some_and(|(due, clock)| due <= clock)
+    }
 
     /// Fires the timers due at the clock the task follows.
-    fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry>;
+    fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        let (own, at_end) = self.own_time();
+        let mode = out.shared.config.processing.timer_clock;
+        match timer_clock(own, at_end, out.wall, mode) {
+            Some(clock) => out.outputs(&self.advance(clock)),
+            None => Ok(()),
+        }
+    }
 
     /// Writes the changelog records of what changed since the last call.
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry>;
 
     /// The event-time watermark committed with the task's offsets.
     fn watermark(&self) -> Option<Timestamp>;
+}
+
+/// The clock a task's timers follow: its own time while catching up, so a
+/// backlog fires timers exactly as `replay` does; the wall clock once its
+/// partition is read to the end, so an idle lead cools down on time
+/// (unless the config says event time only).
+fn timer_clock(
+    own: Option<Timestamp>,
+    at_end: bool,
+    wall: Timestamp,
+    mode: TimerClock,
+) -> Option<Timestamp> {
+    if at_end && mode == TimerClock::Wall {
+        Some(wall.max(own.unwrap_or(wall)))
+    } else {
+        own
+    }
 }
 
 /// The topics of one deployment.
