@@ -165,19 +165,17 @@ impl<'c> Driver<'c> {
     fn reached_end(&mut self, partition: i32) {
         let positions = self.consumer.position().ok();
         let topics = &self.shared.topics;
-        for (topic, p) in self.tasks.topic_partitions(topics) {
-            if p != partition {
+        for topic in topics.subscribed() {
+            let Some(task) = self.tasks.get_mut(topics, topic, partition) else {
                 continue;
-            }
+            };
             let position = positions.as_ref().and_then(|list| {
-                list.find_partition(&topic, partition)
+                list.find_partition(topic, partition)
                     .and_then(|e| e.offset().to_raw())
             });
-            let high = cached_high_watermark(&self.consumer, &topic, partition);
+            let high = cached_high_watermark(&self.consumer, topic, partition);
             if matches!((position, high), (Some(p), Some(h)) if p >= h) {
-                if let Some(task) = self.tasks.get_mut(topics, &topic, partition) {
-                    task.set_at_end(topics, &topic, true);
-                }
+                task.set_at_end(topics, topic, true);
             }
         }
     }

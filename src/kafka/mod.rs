@@ -84,15 +84,15 @@ pub fn run(
     if kafka.create_topics {
         admin::ensure_topics(&base, kafka, config.rules.accounts.is_some())?;
     }
+    let creation_off = if kafka.create_topics {
+        ""
+    } else {
+        " (and create_topics is off)"
+    };
     let Some(input_partitions) = admin::partition_count(&base, &kafka.input_topic)? else {
         bail!(
-            "input topic {} does not exist{}",
-            kafka.input_topic,
-            if kafka.create_topics {
-                ""
-            } else {
-                " (and create_topics is off)"
-            }
+            "input topic {} does not exist{creation_off}",
+            kafka.input_topic
         );
     };
     let identity_topic = kafka.identity_topic();
@@ -103,13 +103,8 @@ pub fn run(
              {input_partitions}"
         ),
         None => bail!(
-            "identity topic {identity_topic} does not exist{}: create it with the input's \
-             {input_partitions} partitions",
-            if kafka.create_topics {
-                ""
-            } else {
-                " (and create_topics is off)"
-            }
+            "identity topic {identity_topic} does not exist{creation_off}: create it with the \
+             input's {input_partitions} partitions"
         ),
     }
     let default_encoding = Encoding::from_content_type(&config.processing.default_content_type)
