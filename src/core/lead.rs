@@ -592,7 +592,9 @@ impl LeadState {
         let h = half_life?;
         let eval = self.evaluate(rules, from);
         let hold = rules.tiers[tier].min_score - rules.settings.hysteresis;
-        let gap = hold - eval.fit;
+        // The score is `base + fit + E·2^(-Δt/h)`: without the base, a
+        // negative one (calibrate's intercept) would put the due time late.
+        let gap = hold - rules.settings.base - eval.fit;
         if changed(from) || gap <= 0.0 || eval.engagement <= 0.0 {
             return None; // already moving, or never: leave it to the search
         }
@@ -672,5 +674,72 @@ fn email_domain_value(email: &crate::core::event::Value) -> crate::core::event::
             }
             _ => Value::Null,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse_rules;
+
+    /// One rule, one half-life, a tier at 50: the closed form applies.
+    fn rules(base: f64) -> Rules {
+        parse_rules(
+            &format!(
+                r#"
+version = "v1"
+[scoring]
+half_life = "10d"
+base = {base}
+hysteresis = 5
+[grades]
+A = 40
+B = 25
+C = 10
+[[tiers]]
+name = "cold"
+min_score = 0
+[[tiers]]
+name = "hot"
+min_score = 50
+[[engagement]]
+name = "demo"
+points = 40
+type = "track"
+event = "Demo Requested"
+"#
+            ),
+            Path::new("rules.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn decay_is_due_when_the_tier_first_changes_whatever_the_base() {
+        for base in [-20.0, 0.0, 15.0] {
+            let rules = rules(base);
+            let mut lead = LeadState::new(Timestamp(0));
+            // Enough hits to clear the line with this base.
+            for hit in 0..4 {
+                lead.credit(&rules, 0, Timestamp(hit * 1000));
+            }
+            lead.clock = Timestamp(3000);
+            lead.tier = lead.tier_at(&rules, &lead.evaluate(&rules, lead.clock)) as u8;
+            assert_eq!(lead.tier, 1, "base {base}: starts hot");
+            let due = lead.next_change_due(&rules, lead.clock).unwrap();
+            let tier_at = |t: i64| lead.tier_at(&rules, &lead.evaluate(&rules, Timestamp(t)));
+            assert_eq!(
+                tier_at(due.millis()),
+                0,
+                "base {base}: cold at the due time"
+            );
+            assert_eq!(
+                tier_at(due.millis() - 1),
+                1,
+                "base {base}: still hot a millisecond before it"
+            );
+        }
     }
 }
