@@ -1,5 +1,7 @@
 //! Core throughput and memory: decode a typical ~300-byte Segment `track`
-//! call and score it, per core; and the steady-state heap bytes per lead.
+//! call and score it, per core; re-score leads in place under changed
+//! rules (points, a tier line), per core; and the steady-state heap bytes
+//! per lead.
 //!
 //!     cargo bench --bench core
 //!
@@ -187,9 +189,73 @@ fn memory_report() {
     );
 }
 
+/// Re-scoring in place, as a restart with new points does it per
+/// partition: every lead of a realistic history (the sample generator's
+/// mix) migrated, restored and re-evaluated, with the outputs of those
+/// that moved. Throughput is in leads.
+fn rescore(c: &mut Criterion) {
+    use leadscore::core::engine::StateChange;
+    use leadscore::core::migration::{Migration, RulesOutline};
+    use leadscore::core::output::Cause;
+
+    let old = Arc::new(rules());
+    let decoder = Decoder::for_rules(&old);
+    let mut engine = Engine::new(old.clone()).track_changes();
+    for line in leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads: 20_000,
+        ..Default::default()
+    }) {
+        for event in decoder.decode(line.as_bytes(), Encoding::Json).unwrap() {
+            let event = event.unwrap();
+            engine.apply(&event, event.timestamp);
+        }
+    }
+    let mut leads = Vec::new();
+    engine.take_changes(|id, change| {
+        if let StateChange::Lead(state) = change {
+            leads.push((id.to_string(), state.clone()));
+        }
+    });
+    // What calibrate changes: every rule's points (caps with them), the
+    // base, a tier line.
+    let mut new = (*old).clone();
+    for rule in &mut new.engagement {
+        rule.points *= 0.8;
+        if let Some(cap) = rule.cap.as_mut() {
+            cap.points *= 0.8;
+        }
+    }
+    new.settings.base += 3.0;
+    let last = new.tiers.len() - 1;
+    new.tiers[last].min_score -= 5.0;
+    let new = Arc::new(new);
+    let migration = Migration::plan(&RulesOutline::of(&old), &new).expect("in place");
+    let cause = Cause::RulesChanged(new.fingerprint());
+
+    let mut group = c.benchmark_group("rules");
+    group.throughput(Throughput::Elements(leads.len() as u64));
+    group.sample_size(20);
+    group.bench_function("rescore_in_place", |b| {
+        b.iter_batched(
+            || leads.clone(),
+            |leads| {
+                let mut engine = Engine::new(new.clone()).track_changes();
+                for (id, state) in leads {
+                    engine.restore_lead(&id, migration.lead(state));
+                }
+                black_box(engine.rescore(&cause));
+                engine
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     throughput(&mut criterion);
+    rescore(&mut criterion);
     criterion.final_summary();
     memory_report();
 }

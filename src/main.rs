@@ -260,11 +260,25 @@ fn print_rules_change(
                  version"
             );
         }
-        println!(
-            "state written under the old rules is not restored under these (run stops, naming \
-             both fingerprints): deploy them with a new changelog topic and consumer group, and \
-             replay history into them"
-        );
+        let outline = leadscore::core::migration::RulesOutline::of(old);
+        match leadscore::core::migration::Migration::plan(&outline, new) {
+            Ok(_) => println!(
+                "re-scored in place: state written under the old rules is restored under these \
+                 and re-evaluated at start-up; each lead whose tier changes, or whose score moves \
+                 by `step` or more, gets outputs with cause \"rules_changed\""
+            ),
+            Err(reasons) => {
+                println!("needs history: state written under the old rules cannot answer these:");
+                for reason in reasons {
+                    println!("  - {reason}");
+                }
+                println!(
+                    "state written under the old rules is not restored under these (run stops, \
+                     naming why): deploy them with a new changelog topic and consumer group, and \
+                     replay history into them"
+                );
+            }
+        }
     }
 }
 

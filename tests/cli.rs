@@ -691,8 +691,29 @@ fn check_against_the_deployed_rules_names_each_change_and_what_it_means_for_stat
         "added: engagement \"trade_show_visit\"",
         "moved: engagement \"demo_requested\" from position 1 to 2",
         "warning: the content differs but the version does not",
+        "needs history",
+        "engagement rule \"trade_show_visit\" is new",
         "is not restored under these",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
     }
+
+    // New points alone (and a tier moved): re-scored in place.
+    let tuned = dir.path().join("tuned.toml");
+    std::fs::write(
+        &tuned,
+        shipped
+            .replacen("points = 30", "points = 25", 1)
+            .replace("min_score = 70", "min_score = 65")
+            .replace(
+                "version = \"b2b-saas-2026.11.1\"",
+                "version = \"b2b-saas-2026.12.1\"",
+            ),
+    )
+    .unwrap();
+    let out = run(&args(&tuned).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("re-scored in place"), "{stdout}");
+    assert!(!stdout.contains("needs history"), "{stdout}");
 }

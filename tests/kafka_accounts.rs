@@ -54,6 +54,9 @@ fn read_account_changelog(bootstrap: &str, topic: &str) -> BTreeMap<String, Acco
     let mut accounts = BTreeMap::new();
     for record in read_topic(bootstrap, topic, true) {
         let key = record.key.clone().expect("keyed by account");
+        if key.starts_with(leadscore::codec::OUTLINE_KEY_PREFIX) {
+            continue; // the rules that wrote the state, not state
+        }
         if record.value.is_empty() {
             accounts.remove(&key); // a tombstone
         } else {

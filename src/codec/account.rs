@@ -77,10 +77,11 @@ fn member_from_wire(r: wire::MemberRecord) -> Result<Member, DecodeError> {
     })
 }
 
-fn cause_parts(cause: &Cause) -> (String, i64) {
+fn cause_parts(cause: &Cause) -> (String, i64, String) {
     match cause {
-        Cause::Event(id) | Cause::Merge(id) => (id.clone(), 0),
-        Cause::Decay(due) => (String::new(), due.millis()),
+        Cause::Event(id) | Cause::Merge(id) => (id.clone(), 0, String::new()),
+        Cause::Decay(due) => (String::new(), due.millis(), String::new()),
+        Cause::RulesChanged(fingerprint) => (String::new(), 0, fingerprint.clone()),
     }
 }
 
@@ -115,13 +116,14 @@ pub fn encode_account_update(update: &AccountUpdate) -> Vec<u8> {
             }),
         ),
     };
-    let (cause_event_id, cause_due_ms) = cause_parts(cause);
+    let (cause_event_id, cause_due_ms, cause_rules_changed) = cause_parts(cause);
     wire::AccountUpdateRecord {
         account_id: account_id.to_string(),
         at_ms: at.millis(),
         cause_event_id,
         cause_due_ms,
         kind: Some(kind),
+        cause_rules_changed,
     }
     .encode_to_vec()
 }
@@ -129,7 +131,9 @@ pub fn encode_account_update(update: &AccountUpdate) -> Vec<u8> {
 pub fn decode_account_update(bytes: &[u8]) -> Result<AccountUpdate, DecodeError> {
     let r = wire::AccountUpdateRecord::decode(bytes)
         .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    let cause = if r.cause_event_id.is_empty() {
+    let cause = if !r.cause_rules_changed.is_empty() {
+        Cause::RulesChanged(r.cause_rules_changed)
+    } else if r.cause_event_id.is_empty() {
         Cause::Decay(Timestamp(r.cause_due_ms))
     } else {
         Cause::Event(r.cause_event_id)

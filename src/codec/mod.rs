@@ -215,11 +215,43 @@ impl Decoder {
                 max: self.limits.max_message_bytes,
             });
         }
-        match encoding {
-            Encoding::Json => segment::decode(bytes, self),
-            Encoding::Protobuf => proto::decode_event(bytes, self).map(|e| vec![Ok(e)]),
+        let items = match encoding {
+            Encoding::Json => segment::decode(bytes, self)?,
+            Encoding::Protobuf => vec![Ok(proto::decode_event(bytes, self)?)],
+        };
+        Ok(items
+            .into_iter()
+            .map(|item| item.and_then(refuse_reserved_ids))
+            .collect())
+    }
+}
+
+/// Changelog keys of rules outline records (see `core::migration`) start
+/// with this: a NUL, which no lead or account id may start with.
+pub const OUTLINE_KEY_PREFIX: &str = "\u{0}leadscore-rules\u{0}";
+
+/// The changelog key of the outline of the rules with `fingerprint`.
+pub fn outline_key(fingerprint: &str) -> String {
+    format!("{OUTLINE_KEY_PREFIX}{fingerprint}")
+}
+
+/// Changelog keys that start with a NUL are leadscore's own (rules
+/// outlines): no lead or account id may start with one.
+fn refuse_reserved_ids(event: crate::core::Event) -> Result<crate::core::Event, DecodeError> {
+    let reserved = |id: Option<&str>| id.is_some_and(|id| id.starts_with('\0'));
+    for (field, id) in [
+        ("userId", Some(event.lead_id.as_str())),
+        ("groupId", event.account_id.as_deref()),
+        ("previousId", event.previous_id.as_deref()),
+    ] {
+        if reserved(id) {
+            return Err(DecodeError::InvalidField {
+                field,
+                reason: "an id may not start with a NUL character".to_string(),
+            });
         }
     }
+    Ok(event)
 }
 
 #[cfg(test)]

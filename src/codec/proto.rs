@@ -212,6 +212,7 @@ pub fn encode_output(output: &Output) -> Vec<u8> {
             })
             .collect(),
         rules_version: output.rules_version.to_string(),
+        cause: output.cause.kind().to_string(),
     }
     .encode_to_vec()
 }

@@ -509,14 +509,15 @@ impl AccountEngine {
             AccountUpdate::Member { .. } => ACCOUNT,
             AccountUpdate::Traits { .. } => ACCOUNT_TRAITS,
         };
-        emit(
-            rules,
-            account_id,
-            account,
-            subject,
-            cause.clone(),
-            &mut outputs,
-        );
+        // Every lead of an account sends a share when the rules change:
+        // each share's outputs need ids of their own.
+        let cause = match (update, cause) {
+            (AccountUpdate::Member { lead_id, .. }, Cause::RulesChanged(fingerprint)) => {
+                Cause::RulesChanged(format!("{fingerprint}\x1f{lead_id}"))
+            }
+            _ => cause.clone(),
+        };
+        emit(rules, account_id, account, subject, cause, &mut outputs);
         account.due = account.next_change_due(rules, account.clock);
         reschedule(&mut self.timers, account_id, due_before, account.due);
         if account.members.is_empty() && account.profile.traits.is_empty() {
@@ -529,6 +530,35 @@ impl AccountEngine {
             self.accounts.remove(account_id);
         }
         Some(outputs)
+    }
+
+    /// [`crate::core::Engine::rescore`] for accounts: each re-evaluated
+    /// under the engine's rules, in account id order.
+    pub fn rescore(&mut self, cause: &Cause) -> Vec<Output> {
+        let rules = &*self.rules;
+        let mut ids: Vec<Box<str>> = self.accounts.keys().cloned().collect();
+        ids.sort_unstable();
+        let mut outputs = Vec::new();
+        for account_id in ids {
+            let Some(account) = self.accounts.get_mut(&account_id) else {
+                continue;
+            };
+            let due_before = account.due;
+            emit(
+                rules,
+                &account_id,
+                account,
+                ACCOUNT,
+                cause.clone(),
+                &mut outputs,
+            );
+            account.due = account.next_change_due(rules, account.clock);
+            reschedule(&mut self.timers, &account_id, due_before, account.due);
+            if let Some(changes) = self.changes.as_mut() {
+                changes.insert(account_id);
+            }
+        }
+        outputs
     }
 
     /// Publishes what decay alone changes up to `now`.

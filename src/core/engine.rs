@@ -662,6 +662,28 @@ impl Engine {
         reschedule(&mut self.timers, lead_id, before.due, due);
     }
 
+    /// Re-evaluates every lead under the engine's rules after their state
+    /// was migrated to them (see [`crate::core::migration`]): publishes
+    /// what moved by `step` or changed tier, with `cause`, and records
+    /// every lead as changed (its changelog record names the new rules)
+    /// and its account share as updated. In lead id order, so a repeat
+    /// publishes the same outputs.
+    pub fn rescore(&mut self, cause: &Cause) -> Vec<Output> {
+        let mut ids: Vec<Box<str>> = self.leads.keys().cloned().collect();
+        ids.sort_unstable();
+        let mut outputs = Vec::new();
+        for lead_id in ids {
+            let rules = &*self.rules;
+            let Some(lead) = self.leads.get_mut(&lead_id) else {
+                continue;
+            };
+            let before = Before::of(rules, lead);
+            emit(rules, &lead_id, lead, cause.clone(), &mut outputs);
+            self.settle(&lead_id, before, cause.clone());
+        }
+        outputs
+    }
+
     /// Publishes what decay alone changes up to `now`: tier drops (or rises,
     /// as negative points fade) of leads that saw no event, in due-time order.
     pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {

@@ -181,7 +181,7 @@ fn describe_into(rules: &Rules, out: &mut String) {
     }
 }
 
-fn op(op: &Op) -> String {
+pub(crate) fn op(op: &Op) -> String {
     match op {
         Op::Equals(v) => format!("equals {v:?}"),
         Op::OneOf(vs) => format!("one_of {vs:?}"),

@@ -12,6 +12,7 @@ pub mod event;
 pub mod fingerprint;
 pub mod handoff;
 pub mod lead;
+pub mod migration;
 pub mod output;
 pub mod rules;
 pub mod time;

@@ -87,6 +87,21 @@ pub enum Cause {
     /// A history merged in from another partition, for the `alias` call
     /// with this message id (told apart from the call's own outputs).
     Merge(String),
+    /// The rules changed (to these, by fingerprint) and the lead or
+    /// account was re-scored in place.
+    RulesChanged(String),
+}
+
+impl Cause {
+    /// What the JSON and protobuf outputs call the cause.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cause::Event(_) => "event",
+            Cause::Decay(_) => "decay",
+            Cause::Merge(_) => "merge",
+            Cause::RulesChanged(_) => "rules_changed",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -117,7 +132,7 @@ impl Output {
     pub fn cause_event_id(&self) -> Option<&str> {
         match &self.cause {
             Cause::Event(id) | Cause::Merge(id) => Some(id),
-            Cause::Decay(_) => None,
+            Cause::Decay(_) | Cause::RulesChanged(_) => None,
         }
     }
 }
@@ -152,6 +167,10 @@ pub fn output_id_for(subject: &str, id: &str, kind: OutputKind, cause: &Cause) -
         Cause::Merge(message_id) => {
             hasher.update(b"\x1fmerge\x1f");
             hasher.update(message_id.as_bytes());
+        }
+        Cause::RulesChanged(fingerprint) => {
+            hasher.update(b"\x1frules\x1f");
+            hasher.update(fingerprint.as_bytes());
         }
     }
     Uuid::new_v8(hasher.digest128().to_be_bytes())

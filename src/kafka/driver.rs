@@ -365,7 +365,8 @@ impl<'c> Driver<'c> {
         let wall = wall_clock();
         let mode = self.shared.config.processing.timer_clock;
         let timers_due = self.tasks.all().any(|t| t.timers_due(wall, mode));
-        if batch.is_empty() && !timers_due {
+        let pending = self.tasks.all().any(|t| t.has_pending());
+        if batch.is_empty() && !timers_due && !pending {
             self.publish_held();
             return Ok(false);
         }
@@ -382,6 +383,9 @@ impl<'c> Driver<'c> {
             counters: &mut self.counters,
             wall,
         };
+        for task in self.tasks.all_mut() {
+            task.publish_pending(&mut out)?;
+        }
         for message in batch {
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());

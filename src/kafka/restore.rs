@@ -1,7 +1,7 @@
 //! Reading changelog partitions from their start to their end: how each
 //! task kind rebuilds its state (see `tasks`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -10,7 +10,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::core::RulesStamp;
+use crate::core::migration::{Migration, RulesOutline};
+use crate::core::{Rules, RulesStamp};
+
+pub use crate::codec::{outline_key, OUTLINE_KEY_PREFIX};
 
 /// Give up when the changelog makes no progress for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -94,19 +97,11 @@ pub(super) fn read_to_end(
     Ok(records)
 }
 
-/// Whether state the changelog holds, written under `found`, can be
-/// restored under the running rules (`running`): only when both have the
-/// same content, whatever their versions say. Records written before state
-/// carried a fingerprint are judged by their version.
-pub(super) fn check_rules(
-    topic: &str,
-    partition: i32,
-    found: &RulesStamp,
-    running: &RulesStamp,
-) -> anyhow::Result<()> {
-    if found.readable_by(running) {
-        return Ok(());
-    }
+/// Why state the changelog holds, written under `found`, is not restored
+/// under the running rules (`running`) when no outline of `found` is kept
+/// (written before outlines were, or by hand): its rule and trait indexes
+/// would point at other rules.
+fn refusal(topic: &str, partition: i32, found: &RulesStamp, running: &RulesStamp) -> anyhow::Error {
     let what = if found.version == running.version {
         format!(
             "rules of the same version \"{}\" but other content (fingerprint {} there, {} \
@@ -126,10 +121,117 @@ pub(super) fn check_rules(
             running.fingerprint
         )
     };
-    Err(anyhow::anyhow!(
-        "changelog {topic}/{partition} holds state scored by {what}; its rule and trait \
-         indexes would point at other rules, so it is not restored. Run the rules that wrote \
-         it, or use a new changelog topic (and consumer group) for the new rules and replay \
-         history into it."
-    ))
+    anyhow::anyhow!(
+        "changelog {topic}/{partition} holds state scored by {what}, and no outline of those \
+         rules is kept beside it to re-score it in place; its rule and trait indexes would \
+         point at other rules, so it is not restored. Run the rules that wrote it, or use a new \
+         changelog topic (and consumer group) for the new rules and replay history into it."
+    )
+}
+
+/// What a restore knows of the rules that wrote a changelog: the outline
+/// records read so far, and the migrations built from them to the running
+/// rules.
+pub(super) struct RulesHistory<'a> {
+    topic: &'a str,
+    rules: &'a Rules,
+    running: &'a RulesStamp,
+    outlines: HashMap<String, RulesOutline>,
+    migrations: HashMap<String, Migration>,
+    /// Partitions that hold the running rules' outline.
+    pub recorded: BTreeSet<i32>,
+    /// Partitions with state migrated from other rules, to re-score.
+    pub migrated: BTreeSet<i32>,
+}
+
+impl<'a> RulesHistory<'a> {
+    pub fn new(topic: &'a str, rules: &'a Rules, running: &'a RulesStamp) -> Self {
+        RulesHistory {
+            topic,
+            rules,
+            running,
+            outlines: HashMap::new(),
+            migrations: HashMap::new(),
+            recorded: BTreeSet::new(),
+            migrated: BTreeSet::new(),
+        }
+    }
+
+    /// Takes the record if it is an outline (`true`); other records are
+    /// state for the caller.
+    pub fn take_outline(
+        &mut self,
+        partition: i32,
+        key: &str,
+        value: Option<&[u8]>,
+        offset: i64,
+    ) -> anyhow::Result<bool> {
+        let Some(fingerprint) = key.strip_prefix(OUTLINE_KEY_PREFIX) else {
+            return Ok(false);
+        };
+        let Some(value) = value else {
+            return Ok(true);
+        };
+        let outline = RulesOutline::from_json(value).with_context(|| {
+            format!(
+                "changelog {}/{partition} offset {offset}: unreadable rules outline",
+                self.topic
+            )
+        })?;
+        if fingerprint == self.running.fingerprint {
+            self.recorded.insert(partition);
+        }
+        self.outlines.insert(fingerprint.to_string(), outline);
+        Ok(true)
+    }
+
+    /// How state written under `found` reads under the running rules:
+    /// as it is (`None`), through a migration, or not at all (an error
+    /// that says why and what to do).
+    pub fn migration(
+        &mut self,
+        partition: i32,
+        found: &RulesStamp,
+    ) -> anyhow::Result<Option<&Migration>> {
+        if found.readable_by(self.running) {
+            return Ok(None);
+        }
+        self.migrated.insert(partition);
+        let fingerprint = &found.fingerprint;
+        if !self.migrations.contains_key(fingerprint) {
+            let Some(outline) = self.outlines.get(fingerprint) else {
+                return Err(refusal(self.topic, partition, found, self.running));
+            };
+            let migration = Migration::plan(outline, self.rules).map_err(|reasons| {
+                let unversioned = if outline.version == self.running.version {
+                    " (the rules file was edited without a new version)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!(
+                    "changelog {}/{partition} holds state scored by rules \"{}\" (fingerprint \
+                     {}), which cannot be re-scored in place under \"{}\" (fingerprint \
+                     {}){unversioned}: {}. It is not restored: run the rules that wrote it, or \
+                     start the new rules in a new consumer group and changelog and replay \
+                     history into them (README: Changing the rules).",
+                    self.topic,
+                    outline.version,
+                    fingerprint,
+                    self.running.version,
+                    self.running.fingerprint,
+                    reasons.join("; ")
+                )
+            })?;
+            tracing::info!(
+                topic = self.topic,
+                from_version = outline.version,
+                from_fingerprint = %fingerprint,
+                to_version = self.running.version,
+                to_fingerprint = self.running.fingerprint,
+                "changelog written under other rules: re-scoring it in place"
+            );
+            self.migrations.insert(fingerprint.clone(), migration);
+        }
+        Ok(self.migrations.get(fingerprint))
+    }
 }

@@ -27,6 +27,9 @@ pub const ACCOUNTS: &str = "leadscore_accounts";
 pub const PARTITIONS: &str = "leadscore_partitions_assigned";
 pub const RESTORE_DURATION: &str = "leadscore_changelog_restore_duration_seconds";
 pub const RESTORED_LEADS: &str = "leadscore_changelog_restored_leads_total";
+/// Leads and accounts restored from state written under other rules and
+/// re-scored in place.
+pub const RESCORED: &str = "leadscore_rules_rescored_total";
 /// Label `change`: `reclaimed` (a restarted static member took its
 /// partitions back without a rebalance), `assigned` or `revoked`.
 pub const REBALANCES: &str = "leadscore_rebalances_total";
@@ -74,6 +77,7 @@ fn start_at_zero() {
         EVENTS_DUPLICATE,
         DEAD_LETTERS,
         RESTORED_LEADS,
+        RESCORED,
         MISROUTED,
     ] {
         metrics::counter!(name).increment(0);
@@ -141,6 +145,10 @@ fn describe() {
         "Time to restore assigned partitions from the changelog."
     );
     describe_counter!(RESTORED_LEADS, "Leads restored from the changelog.");
+    describe_counter!(
+        RESCORED,
+        "Leads and accounts restored from state written under other rules and re-scored in place."
+    );
     describe_counter!(
         HTTP_CONNECTIONS_REFUSED,
         "HTTP connections closed at once: [http] max_connections were open."

@@ -205,6 +205,9 @@ pub fn changelog_snapshot(
     let mut engine = Engine::new(Arc::new(rules()));
     for record in read_topic(bootstrap, &names.changelog, true) {
         let key = record.key.clone().unwrap();
+        if key.starts_with(leadscore::codec::OUTLINE_KEY_PREFIX) {
+            continue; // the rules that wrote the state, not state
+        }
         match decode_changelog(&record.value).unwrap() {
             ChangelogValue::Lead { state, .. } => engine.restore_lead(&key, state),
             ChangelogValue::AliasOf(to) => engine.restore_alias(&key, &to),

@@ -13,9 +13,11 @@ use super::{Out, Shared, Task, Topics};
 use crate::codec::account::{decode_account_state, decode_account_update, encode_account_state};
 use crate::config::Partitioner;
 use crate::core::account::{AccountEngine, AccountUpdate};
+use crate::core::migration::RulesOutline;
+use crate::core::output::Cause;
 use crate::core::{Output, Timestamp};
 use crate::kafka::clients::Retry;
-use crate::kafka::restore::{check_rules, read_to_end};
+use crate::kafka::restore::{outline_key, read_to_end, RulesHistory};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
 use crate::ops::status::LeadAnswer;
@@ -27,6 +29,11 @@ pub(super) struct AccountTask {
     /// catching up.
     watermark: Option<Timestamp>,
     at_end: bool,
+    /// The outputs of re-scoring restored state under new rules.
+    /// `Some` (perhaps empty) until the re-score is written.
+    pending: Option<Vec<Output>>,
+    /// The changelog partition holds the running rules' outline.
+    outline_recorded: bool,
 }
 
 impl AccountTask {
@@ -74,6 +81,14 @@ impl Task for AccountTask {
         self.engine.advance(clock)
     }
 
+    fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn publish_pending(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        out.outputs(&self.pending.take().unwrap_or_default())
+    }
+
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
         let stamp = &out.shared.stamp;
         let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
@@ -84,6 +99,12 @@ impl Task for AccountTask {
             ));
         });
         let topic = &out.shared.topics.account_changelog;
+        if !records.is_empty() && !self.outline_recorded {
+            let outline = RulesOutline::of(&out.shared.rules).to_json();
+            let key = outline_key(&stamp.fingerprint);
+            out.record(topic, Some(self.partition), &key, Some(outline.as_bytes()))?;
+            self.outline_recorded = true;
+        }
         for (key, value) in &records {
             out.record(topic, Some(self.partition), key, value.as_deref())?;
         }
@@ -106,6 +127,7 @@ pub(super) fn restore(
     let started = Instant::now();
     let rules = &shared.rules;
     let topic = &shared.topics.account_changelog;
+    let mut history = RulesHistory::new(topic, rules, &shared.stamp);
     let mut engines: BTreeMap<i32, AccountEngine> = BTreeMap::new();
     for &p in partitions {
         let engine = AccountEngine::new(rules.clone())
@@ -122,13 +144,19 @@ pub(super) fn restore(
             let Some(engine) = engines.get_mut(&partition) else {
                 return Ok(());
             };
+            if history.take_outline(partition, key, value, offset)? {
+                return Ok(());
+            }
             let Some(value) = value else {
                 engine.forget_account(key); // a tombstone: the account was dropped
                 return Ok(());
             };
             let (state, written_by) = decode_account_state(value)
                 .with_context(|| format!("changelog {topic}/{partition} offset {offset}"))?;
-            check_rules(topic, partition, &written_by, &shared.stamp)?;
+            let state = match history.migration(partition, &written_by)? {
+                Some(migration) => migration.account(state),
+                None => state,
+            };
             engine.restore_account(key, state);
             Ok(())
         },
@@ -143,16 +171,27 @@ pub(super) fn restore(
         seconds = format!("{:.3}", elapsed.as_secs_f64()),
         "account partitions restored from changelog"
     );
+    let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.clone());
     Ok(engines
         .into_iter()
         .map(|(partition, mut engine)| {
             // What was restored is not a change to write back.
             engine.take_changes(|_, _| {});
+            // Re-scored now, published with the next transaction (see the
+            // lead task); members follow as their leads send new shares.
+            let pending = if history.migrated.contains(&partition) {
+                metrics::counter!(m::RESCORED).increment(engine.account_count() as u64);
+                Some(engine.rescore(&rules_changed))
+            } else {
+                None
+            };
             let task = AccountTask {
                 partition,
                 engine,
                 watermark: None,
                 at_end: false,
+                pending,
+                outline_recorded: history.recorded.contains(&partition),
             };
             (partition, task)
         })

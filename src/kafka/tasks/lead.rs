@@ -16,11 +16,13 @@ use crate::codec::account::encode_account_update;
 use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
 use crate::codec::Encoding;
+use crate::core::migration::RulesOutline;
+use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
 use crate::kafka::records::header_text;
-use crate::kafka::restore::{check_rules, read_to_end};
+use crate::kafka::restore::{outline_key, read_to_end, RulesHistory};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
 use crate::ops::status::LeadAnswer;
@@ -41,6 +43,12 @@ pub(super) struct LeadTask {
     /// then follow the wall clock; while catching up they follow event
     /// time.
     at_end: bool,
+    /// The outputs of re-scoring restored state under new rules, for the
+    /// next transaction.
+    /// `Some` (perhaps empty) until the re-score is written.
+    pending: Option<Vec<Output>>,
+    /// The changelog partition holds the running rules' outline.
+    outline_recorded: bool,
 }
 
 impl LeadTask {
@@ -220,6 +228,15 @@ impl Task for LeadTask {
         self.engine.advance(clock)
     }
 
+    fn has_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn publish_pending(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        out.outputs(&self.pending.take().unwrap_or_default())?;
+        self.send_account_updates(out)
+    }
+
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
         let stamp = &out.shared.stamp;
         let mut records: Vec<(String, Vec<u8>)> = Vec::new();
@@ -227,6 +244,14 @@ impl Task for LeadTask {
             records.push((lead_id.to_string(), encode_changelog(&change, stamp)));
         });
         let topic = &out.shared.topics.changelog;
+        if !records.is_empty() && !self.outline_recorded {
+            // Before the first state written under these rules: what a
+            // later restore under other rules needs to re-score it.
+            let outline = RulesOutline::of(&out.shared.rules).to_json();
+            let key = outline_key(&stamp.fingerprint);
+            out.record(topic, Some(self.partition), &key, Some(outline.as_bytes()))?;
+            self.outline_recorded = true;
+        }
         for (key, value) in &records {
             out.record(topic, Some(self.partition), key, Some(value))?;
         }
@@ -278,6 +303,7 @@ pub(super) fn restore(
     let started = Instant::now();
     let rules = &shared.rules;
     let topic = &shared.topics.changelog;
+    let mut history = RulesHistory::new(topic, rules, &shared.stamp);
     let mut engines: BTreeMap<i32, Engine> = partitions
         .iter()
         .map(|&p| (p, Engine::new(rules.clone()).track_changes()))
@@ -291,6 +317,9 @@ pub(super) fn restore(
             let Some(engine) = engines.get_mut(&partition) else {
                 return Ok(());
             };
+            if history.take_outline(partition, key, value, offset)? {
+                return Ok(());
+            }
             let Some(value) = value else {
                 return Ok(()); // a tombstone: nothing to restore
             };
@@ -301,7 +330,10 @@ pub(super) fn restore(
                     state,
                     rules: written_by,
                 } => {
-                    check_rules(topic, partition, &written_by, &shared.stamp)?;
+                    let state = match history.migration(partition, &written_by)? {
+                        Some(migration) => migration.lead(state),
+                        None => state,
+                    };
                     engine.restore_lead(key, state);
                 }
                 ChangelogValue::AliasOf(target) => engine.restore_alias(key, &target),
@@ -335,9 +367,28 @@ pub(super) fn restore(
     let partitioner = shared.config.kafka.input_partitioner;
     let count = shared.input_partitions;
     let mut tasks = BTreeMap::new();
+    let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.clone());
     for (partition, mut engine) in engines {
         // What was restored is not a change to write back.
         engine.take_changes(|_, _| {});
+        // State written under other rules is re-scored now, before any
+        // event: every lead is written back under the running rules, and
+        // what moved is published in the next transaction, with the
+        // changelog records. Aborted, it is all done again from the same
+        // state, with the same ids.
+        let pending = if history.migrated.contains(&partition) {
+            let outputs = engine.rescore(&rules_changed);
+            metrics::counter!(m::RESCORED).increment(engine.lead_count() as u64);
+            tracing::info!(
+                partition,
+                leads = engine.lead_count(),
+                outputs = outputs.len(),
+                "re-scored under the running rules"
+            );
+            Some(outputs)
+        } else {
+            None
+        };
         engine.set_locality(Arc::new(move |id: &str| {
             partition_of(partitioner, id.as_bytes(), count) == partition
         }));
@@ -357,6 +408,8 @@ pub(super) fn restore(
                 partition,
                 engine,
                 at_end: false,
+                pending,
+                outline_recorded: history.recorded.contains(&partition),
             },
         );
     }

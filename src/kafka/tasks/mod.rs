@@ -69,6 +69,17 @@ pub(super) trait Task {
     }
 
     /// Writes the changelog records of what changed since the last call.
+    /// Whether a restore left outputs for the next transaction (those of
+    /// re-scoring state written under other rules).
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// Publishes what a restore left, before the batch's records.
+    fn publish_pending(&mut self, _out: &mut Out<'_>) -> Result<(), Retry> {
+        Ok(())
+    }
+
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry>;
 
     /// The event-time watermark committed with the task's offsets.
