@@ -24,6 +24,7 @@ pub struct ReplayStats {
     pub rejected: u64,
     pub score_changes: u64,
     pub crossings: u64,
+    pub lifecycle_changes: u64,
 }
 
 /// A line (or batch item) that did not become a scored event.
@@ -115,10 +116,7 @@ impl Replayer {
         };
         for update in &updates {
             for output in accounts.apply(update) {
-                match output.kind {
-                    OutputKind::ScoreChanged => self.stats.score_changes += 1,
-                    OutputKind::ThresholdCrossed => self.stats.crossings += 1,
-                }
+                self.stats.count(&output);
                 emit(&output);
             }
         }
@@ -129,10 +127,7 @@ impl Replayer {
             return;
         };
         for output in accounts.advance(now) {
-            match output.kind {
-                OutputKind::ScoreChanged => self.stats.score_changes += 1,
-                OutputKind::ThresholdCrossed => self.stats.crossings += 1,
-            }
+            self.stats.count(&output);
             emit(&output);
         }
     }
@@ -268,9 +263,16 @@ impl Replayer {
     }
 
     fn count(&mut self, output: &Output) {
+        self.stats.count(output);
+    }
+}
+
+impl ReplayStats {
+    fn count(&mut self, output: &Output) {
         match output.kind {
-            OutputKind::ScoreChanged => self.stats.score_changes += 1,
-            OutputKind::ThresholdCrossed => self.stats.crossings += 1,
+            OutputKind::ScoreChanged => self.score_changes += 1,
+            OutputKind::ThresholdCrossed => self.crossings += 1,
+            OutputKind::LifecycleChanged => self.lifecycle_changes += 1,
         }
     }
 }

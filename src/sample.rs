@@ -16,6 +16,10 @@ pub struct SampleConfig {
     pub days: i64,
     /// Share of leads that first browse anonymously and are then aliased.
     pub anonymous_share: f64,
+    /// Share of identified leads that sales works: an MQL rejected (and
+    /// recycled), an opportunity, a deal won or lost. Drawn apart from the
+    /// rest, so other leads' events do not change with it.
+    pub sales_share: f64,
 }
 
 impl Default for SampleConfig {
@@ -26,6 +30,7 @@ impl Default for SampleConfig {
             start: Timestamp(1_764_547_200_000), // 2025-12-01T00:00:00Z
             days: 30,
             anonymous_share: 0.2,
+            sales_share: 0.0,
         }
     }
 }
@@ -249,6 +254,37 @@ pub fn generate(config: &SampleConfig) -> Vec<String> {
                        "timestamp": iso(t), "context": {"ip": "203.0.113.7", "library": {"name": "analytics-node", "version": "6.0.0"}}})
             };
             messages.push((t, id, m));
+        }
+        if config.sales_share > 0.0 {
+            let mut sales = fastrand::Rng::with_seed(
+                config.seed ^ (lead as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            if sales.f64() < config.sales_share {
+                let end = config.start.millis() + span_ms;
+                let mut at = first_touch + sales.i64(MS_PER_DAY..span_ms / 2);
+                let mut story = vec!["Lead Disqualified"];
+                if sales.f64() < 0.6 {
+                    story.push("Opportunity Created");
+                    story.push(if sales.bool() {
+                        "Deal Won"
+                    } else {
+                        "Deal Lost"
+                    });
+                }
+                for event in story {
+                    if at > end {
+                        break;
+                    }
+                    let id = next_id(&mut seq);
+                    messages.push((
+                        at,
+                        id.clone(),
+                        json!({"type": "track", "messageId": id, "userId": user_id, "event": event,
+                               "properties": {"source": "crm"}, "timestamp": iso(at)}),
+                    ));
+                    at += sales.i64(MS_PER_DAY..10 * MS_PER_DAY);
+                }
+            }
         }
     }
     messages.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));

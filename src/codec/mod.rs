@@ -119,8 +119,13 @@ impl FieldFilter {
                 list.push(key.to_string());
             }
         };
-        for rule in &rules.engagement {
-            for c in &rule.conditions {
+        let conditions = rules
+            .engagement
+            .iter()
+            .flat_map(|r| &r.conditions)
+            .chain(rules.lifecycle.iter().flat_map(|r| &r.conditions));
+        {
+            for c in conditions {
                 match &c.field {
                     EventField::Property(k) => add(&mut f.properties, k),
                     EventField::Context(k) => add(&mut f.context, k),

@@ -42,6 +42,12 @@ struct OutputJson<'a> {
     cause_event_id: Option<&'a str>,
     contributions: Vec<ContributionJson<'a>>,
     rules_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_stage: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons: Option<Vec<&'a str>>,
 }
 
 pub fn output_to_json(output: &Output) -> String {
@@ -63,6 +69,15 @@ pub fn output_to_json(output: &Output) -> String {
         cause_event_id: output.cause_event_id(),
         contributions: contributions(&output.contributions),
         rules_version: &output.rules_version,
+        stage: output.stage.as_deref(),
+        previous_stage: output
+            .lifecycle
+            .as_ref()
+            .map(|l| l.previous_stage.as_deref()),
+        reasons: output
+            .lifecycle
+            .as_ref()
+            .map(|l| l.reasons.iter().map(|r| &**r).collect()),
     };
     serde_json::to_string(&json).expect("output JSON has only serializable fields")
 }
@@ -79,6 +94,23 @@ struct SnapshotJson<'a> {
     as_of: String,
     last_event_at: String,
     contributions: Vec<ContributionJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifecycle: Option<serde_json::Value>,
+}
+
+/// A lead's lifecycle as JSON: stage, terminal, suppression, outcome.
+pub fn lifecycle_json(life: &crate::core::lead::Lifecycle) -> serde_json::Value {
+    serde_json::json!({
+        "stage": life.stage.as_deref(),
+        "stage_at": life.stage.as_ref().map(|_| life.stage_at.to_rfc3339()),
+        "terminal": life.terminal,
+        "suppressed_until": life.suppressed_until.map(|t| t.to_rfc3339()),
+        "recycled_at": life.reset_at.map(|t| t.to_rfc3339()),
+        "outcome": life.outcome.map(|o| serde_json::json!({
+            "converted": o.converted,
+            "at": o.at.to_rfc3339(),
+        })),
+    })
 }
 
 pub fn snapshot_to_json(s: &LeadSnapshot) -> String {
@@ -93,6 +125,7 @@ pub fn snapshot_to_json(s: &LeadSnapshot) -> String {
         as_of: s.as_of.to_rfc3339(),
         last_event_at: s.last_event_at.to_rfc3339(),
         contributions: contributions(&s.contributions),
+        lifecycle: s.lifecycle.as_ref().map(lifecycle_json),
     };
     serde_json::to_string(&json).expect("snapshot JSON has only serializable fields")
 }

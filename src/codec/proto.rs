@@ -6,7 +6,8 @@ use super::{DecodeError, Decoder};
 use crate::core::decay::Decaying;
 use crate::core::event::{Event, EventKind, Fields, Value};
 use crate::core::lead::{
-    AccountLink, CapWindow, LeadState, MergedHistory, RuleCredit, SeenId, TraitState,
+    AccountLink, CapWindow, LeadState, Lifecycle, MergedHistory, RuleCredit, SalesOutcome, SeenId,
+    TraitState,
 };
 use crate::core::output::Output;
 use crate::core::time::Timestamp;
@@ -213,6 +214,18 @@ pub fn encode_output(output: &Output) -> Vec<u8> {
             .collect(),
         rules_version: output.rules_version.to_string(),
         cause: output.cause.kind().to_string(),
+        stage: output.stage.as_deref().unwrap_or_default().to_string(),
+        previous_stage: output
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.previous_stage.as_deref())
+            .unwrap_or_default()
+            .to_string(),
+        reasons: output
+            .lifecycle
+            .as_ref()
+            .map(|l| l.reasons.iter().map(|r| r.to_string()).collect())
+            .unwrap_or_default(),
     }
     .encode_to_vec()
 }
@@ -286,6 +299,46 @@ pub(crate) fn lead_state_to_wire(state: &LeadState, rules: &RulesStamp) -> wire:
                 state: Some(lead_state_to_wire(&m.state, rules)),
             })
             .collect(),
+        lifecycle: state.life.as_deref().map(lifecycle_to_wire),
+    }
+}
+
+fn lifecycle_to_wire(life: &Lifecycle) -> wire::LifecycleRecord {
+    use wire::lifecycle_record::Outcome;
+    wire::LifecycleRecord {
+        stage: life.stage.as_deref().unwrap_or_default().to_string(),
+        stage_at_ms: life.stage_at.millis(),
+        terminal: life.terminal,
+        suppressed: life.suppressed_until.is_some(),
+        suppressed_until_ms: life.suppressed_until.map_or(0, Timestamp::millis),
+        reset: life.reset_at.is_some(),
+        reset_at_ms: life.reset_at.map_or(0, Timestamp::millis),
+        outcome: match life.outcome {
+            None => Outcome::Unspecified,
+            Some(o) if o.converted => Outcome::Converted,
+            Some(_) => Outcome::NotConverted,
+        } as i32,
+        outcome_at_ms: life.outcome.map_or(0, |o| o.at.millis()),
+    }
+}
+
+fn lifecycle_from_wire(r: wire::LifecycleRecord) -> Lifecycle {
+    use wire::lifecycle_record::Outcome;
+    let outcome = match Outcome::try_from(r.outcome) {
+        Ok(Outcome::Converted) => Some(true),
+        Ok(Outcome::NotConverted) => Some(false),
+        _ => None,
+    };
+    Lifecycle {
+        stage: (!r.stage.is_empty()).then(|| r.stage.into()),
+        stage_at: Timestamp(r.stage_at_ms),
+        terminal: r.terminal,
+        suppressed_until: r.suppressed.then_some(Timestamp(r.suppressed_until_ms)),
+        reset_at: r.reset.then_some(Timestamp(r.reset_at_ms)),
+        outcome: outcome.map(|converted| SalesOutcome {
+            converted,
+            at: Timestamp(r.outcome_at_ms),
+        }),
     }
 }
 
@@ -412,6 +465,7 @@ pub(crate) fn lead_state_from_wire(
                 })
             })
             .collect::<Result<_, DecodeError>>()?,
+        life: r.lifecycle.map(|l| Box::new(lifecycle_from_wire(l))),
     };
     Ok((
         state,

@@ -16,8 +16,8 @@ use crate::core::account::{AccountRules, Committee};
 use crate::core::decay::HalfLife;
 use crate::core::event::{EventKind, Value};
 use crate::core::rules::{
-    Cap, EngagementRule, EventCondition, EventField, FitRule, Grade, GradeThresholds, Op, Rules,
-    Settings, Tier, TraitCondition, TraitKey, MAX_OPS_PER_TRAIT,
+    Cap, EngagementRule, EventCondition, EventField, FitRule, Grade, GradeThresholds,
+    LifecycleRule, Op, Rules, Settings, Tier, TraitCondition, TraitKey, MAX_OPS_PER_TRAIT,
 };
 
 #[derive(Deserialize)]
@@ -37,6 +37,9 @@ struct RawRulesFile {
     engagement: Vec<Spanned<RawEngagementRule>>,
     /// Account scoring; absent: leads only.
     accounts: Option<Spanned<RawAccounts>>,
+    /// Dispositions from sales and the CRM.
+    #[serde(default)]
+    lifecycle: Vec<Spanned<RawLifecycleRule>>,
     /// Runtime sections, checked by `super::load` (not part of the rules).
     #[serde(default)]
     kafka: Option<Spanned<toml::Table>>,
@@ -257,6 +260,24 @@ struct RawEngagementRule {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycleRule {
+    name: String,
+    #[serde(rename = "type")]
+    kinds: Option<OneOrMany>,
+    event: Option<OneOrMany>,
+    #[serde(default)]
+    when: Vec<Spanned<RawCondition>>,
+    stage: Option<String>,
+    #[serde(default)]
+    terminal: bool,
+    #[serde(default)]
+    reset: bool,
+    suppress: Option<String>,
+    outcome: Option<String>,
+}
+
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -363,50 +384,8 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
         let span = spanned.span();
         let rule = spanned.into_inner();
         check_rule_header(ctx, &span, &rule.name, rule.points, &mut rule_names)?;
-        let mut kinds = Vec::new();
-        for name in rule.kinds.map(OneOrMany::into_vec).unwrap_or_default() {
-            match EventKind::parse(&name) {
-                Some(EventKind::Alias) | None => {
-                    return Err(ctx.err(
-                        &span,
-                        format!(
-                            "rule `{}`: unknown `type` \"{name}\" (use track, page, screen, identify or group)",
-                            rule.name
-                        ),
-                    ))
-                }
-                Some(kind) => kinds.push(kind),
-            }
-        }
-        let names = rule.event.map(OneOrMany::into_vec).unwrap_or_default();
-        if names.iter().any(|n| n.trim().is_empty()) {
-            return Err(ctx.err(&span, format!("rule `{}`: empty `event` name", rule.name)));
-        }
-        let mut conditions = Vec::new();
-        for cond in rule.when {
-            let cspan = cond.span();
-            let cond = cond.into_inner();
-            let Some(field) = EventField::parse(cond.field.trim()) else {
-                return Err(ctx.err(
-                    &cspan,
-                    format!(
-                        "rule `{}`: unknown field `{}` (use event, properties.NAME, context.NAME or traits.NAME)",
-                        rule.name, cond.field
-                    ),
-                ));
-            };
-            let (op, negate) = compile_op(ctx, &cspan, cond)?;
-            conditions.push(EventCondition { field, op, negate });
-        }
-        if kinds.is_empty() && names.is_empty() && conditions.is_empty() {
-            return Err(ctx.err(
-                &span,
-                format!(
-                    "rule `{}` would match every event: give a `type`, an `event` or a `when`",
-                    rule.name
-                ),
-            ));
-        }
+        let (kinds, names, conditions) =
+            compile_matcher(ctx, &span, &rule.name, rule.kinds, rule.event, rule.when)?;
         let cap = match rule.cap {
             None => None,
             Some(cap) => {
@@ -463,10 +442,145 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
         )?)),
     };
 
+    let lifecycle = compile_lifecycle(ctx, raw.lifecycle)?;
     let mut rules = Rules::new(
         version, settings, grades, tiers, fit, engagement, trait_keys,
     );
     rules.accounts = accounts;
+    rules.lifecycle = lifecycle;
+    Ok(rules)
+}
+
+/// Call types, event names and conditions.
+type Matcher = (Vec<EventKind>, Vec<String>, Vec<EventCondition>);
+
+/// What an engagement or lifecycle rule matches: call types, event names
+/// and conditions, at least one of them.
+fn compile_matcher(
+    ctx: &Ctx,
+    span: &Range<usize>,
+    rule_name: &str,
+    kinds_raw: Option<OneOrMany>,
+    event: Option<OneOrMany>,
+    when: Vec<Spanned<RawCondition>>,
+) -> Result<Matcher, ConfigError> {
+    let mut kinds = Vec::new();
+    for name in kinds_raw.map(OneOrMany::into_vec).unwrap_or_default() {
+        match EventKind::parse(&name) {
+            Some(EventKind::Alias) | None => {
+                return Err(ctx.err(
+                    span,
+                    format!(
+                        "rule `{rule_name}`: unknown `type` \"{name}\" (use track, page, screen, identify or group)"
+                    ),
+                ))
+            }
+            Some(kind) => kinds.push(kind),
+        }
+    }
+    let names = event.map(OneOrMany::into_vec).unwrap_or_default();
+    if names.iter().any(|n| n.trim().is_empty()) {
+        return Err(ctx.err(span, format!("rule `{rule_name}`: empty `event` name")));
+    }
+    let mut conditions = Vec::new();
+    for cond in when {
+        let cspan = cond.span();
+        let cond = cond.into_inner();
+        let Some(field) = EventField::parse(cond.field.trim()) else {
+            return Err(ctx.err(
+                &cspan,
+                format!(
+                    "rule `{rule_name}`: unknown field `{}` (use event, properties.NAME, context.NAME or traits.NAME)",
+                    cond.field
+                ),
+            ));
+        };
+        let (op, negate) = compile_op(ctx, &cspan, cond)?;
+        conditions.push(EventCondition { field, op, negate });
+    }
+    if kinds.is_empty() && names.is_empty() && conditions.is_empty() {
+        return Err(ctx.err(
+            span,
+            format!(
+                "rule `{rule_name}` would match every event: give a `type`, an `event` or a `when`"
+            ),
+        ));
+    }
+    Ok((kinds, names, conditions))
+}
+
+/// Dispositions: `[[lifecycle]]` rules.
+fn compile_lifecycle(
+    ctx: &Ctx,
+    raw: Vec<Spanned<RawLifecycleRule>>,
+) -> Result<Vec<LifecycleRule>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut rules = Vec::new();
+    for spanned in raw {
+        let span = spanned.span();
+        let rule = spanned.into_inner();
+        let name = rule.name.trim().to_string();
+        if name.is_empty() {
+            return Err(ctx.err(&span, "a lifecycle rule needs a `name`"));
+        }
+        if !names.insert(name.clone()) {
+            return Err(ctx.err(&span, format!("lifecycle rule `{name}` is defined twice")));
+        }
+        let (kinds, event_names, conditions) =
+            compile_matcher(ctx, &span, &name, rule.kinds, rule.event, rule.when)?;
+        let stage = match rule.stage.as_deref().map(str::trim) {
+            Some("") => {
+                return Err(ctx.err(&span, format!("lifecycle rule `{name}`: empty `stage`")))
+            }
+            other => other.map(Arc::<str>::from),
+        };
+        if rule.terminal && stage.is_none() {
+            return Err(ctx.err(
+                &span,
+                format!("lifecycle rule `{name}`: `terminal` marks a `stage`; give one"),
+            ));
+        }
+        let suppress_ms = match &rule.suppress {
+            None => None,
+            Some(text) => Some(duration_ms(
+                parse_duration_at_least(text, MIN_CAP_WINDOW).map_err(|m| {
+                    ctx.err(&span, format!("lifecycle rule `{name}`: `suppress`: {m}"))
+                })?,
+            )),
+        };
+        let outcome = match rule.outcome.as_deref().map(str::trim) {
+            None => None,
+            Some("won" | "converted") => Some(true),
+            Some("lost" | "not_converted") => Some(false),
+            Some(other) => {
+                return Err(ctx.err(
+                    &span,
+                    format!(
+                        "lifecycle rule `{name}`: `outcome` \"{other}\" (use \"won\" or \"lost\")"
+                    ),
+                ))
+            }
+        };
+        if stage.is_none() && !rule.reset && suppress_ms.is_none() && outcome.is_none() {
+            return Err(ctx.err(
+                &span,
+                format!(
+                    "lifecycle rule `{name}` does nothing: give a `stage`, `reset`, `suppress` or `outcome`"
+                ),
+            ));
+        }
+        rules.push(LifecycleRule {
+            name: name.into(),
+            kinds,
+            names: event_names,
+            conditions,
+            stage,
+            terminal: rule.terminal,
+            reset: rule.reset,
+            suppress_ms,
+            outcome,
+        });
+    }
     Ok(rules)
 }
 
@@ -1137,6 +1251,31 @@ pub fn summarize(rules: &Rules) -> String {
             format!(" ({})", notes.join(", "))
         };
         let _ = writeln!(out, "  {:<28} {:>+7}{notes}", r.name, r.points);
+    }
+    if !rules.lifecycle.is_empty() {
+        let _ = writeln!(out, "lifecycle rules:");
+        for rule in &rules.lifecycle {
+            let mut acts = Vec::new();
+            if let Some(stage) = &rule.stage {
+                acts.push(format!(
+                    "stage {stage}{}",
+                    if rule.terminal { " (terminal)" } else { "" }
+                ));
+            }
+            if rule.reset {
+                acts.push("recycle".to_string());
+            }
+            if let Some(ms) = rule.suppress_ms {
+                acts.push(format!("suppress {} days", days(ms as f64)));
+            }
+            if let Some(converted) = rule.outcome {
+                acts.push(format!(
+                    "outcome {}",
+                    if converted { "won" } else { "lost" }
+                ));
+            }
+            let _ = writeln!(out, "  {:<32} {}", rule.name, acts.join(", "));
+        }
     }
     let _ = writeln!(
         out,

@@ -699,6 +699,8 @@ fn emit(
         delta,
         contributions,
         rules_version: rules.version.clone(),
+        stage: None,
+        lifecycle: None,
     };
     let crossed_id = (tier != previous)
         .then(|| output_id_for(subject, account_id, OutputKind::ThresholdCrossed, &cause));

@@ -79,6 +79,8 @@ pub struct LeadSnapshot {
     pub contributions: Vec<Contribution>,
     /// The latest event (or decay) time applied to the lead.
     pub last_event_at: Timestamp,
+    /// Where the lead stands with sales (lifecycle rules), if anywhere.
+    pub lifecycle: Option<crate::core::lead::Lifecycle>,
 }
 
 pub struct Engine {
@@ -350,9 +352,18 @@ impl Engine {
         if let Some((identity, state)) = absorbed {
             lead.take_history(&identity, state);
         }
-        take_event(rules, lead, event, t, watermark);
+        let life_change = if rules.lifecycle.is_empty() {
+            None
+        } else {
+            lead.apply_lifecycle(rules, event, t)
+        };
+        let reset_at = lead.reset_at();
+        take_event(rules, lead, event, t, watermark, reset_at);
         lead.clock = lead.clock.max(t);
         emit(rules, lead_id, lead, cause.clone(), &mut outputs);
+        if let Some(change) = life_change {
+            outputs.push(lifecycle_output(rules, lead_id, lead, change, &cause));
+        }
         self.settle(lead_id, before, cause.clone());
         if let (EventKind::Group, Some(account_id), Some(_)) =
             (event.kind, &event.account_id, self.rules.accounts.as_ref())
@@ -607,11 +618,22 @@ impl Engine {
         if let Some((identity, state)) = absorbed {
             lead.take_history(&identity, state);
         }
+        // Dispositions act first: a recycle clears what came before the
+        // event, not the event's own engagement.
+        let life_change = if rules.lifecycle.is_empty() {
+            None
+        } else {
+            lead.apply_lifecycle(rules, event, t)
+        };
+        let reset_at = lead.reset_at();
         let history = lead.history_mut(via, t);
-        take_event(rules, history, event, t, watermark);
+        take_event(rules, history, event, t, watermark, reset_at);
         lead.clock = lead.clock.max(t);
         let cause = Cause::Event(event.message_id.clone());
         emit(rules, &target, lead, cause.clone(), &mut outputs);
+        if let Some(change) = life_change {
+            outputs.push(lifecycle_output(rules, &target, lead, change, &cause));
+        }
         self.settle(&target, before, cause);
         Outcome::Applied(outputs)
     }
@@ -624,7 +646,7 @@ impl Engine {
             return;
         };
         let view = lead.view(rules);
-        let due = view.next_change_due(rules, view.clock);
+        let due = view.next_due(rules, view.clock);
         let account_after = rules
             .accounts
             .as_ref()
@@ -751,6 +773,7 @@ fn take_event(
     event: &Event,
     t: Timestamp,
     watermark: Timestamp,
+    reset_at: Option<Timestamp>,
 ) {
     if let Some(accounts) = rules.accounts.as_deref().filter(|a| a.from_email_domain) {
         if event.kind != EventKind::Group {
@@ -772,7 +795,10 @@ fn take_event(
     if let Some(account_id) = &event.account_id {
         lead.link_account(account_id, t);
     }
-    rules.for_each_matching_rule(event, |rule| lead.credit(rules, rule, t));
+    // An event from before a recycle that arrives after it earns nothing.
+    if reset_at.is_none_or(|reset| t >= reset) {
+        rules.for_each_matching_rule(event, |rule| lead.credit(rules, rule, t));
+    }
     lead.clock = lead.clock.max(t);
     if let Some(allowed_ms) = rules.settings.allowed_lateness_ms {
         lead.fold_closed_windows(rules, watermark.saturating_sub_ms(allowed_ms));
@@ -808,6 +834,7 @@ fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) ->
         tier: rules.tier_name(usize::from(lead.tier)).clone(),
         contributions: lead.contributions(rules, at),
         last_event_at: lead.clock,
+        lifecycle: lead.life.as_deref().cloned(),
     }
 }
 
@@ -846,7 +873,7 @@ fn advance_lead(
         };
         lead.clock = lead.clock.max(due);
         emit(rules, lead_id, lead, Cause::Decay(due), outputs);
-        lead.due = lead.view(rules).next_change_due(rules, lead.clock);
+        lead.due = lead.view(rules).next_due(rules, lead.clock);
     }
     lead.due = None;
 }
@@ -858,7 +885,12 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     let view = lead.view(rules);
     let eval: Evaluation = view.evaluate(rules, at);
     let previous = usize::from(lead.tier);
-    let tier = view.tier_at(rules, &eval);
+    let mut tier = view.tier_at(rules, &eval);
+    if tier > previous && view.suppresses_up(at) {
+        // Held below until the suppression lapses (a timer is due then)
+        // or for good while the stage is terminal; the score still moves.
+        tier = previous;
+    }
     let delta = eval.score - lead.last_emitted_score;
     if tier == previous && delta.abs() < rules.settings.step {
         return;
@@ -883,6 +915,8 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
         delta,
         contributions,
         rules_version: rules.version.clone(),
+        stage: view.life.as_deref().and_then(|l| l.stage.clone()),
+        lifecycle: None,
     };
     let crossed_id =
         (tier != previous).then(|| output_id(lead_id, OutputKind::ThresholdCrossed, &cause));
@@ -890,4 +924,41 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     push_change(out, changed, crossed_id);
     lead.tier = tier as u8;
     lead.last_emitted_score = eval.score;
+}
+
+/// The `lifecycle_changed` output of a disposition: the lead's numbers and
+/// tier after the event, its stage before and after, the rules that acted.
+fn lifecycle_output(
+    rules: &Rules,
+    lead_id: &str,
+    lead: &LeadState,
+    change: crate::core::lead::LifecycleChange,
+    cause: &Cause,
+) -> Output {
+    let at = lead.clock;
+    let view = lead.view(rules);
+    let eval = view.evaluate(rules, at);
+    let mut contributions = view.contributions(rules, at);
+    contributions.truncate(rules.settings.top_contributions);
+    let tier = rules.tier_name(usize::from(lead.tier)).clone();
+    Output {
+        kind: OutputKind::LifecycleChanged,
+        event_id: output_id(lead_id, OutputKind::LifecycleChanged, cause),
+        lead_id: Some(lead_id.to_string()),
+        account_id: view.account.as_ref().map(|a| a.id.to_string()),
+        at,
+        cause: cause.clone(),
+        score: eval.score,
+        fit: eval.fit,
+        engagement: eval.engagement,
+        grade: eval.grade,
+        tier: tier.clone(),
+        previous_tier: tier,
+        direction: direction_of(0, 0, eval.score - lead.last_emitted_score),
+        delta: eval.score - lead.last_emitted_score,
+        contributions,
+        rules_version: rules.version.clone(),
+        stage: view.life.as_deref().and_then(|l| l.stage.clone()),
+        lifecycle: Some(Box::new(change)),
+    }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use sha2::{Digest, Sha256};
 
 use super::account::AccountRules;
-use super::rules::{EngagementRule, FitRule, Op, Rules, Tier, TraitKey};
+use super::rules::{EngagementRule, FitRule, LifecycleRule, Op, Rules, Tier, TraitKey};
 
 /// Which rules wrote a piece of state: the version people named them by
 /// and the fingerprint of their content. An empty fingerprint: written
@@ -134,7 +134,7 @@ fn item_key(line: &str) -> String {
             let _position = words.next();
             format!("trait {}", words.next().unwrap_or_default())
         }
-        "tier" | "fit" | "engagement" => {
+        "tier" | "fit" | "engagement" | "lifecycle" => {
             // Names are written quoted and may hold spaces.
             let rest = &line[kind.len() + 1..];
             let name_end = rest[1..].find('"').map_or(rest.len(), |i| i + 2);
@@ -179,6 +179,36 @@ fn describe_into(rules: &Rules, out: &mut String) {
     if let Some(accounts) = &rules.accounts {
         describe_accounts(accounts, out);
     }
+    // Only files with lifecycle rules get these lines: fingerprints of
+    // files without any stay what they were.
+    for rule in &rules.lifecycle {
+        describe_lifecycle(rule, out);
+    }
+}
+
+fn describe_lifecycle(rule: &LifecycleRule, out: &mut String) {
+    let conditions: Vec<String> = rule
+        .conditions
+        .iter()
+        .map(|c| {
+            let negated = if c.negate { " negated" } else { "" };
+            format!("{:?} {}{negated}", c.field, op(&c.op))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "lifecycle {:?} kinds={:?} names={:?} stage={:?} terminal={} reset={} suppress_ms={:?} \
+         outcome={:?} [{}]",
+        rule.name.as_ref(),
+        rule.kinds,
+        rule.names,
+        rule.stage.as_deref(),
+        rule.terminal,
+        rule.reset,
+        rule.suppress_ms,
+        rule.outcome,
+        conditions.join("; ")
+    );
 }
 
 pub(crate) fn op(op: &Op) -> String {

@@ -8,9 +8,10 @@
 //! which has hysteresis, remembers the path.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::core::decay::Decaying;
-use crate::core::event::Fields;
+use crate::core::event::{Event, Fields};
 use crate::core::output::{sort_largest_first, Contribution};
 use crate::core::rules::{Grade, Rules, Settings, TraitBits, EMAIL_DOMAIN_TRAIT};
 use crate::core::time::Timestamp;
@@ -99,6 +100,61 @@ pub struct LeadState {
     /// Histories of identities merged in from other partitions, kept apart
     /// (see [`LeadState::take_history`]); evaluation sees them folded in.
     pub merged: Box<[MergedHistory]>,
+    /// Set by lifecycle rules; boxed, as most leads never see one.
+    pub life: Option<Box<Lifecycle>>,
+}
+
+/// Where a lead stands with sales, as lifecycle rules set it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lifecycle {
+    pub stage: Option<Arc<str>>,
+    /// Event time of the disposition that set the stage (the latest wins).
+    pub stage_at: Timestamp,
+    /// The stage ends alerting (a customer): no upward crossing.
+    pub terminal: bool,
+    /// No upward crossing is published before this time.
+    pub suppressed_until: Option<Timestamp>,
+    /// Engagement from events before this time no longer counts.
+    pub reset_at: Option<Timestamp>,
+    pub outcome: Option<SalesOutcome>,
+}
+
+/// What sales made of the lead, and when: `calibrate`'s label.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct SalesOutcome {
+    pub converted: bool,
+    pub at: Timestamp,
+}
+
+/// What one disposition changed, for its `lifecycle_changed` output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LifecycleChange {
+    pub previous_stage: Option<Arc<str>>,
+    /// The lifecycle rules that matched, in file order.
+    pub reasons: Vec<Arc<str>>,
+}
+
+impl Lifecycle {
+    /// The later of two records of the same person (histories merged):
+    /// the latest stage, the longest suppression and reset, the latest
+    /// outcome.
+    fn combine(&mut self, other: &Lifecycle) {
+        if other.stage.is_some() && (other.stage_at, &other.stage) > (self.stage_at, &self.stage) {
+            self.stage = other.stage.clone();
+            self.stage_at = other.stage_at;
+            self.terminal = other.terminal;
+        }
+        self.suppressed_until = self.suppressed_until.max(other.suppressed_until);
+        self.reset_at = self.reset_at.max(other.reset_at);
+        if let Some(theirs) = other.outcome {
+            if self
+                .outcome
+                .is_none_or(|mine| (theirs.at, theirs.converted) > (mine.at, mine.converted))
+            {
+                self.outcome = Some(theirs);
+            }
+        }
+    }
 }
 
 /// The history of an identity `alias`ed into a lead whose events live on
@@ -134,6 +190,7 @@ impl LeadState {
             due: None,
             position: -1,
             merged: Box::default(),
+            life: None,
         }
     }
 
@@ -160,6 +217,7 @@ impl LeadState {
             due: self.due,
             position: self.position,
             merged: Box::default(),
+            life: self.life.clone(),
         };
         for history in self.merged.iter() {
             let other = &history.state;
@@ -179,11 +237,89 @@ impl LeadState {
                 }
             }
             combined.clock = combined.clock.max(other.clock);
+            if let Some(theirs) = &other.life {
+                combined.life.get_or_insert_default().combine(theirs);
+            }
         }
         combined.traits = traits.into_boxed_slice();
         combined.credits = credits.into_boxed_slice();
         combined.windows = windows.into_boxed_slice();
         Cow::Owned(combined)
+    }
+
+    /// Whether an upward crossing is held back at `at`: the lead holds a
+    /// terminal stage, or a disposition suppressed alerts until later.
+    pub fn suppresses_up(&self, at: Timestamp) -> bool {
+        self.life
+            .as_deref()
+            .is_some_and(|l| l.terminal || l.suppressed_until.is_some_and(|until| at < until))
+    }
+
+    /// Engagement from events before this time no longer counts.
+    pub fn reset_at(&self) -> Option<Timestamp> {
+        self.life.as_deref().and_then(|l| l.reset_at)
+    }
+
+    /// Applies the lifecycle rules `event` (at `t`) matches. A reset clears
+    /// every history's engagement; the stage takes the latest event time.
+    /// `None` when no rule matched or nothing changed.
+    pub fn apply_lifecycle(
+        &mut self,
+        rules: &Rules,
+        event: &Event,
+        t: Timestamp,
+    ) -> Option<LifecycleChange> {
+        let mut reasons = Vec::new();
+        let mut changed = false;
+        let previous_stage = self.life.as_deref().and_then(|l| l.stage.clone());
+        for rule in rules.lifecycle.iter().filter(|r| r.matches(event)) {
+            reasons.push(rule.name.clone());
+            let life = self.life.get_or_insert_default();
+            if let Some(stage) = &rule.stage {
+                if life.stage.is_none() || t >= life.stage_at {
+                    changed |= life.stage.as_ref() != Some(stage) || life.terminal != rule.terminal;
+                    life.stage = Some(stage.clone());
+                    life.stage_at = t;
+                    life.terminal = rule.terminal;
+                }
+            }
+            if let Some(ms) = rule.suppress_ms {
+                let until = t.saturating_add_ms(ms);
+                if life.suppressed_until.is_none_or(|u| u < until) {
+                    life.suppressed_until = Some(until);
+                    changed = true;
+                }
+            }
+            if let Some(converted) = rule.outcome {
+                if life
+                    .outcome
+                    .is_none_or(|o| (t, converted) > (o.at, o.converted))
+                {
+                    life.outcome = Some(SalesOutcome { converted, at: t });
+                    changed = true;
+                }
+            }
+            if rule.reset {
+                if life.reset_at.is_none_or(|r| r < t) {
+                    life.reset_at = Some(t);
+                }
+                changed = true;
+                self.clear_engagement();
+            }
+        }
+        changed.then_some(LifecycleChange {
+            previous_stage,
+            reasons,
+        })
+    }
+
+    /// Recycling: every history's engagement dropped, fit kept.
+    fn clear_engagement(&mut self) {
+        self.credits = Box::default();
+        self.windows = Box::default();
+        for history in self.merged.iter_mut() {
+            history.state.clear_engagement();
+        }
     }
 
     /// Whether the history held of `identity` already covers `position`
@@ -476,7 +612,13 @@ impl LeadState {
     }
 
     pub fn evaluate(&self, rules: &Rules, at: Timestamp) -> Evaluation {
-        let (fit, _) = self.fit(rules);
+        let fit = rules.fit_points(&|key| self.trait_bits(rules, key));
+        self.evaluate_with_fit(rules, fit, at)
+    }
+
+    /// [`LeadState::evaluate`] with the fit already known (it does not
+    /// change with time).
+    fn evaluate_with_fit(&self, rules: &Rules, fit: f64, at: Timestamp) -> Evaluation {
         let engagement = self.engagement_at(rules, at);
         Evaluation {
             fit,
@@ -516,6 +658,29 @@ impl LeadState {
         all
     }
 
+    /// When the lead next needs a look without an event: decay moving it
+    /// out of its tier, or a suppression lapsing (an upward crossing held
+    /// back is then published). While a crossing is held back, only the
+    /// lapse counts.
+    pub fn next_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
+        let lapse = self
+            .life
+            .as_deref()
+            .and_then(|l| l.suppressed_until)
+            .filter(|until| *until > from);
+        let held = self.suppresses_up(from)
+            && self.tier_at(rules, &self.evaluate(rules, from)) > usize::from(self.tier);
+        let decay = if held {
+            None
+        } else {
+            self.next_change_due(rules, from)
+        };
+        match (decay, lapse) {
+            (Some(d), Some(l)) => Some(d.min(l)),
+            (d, l) => d.or(l),
+        }
+    }
+
     /// When decay alone will next move the lead out of its tier, searched
     /// from `from`. Assumes the score moves one way as points decay (true
     /// when all credits share a sign); with mixed signs the answer is a due
@@ -537,7 +702,9 @@ impl LeadState {
             return None;
         }
         let tier = usize::from(self.tier);
-        let changed = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
+        let fit = rules.fit_points(&|key| self.trait_bits(rules, key));
+        let changed =
+            |t: Timestamp| self.tier_at(rules, &self.evaluate_with_fit(rules, fit, t)) != tier;
         if let Some(due) = self.closed_form_due(rules, from, &changed) {
             return due;
         }

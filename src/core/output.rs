@@ -14,6 +14,9 @@ use crate::core::time::Timestamp;
 pub enum OutputKind {
     ScoreChanged,
     ThresholdCrossed,
+    /// A disposition moved the lead's stage, recycled it or recorded an
+    /// outcome.
+    LifecycleChanged,
 }
 
 impl OutputKind {
@@ -21,6 +24,7 @@ impl OutputKind {
         match self {
             OutputKind::ScoreChanged => "score_changed",
             OutputKind::ThresholdCrossed => "threshold_crossed",
+            OutputKind::LifecycleChanged => "lifecycle_changed",
         }
     }
 }
@@ -126,6 +130,10 @@ pub struct Output {
     pub delta: f64,
     pub contributions: Vec<Contribution>,
     pub rules_version: Arc<str>,
+    /// The lead's lifecycle stage, if a disposition set one.
+    pub stage: Option<Arc<str>>,
+    /// For `lifecycle_changed`: the stage before and the rules that acted.
+    pub lifecycle: Option<Box<crate::core::lead::LifecycleChange>>,
 }
 
 impl Output {

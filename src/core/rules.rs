@@ -248,6 +248,52 @@ impl EngagementRule {
     }
 }
 
+/// A sales or CRM disposition and what it does to the lead: a `track`
+/// "Deal Won", an `identify` with a `lifecycle_stage` trait, and so on.
+#[derive(Clone, Debug)]
+pub struct LifecycleRule {
+    pub name: Arc<str>,
+    /// Call types it applies to; empty means all but `alias`.
+    pub kinds: Vec<EventKind>,
+    /// Event or page names (compared ignoring ASCII case); empty means any.
+    pub names: Vec<String>,
+    pub conditions: Vec<EventCondition>,
+    /// The stage the lead moves to.
+    pub stage: Option<Arc<str>>,
+    /// The stage ends alerting: no upward crossing is published while the
+    /// lead holds it (a customer).
+    pub terminal: bool,
+    /// Engagement cleared (recycling): history before the event no longer
+    /// counts; fit is kept.
+    pub reset: bool,
+    /// Upward crossings are held back this long after the event.
+    pub suppress_ms: Option<i64>,
+    /// Records a sales outcome: converted (`true`) or not.
+    pub outcome: Option<bool>,
+}
+
+impl LifecycleRule {
+    pub fn matches(&self, event: &Event) -> bool {
+        let kind_ok = if self.kinds.is_empty() {
+            event.kind != EventKind::Alias
+        } else {
+            self.kinds.contains(&event.kind)
+        };
+        let name_ok = self.names.is_empty()
+            || event
+                .name
+                .as_deref()
+                .is_some_and(|n| self.names.iter().any(|m| m.eq_ignore_ascii_case(n)));
+        let name_value = event.name.as_deref().map(Value::from);
+        kind_ok
+            && name_ok
+            && self
+                .conditions
+                .iter()
+                .all(|c| c.op.matches(c.field.read(event, &name_value)) != c.negate)
+    }
+}
+
 /// A named tier and what it takes to enter it.
 #[derive(Clone, Debug)]
 pub struct Tier {
@@ -324,8 +370,14 @@ pub struct Rules {
     /// match any name of that call type: each event checks only candidates.
     by_name: Vec<HashMap<String, Vec<usize>>>,
     any_name: Vec<Vec<usize>>,
+    /// Each fit rule's group, numbered (`None`: no group), and how many
+    /// groups there are: fit is computed without comparing group names.
+    fit_groups: Vec<Option<usize>>,
+    group_count: usize,
     /// Account scoring, when the rules file has an `[accounts]` section.
     pub accounts: Option<Arc<crate::core::account::AccountRules>>,
+    /// Dispositions, in file order (each that matches acts, in order).
+    pub lifecycle: Vec<LifecycleRule>,
 }
 
 impl Rules {
@@ -369,6 +421,22 @@ impl Rules {
                 }
             }
         }
+        let mut group_names: Vec<&str> = Vec::new();
+        let fit_groups = fit
+            .iter()
+            .map(|rule| {
+                rule.group.as_deref().map(|group| {
+                    group_names
+                        .iter()
+                        .position(|g| *g == group)
+                        .unwrap_or_else(|| {
+                            group_names.push(group);
+                            group_names.len() - 1
+                        })
+                })
+            })
+            .collect();
+        let group_count = group_names.len();
         Rules {
             version: version.into(),
             settings,
@@ -380,7 +448,10 @@ impl Rules {
             absent_bits,
             by_name,
             any_name,
+            fit_groups,
+            group_count,
             accounts: None,
+            lifecycle: Vec::new(),
         }
     }
 
@@ -422,24 +493,63 @@ impl Rules {
     /// Fit points and the fit rules that produced them, from the lead's
     /// trait bits.
     pub fn fit_of(&self, bits: &dyn Fn(usize) -> TraitBits) -> (f64, Vec<usize>) {
-        let mut groups_taken: Vec<&str> = Vec::new();
         let mut total = 0.0;
         let mut matched = Vec::new();
-        for (index, rule) in self.fit.iter().enumerate() {
-            if let Some(group) = &rule.group {
-                if groups_taken.contains(&group.as_ref()) {
-                    continue;
+        self.for_each_fit_match(bits, |index| {
+            total += self.fit[index].points;
+            matched.push(index);
+        });
+        (total, matched)
+    }
+
+    /// Fit points alone, without allocating: what evaluation needs.
+    pub fn fit_points(&self, bits: &dyn Fn(usize) -> TraitBits) -> f64 {
+        let mut total = 0.0;
+        self.for_each_fit_match(bits, |index| total += self.fit[index].points);
+        total
+    }
+
+    /// Calls `hit` with each fit rule that counts, in file order: its
+    /// conditions hold and no earlier rule of its group counted.
+    fn for_each_fit_match(&self, bits: &dyn Fn(usize) -> TraitBits, mut hit: impl FnMut(usize)) {
+        // Groups taken, as bits (a long list of groups spills to a vector).
+        let mut taken_small = 0u64;
+        let mut taken_large = vec![
+            false;
+            if self.group_count > 64 {
+                self.group_count
+            } else {
+                0
+            }
+        ];
+        let mut taken = |group: usize, take: bool| -> bool {
+            if group < 64 && taken_large.is_empty() {
+                let was = taken_small & (1 << group) != 0;
+                if take {
+                    taken_small |= 1 << group;
                 }
+                was
+            } else {
+                let was = taken_large[group];
+                if take {
+                    taken_large[group] = true;
+                }
+                was
+            }
+        };
+        for (index, rule) in self.fit.iter().enumerate() {
+            // Numbered by `Rules::new`, in step with `fit`.
+            let group = self.fit_groups.get(index).copied().flatten();
+            if group.is_some_and(|g| taken(g, false)) {
+                continue;
             }
             if rule.conditions.iter().all(|c| c.holds(bits(c.key))) {
-                if let Some(group) = &rule.group {
-                    groups_taken.push(group);
+                if let Some(g) = group {
+                    taken(g, true);
                 }
-                total += rule.points;
-                matched.push(index);
+                hit(index);
             }
         }
-        (total, matched)
     }
 
     pub fn clamp(&self, score: f64) -> f64 {

@@ -305,6 +305,7 @@ pub fn lead_json(
         "rules_version": &*rules.version,
         "partition": partition,
         "why": {"fit": list(true), "engagement": list(false)},
+        "lifecycle": s.lifecycle.as_ref().map(crate::codec::output::lifecycle_json),
     })
 }
 

@@ -30,15 +30,21 @@ pub fn sample(leads: usize, seed: u64) -> Vec<String> {
     sample_with_anonymous(leads, seed, 0.0)
 }
 
-/// Sample traffic where `share` of the leads browse anonymously first.
+/// Sample traffic where `share` of the leads browse anonymously first,
+/// and a tenth of the leads meet sales: dispositions that recycle, suppress
+/// alerts, end them (customers) and record outcomes, so every test of the
+/// runtime covers lifecycle state too.
 pub fn sample_with_anonymous(leads: usize, seed: u64, share: f64) -> Vec<String> {
     leadscore::sample::generate(&leadscore::sample::SampleConfig {
         leads,
         seed,
         anonymous_share: share,
+        sales_share: SALES_SHARE,
         ..Default::default()
     })
 }
+
+pub const SALES_SHARE: f64 = 0.1;
 
 /// `replay`'s outputs (as JSON values) and final engine for `lines`, with
 /// decay up to `cut`.
