@@ -76,9 +76,11 @@ enum Command {
         #[arg(long, short)]
         events: PathBuf,
         /// CSV with `lead_id,converted[,decided_at]`; events of a lead after
-        /// its decision time are left out.
+        /// its decision time are left out. Without it, the outcomes that
+        /// lifecycle rules (`outcome = "won"`/`"lost"`) record from the
+        /// events, each decided just before the disposition that said so.
         #[arg(long)]
-        outcomes: PathBuf,
+        outcomes: Option<PathBuf>,
         /// Decision time (RFC 3339) for leads without one (default: the
         /// latest event time).
         #[arg(long)]
@@ -387,7 +389,7 @@ fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
 struct CalibrateArgs {
     config: PathBuf,
     events: PathBuf,
-    outcomes: PathBuf,
+    outcomes: Option<PathBuf>,
     at: Option<String>,
     out_rules: Option<PathBuf>,
     report: Option<PathBuf>,
@@ -411,13 +413,31 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     }
     let source = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
-    let outcomes_file = File::open(&args.outcomes)
-        .with_context(|| format!("cannot open {}", args.outcomes.display()))?;
-    let outcomes = history::read_outcomes(BufReader::new(outcomes_file))
-        .with_context(|| args.outcomes.display().to_string())?;
     let events_size = std::fs::metadata(&args.events)
         .with_context(|| format!("cannot open {}", args.events.display()))?
         .len();
+    let outcomes = match &args.outcomes {
+        Some(path) => {
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            history::read_outcomes(BufReader::new(file))
+                .with_context(|| path.display().to_string())?
+        }
+        None => {
+            let rules = config::parse_rules(&source, &args.config)?;
+            let events = File::open(&args.events)
+                .with_context(|| format!("cannot open {}", args.events.display()))?;
+            let outcomes =
+                history::outcomes_from_events(&rules, BufReader::new(events), &mut |_| {})
+                    .with_context(|| args.events.display().to_string())?;
+            eprintln!(
+                "outcomes from lifecycle rules: {} leads, {} converted",
+                outcomes.len(),
+                outcomes.iter().filter(|o| o.converted).count()
+            );
+            outcomes
+        }
+    };
     let options = calibrate::Options {
         folds: args.folds,
         fit: calibrate::logistic::FitOptions {

@@ -94,6 +94,95 @@ mod needs_x_education_export {
         }
     }
 
+    /// Sales outcomes as dispositions in the event stream, recorded by
+    /// lifecycle rules: calibrate needs no CSV, and finds what it finds
+    /// with the CSV.
+    #[test]
+    fn outcomes_recorded_by_lifecycle_rules_calibrate_as_the_csv_does() {
+        use leadscore::calibrate::history::outcomes_from_events;
+        let conversion = convert();
+        // The outcome column as "Deal Won" / "Deal Lost", just after each
+        // lead's decision time.
+        let mut lines = conversion.events.clone();
+        for o in &conversion.outcomes {
+            lines.push(
+                serde_json::json!({
+                    "type": "track",
+                    "messageId": format!("{}-outcome", o.lead_id),
+                    "userId": o.lead_id,
+                    "event": if o.converted { "Deal Won" } else { "Deal Lost" },
+                    "timestamp": Timestamp(o.decided_at.millis() + 1).to_rfc3339(),
+                })
+                .to_string(),
+            );
+        }
+        let rules_path = manifest("examples/x-education/rules.toml");
+        let source = std::fs::read_to_string(&rules_path).unwrap()
+            + r#"
+[[lifecycle]]
+name = "deal_won"
+type = "track"
+event = "Deal Won"
+stage = "customer"
+terminal = true
+outcome = "won"
+
+[[lifecycle]]
+name = "deal_lost"
+type = "track"
+event = "Deal Lost"
+stage = "nurture"
+reset = true
+outcome = "lost"
+"#;
+        let rules = parse_rules(&source, &rules_path).unwrap();
+        let with_dispositions = lines.join("\n");
+        let derived =
+            outcomes_from_events(&rules, with_dispositions.as_bytes(), &mut |_| {}).unwrap();
+        let csv = read_outcomes(conversion.outcomes_csv().as_bytes()).unwrap();
+        let by_lead: HashMap<&str, &leadscore::calibrate::history::Outcome> =
+            csv.iter().map(|o| (o.lead_id.as_str(), o)).collect();
+        assert_eq!(derived.len(), csv.len());
+        for o in &derived {
+            let want = by_lead[o.lead_id.as_str()];
+            assert_eq!(o.converted, want.converted, "{}", o.lead_id);
+            assert_eq!(o.decided_at, want.decided_at, "{}", o.lead_id);
+        }
+
+        let plain = conversion.events.join("\n");
+        let mut open_plain = || Ok(plain.as_bytes());
+        let from_csv = calibrate::calibrate(
+            &source,
+            &rules_path,
+            &mut open_plain,
+            &csv,
+            Options::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut open_with = || Ok(with_dispositions.as_bytes());
+        let from_events = calibrate::calibrate(
+            &source,
+            &rules_path,
+            &mut open_with,
+            &derived,
+            Options::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(from_events.current.auc, from_csv.current.auc);
+        assert_eq!(from_events.suggested.auc, from_csv.suggested.auc);
+        assert_eq!(
+            from_events.cross_validation.rules_auc,
+            from_csv.cross_validation.rules_auc
+        );
+        assert!(
+            from_events.suggested.auc > 0.89,
+            "{}",
+            from_events.suggested.auc
+        );
+    }
+
     #[test]
     fn calibrated_rules_reach_the_goal_and_replay_to_the_scores_reported() {
         let conversion = convert();
@@ -388,6 +477,27 @@ fn calibrate_refuses_a_history_with_one_outcome_only() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("needs converted and unconverted leads"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_a_csv_calibrate_takes_outcomes_from_lifecycle_rules_or_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _) = synthetic_history(dir.path());
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, SYNTHETIC_RULES).unwrap();
+    let out = Command::new(BIN)
+        .args(["calibrate", "--config"])
+        .arg(&rules)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no outcomes in the events") && stderr.contains("--outcomes"),
         "{stderr}"
     );
 }

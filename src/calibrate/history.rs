@@ -31,6 +31,11 @@ pub enum HistoryError {
     DuplicateLead(String),
     #[error("outcomes: no leads")]
     NoOutcomes,
+    #[error(
+        "no outcomes in the events: no lifecycle rule with `outcome` matched (add [[lifecycle]] \
+         rules that record \"won\" and \"lost\", or pass --outcomes CSV)"
+    )]
+    NoOutcomesInEvents,
     #[error("cannot read events: {0}")]
     Events(#[from] std::io::Error),
 }
@@ -84,6 +89,53 @@ pub fn read_outcomes(input: impl Read) -> Result<Vec<Outcome>, HistoryError> {
     }
     if outcomes.is_empty() {
         return Err(HistoryError::NoOutcomes);
+    }
+    Ok(outcomes)
+}
+
+/// The outcomes that lifecycle rules (`outcome = "won"` / `"lost"`)
+/// recorded over `events`, one per lead that has one (its latest), in lead
+/// id order. Each lead's decision time is just before the disposition that
+/// recorded it: the disposition and anything later (sales' own activity)
+/// would leak the outcome into the score.
+pub fn outcomes_from_events(
+    rules: &Rules,
+    events: impl BufRead,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<Outcome>, HistoryError> {
+    let mut replayer = Replayer::new(rules, false);
+    let decoder = Decoder::for_rules(rules);
+    let mut read = 0u64;
+    for_each_line(events, |_, line, bytes| {
+        read += bytes as u64;
+        progress(read);
+        let Ok(items) = line.and_then(|line| {
+            decoder
+                .decode(line.as_bytes(), Encoding::Json)
+                .map_err(|e| e.to_string())
+        }) else {
+            return;
+        };
+        for event in items.into_iter().flatten() {
+            let _ = replayer.feed(&event, &mut |_| {});
+        }
+    })?;
+    let at = replayer.watermark().unwrap_or(Timestamp::from_millis(0));
+    let outcomes: Vec<Outcome> = replayer
+        .engine()
+        .snapshot(at)
+        .into_iter()
+        .filter_map(|lead| {
+            let outcome = lead.lifecycle?.outcome?;
+            Some(Outcome {
+                lead_id: lead.lead_id,
+                converted: outcome.converted,
+                decided_at: Some(outcome.at.saturating_sub_ms(1)),
+            })
+        })
+        .collect();
+    if outcomes.is_empty() {
+        return Err(HistoryError::NoOutcomesInEvents);
     }
     Ok(outcomes)
 }
