@@ -272,7 +272,7 @@ impl ReplayStats {
         match output.kind {
             OutputKind::ScoreChanged => self.score_changes += 1,
             OutputKind::ThresholdCrossed => self.crossings += 1,
-            OutputKind::LifecycleChanged => self.lifecycle_changes += 1,
+            OutputKind::LifecycleChanged | OutputKind::LeadExpired => self.lifecycle_changes += 1,
         }
     }
 }

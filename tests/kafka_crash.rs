@@ -233,3 +233,63 @@ fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
 
     assert_run_equals_replay(&broker.bootstrap, &names, &lines);
 }
+
+/// Leads that go quiet expire (`inactive_after`) while the processor is
+/// killed five times: the `read_committed` outputs (`lead_expired`
+/// included) are replay's, the changelog holds a tombstone for every
+/// expired lead and exactly replay's leads otherwise.
+#[test]
+fn quiet_leads_expire_exactly_once_across_kill_9() {
+    let broker = kafka();
+    let names = Names::new("expiry");
+    create_topic(&broker.bootstrap, &names.input, 4);
+    let lines = sample(3000, 23);
+    let dir = tempfile::tempdir().unwrap();
+    let rules_text = common::example_lead_rules_text().replace(
+        "[events]\n",
+        "[events]\ninactive_after = \"9d\"\nannounce_expiry = true\n",
+    );
+    let rules = common::rules(&rules_text);
+    assert!(rules.settings.inactive_after_ms.is_some());
+    let config = write_config_with_rules(
+        dir.path(),
+        &rules_text,
+        &broker.bootstrap,
+        &names,
+        "exactly_once",
+        EVENT_TIME,
+    );
+    let txn = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "expiry-test-instance")];
+    produce_lines(&broker.bootstrap, &names.input, &lines);
+    let instance = kill_five_times_mid_stream(broker, &names, &config, &txn, lines.len(), 23);
+    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(600));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(instance.terminate().success());
+
+    assert_run_equals_replay_under(&rules, &broker.bootstrap, &names, &lines);
+    let outputs = read_topic(&broker.bootstrap, &names.output, true);
+    let expired: std::collections::BTreeSet<String> = outputs
+        .iter()
+        .map(Record::json)
+        .filter(|v| v["type"] == "lead_expired")
+        .map(|v| v["lead_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(expired.len() > 50, "{} leads expired", expired.len());
+    // The last changelog record of every expired lead that did not come
+    // back is a tombstone.
+    let mut last: std::collections::BTreeMap<String, bool> = Default::default();
+    for record in read_topic(&broker.bootstrap, &names.changelog, true) {
+        let key = record.key.clone().unwrap();
+        last.insert(key, record.value.is_empty());
+    }
+    let tombstones = last.values().filter(|t| **t).count();
+    assert!(tombstones > 50, "{tombstones} tombstones");
+    for (key, tombstone) in &last {
+        if *tombstone {
+            assert!(
+                expired.contains(key),
+                "{key}: a tombstone without lead_expired"
+            );
+        }
+    }
+}

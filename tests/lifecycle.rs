@@ -247,3 +247,70 @@ fn lifecycle_state_survives_the_changelog() {
     }
     assert!(with_life > 10, "{with_life} leads with a lifecycle");
 }
+
+/// The example rules with leads expiring after `days` of inactivity.
+fn expiring_rules(days: u32) -> leadscore::core::Rules {
+    let text = example_lead_rules_text().replace(
+        "[events]\n",
+        &format!("[events]\ninactive_after = \"{days}d\"\nannounce_expiry = true\n"),
+    );
+    rules(&text)
+}
+
+fn sample_events(leads: usize, seed: u64, rules: &leadscore::core::Rules) -> Vec<Event> {
+    let decoder = Decoder::for_rules(rules);
+    leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads,
+        seed,
+        sales_share: 0.2,
+        ..Default::default()
+    })
+    .iter()
+    .flat_map(|line| decoder.decode(line.as_bytes(), Encoding::Json).unwrap())
+    .map(Result::unwrap)
+    .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Whether a quiet lead's expiry fires from a timer (its partition's
+    /// clock passed it) or from its own next event, the outputs and the
+    /// state are the same: expiry depends on the lead's history alone.
+    #[test]
+    fn expiry_depends_on_the_lead_alone_not_on_when_timers_fire(seed in 0u64..1000) {
+        let rules = Arc::new(expiring_rules(8));
+        let events = sample_events(80, seed, &rules);
+        let end = Timestamp(events.iter().map(|e| e.timestamp.millis()).max().unwrap() + 30 * DAY);
+        let (mut timely, mut timely_outputs) = run(&rules, &events);
+        timely_outputs.extend(timely.advance(end));
+        let mut lazy = Engine::new(rules.clone());
+        let mut lazy_outputs = Vec::new();
+        for event in &events {
+            if let Outcome::Applied(more) = lazy.apply(event, Timestamp(i64::MAX / 2)) {
+                lazy_outputs.extend(more);
+            }
+        }
+        lazy_outputs.extend(lazy.advance(end));
+        let by_id = |outputs: &[Output]| -> BTreeMap<String, String> {
+            outputs
+                .iter()
+                .map(|o| (o.event_id.to_string(), leadscore::codec::output::output_to_json(o)))
+                .collect()
+        };
+        let (a, b) = (by_id(&timely_outputs), by_id(&lazy_outputs));
+        prop_assert_eq!(a.len(), timely_outputs.len(), "no id twice");
+        prop_assert_eq!(&a, &b);
+        let expired = timely_outputs
+            .iter()
+            .filter(|o| o.kind == OutputKind::LeadExpired)
+            .count();
+        prop_assert!(expired > 0, "some lead expired");
+        prop_assert_eq!(timely.snapshot(end), lazy.snapshot(end));
+        // What is left is active, or above the lowest tier.
+        for lead in timely.snapshot(end) {
+            let state = timely.lead(&lead.lead_id).unwrap();
+            prop_assert!(state.tier > 0, "{} is held in the lowest tier", lead.lead_id);
+        }
+    }
+}

@@ -35,6 +35,7 @@ fn changelog(engine: &mut Engine) -> Vec<(String, Option<LeadState>, Option<Stri
     engine.take_changes(|id, change| match change {
         StateChange::Lead(state) => records.push((id.to_string(), Some(state.clone()), None)),
         StateChange::AliasOf(to) => records.push((id.to_string(), None, Some(to.to_string()))),
+        StateChange::Gone => unreachable!("these rules expire no lead"),
     });
     records
 }

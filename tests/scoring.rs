@@ -347,6 +347,7 @@ fn changes_are_reported_for_the_changelog_and_restore_gives_the_same_engine() {
         match change {
             StateChange::Lead(state) => restored.restore_lead(id, state.clone()),
             StateChange::AliasOf(to) => restored.restore_alias(id, to),
+            StateChange::Gone => restored.forget_lead(id),
         }
         seen.push(id.to_string());
     });

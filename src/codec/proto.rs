@@ -358,6 +358,8 @@ pub fn encode_changelog(
             wire::changelog_record::Kind::Lead(lead_state_to_wire(state, rules))
         }
         StateChange::AliasOf(target) => wire::changelog_record::Kind::AliasOf(target.to_string()),
+        // A tombstone has no value: callers send none (see `is_tombstone`).
+        StateChange::Gone => return Vec::new(),
     };
     wire::ChangelogRecord { kind: Some(kind) }.encode_to_vec()
 }

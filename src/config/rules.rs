@@ -129,6 +129,11 @@ struct RawEvents {
     /// At most this many remembered ids per lead.
     #[serde(default = "default_dedup_max_ids")]
     dedup_max_ids: usize,
+    /// Leads in the lowest tier with no event for this long are dropped.
+    inactive_after: Option<Spanned<String>>,
+    /// Publish `lead_expired` when one is.
+    #[serde(default)]
+    announce_expiry: bool,
 }
 
 impl Default for RawEvents {
@@ -138,6 +143,8 @@ impl Default for RawEvents {
             max_future_skew: default_max_future_skew(),
             dedup_window: default_dedup_window(),
             dedup_max_ids: default_dedup_max_ids(),
+            inactive_after: None,
+            announce_expiry: false,
         }
     }
 }
@@ -1131,6 +1138,21 @@ fn compile_settings(ctx: &Ctx, s: &RawScoring, e: &RawEvents) -> Result<Settings
             "`events.dedup_window` must be at least allowed_lateness + max_future_skew, or a late duplicate could be counted twice",
         ));
     }
+    let inactive_after_ms = match &e.inactive_after {
+        None => None,
+        Some(text) => {
+            let ms = dur(text, "inactive_after")?;
+            // An expired lead's dedup memory goes with it: a duplicate must
+            // be too late to be accepted by then.
+            if ms < dedup_window_ms {
+                return Err(ctx.err(
+                    &text.span(),
+                    "`events.inactive_after` must be at least dedup_window, or a late duplicate of an expired lead's event could bring it back",
+                ));
+            }
+            Some(ms)
+        }
+    };
     Ok(Settings {
         half_life,
         base,
@@ -1142,6 +1164,8 @@ fn compile_settings(ctx: &Ctx, s: &RawScoring, e: &RawEvents) -> Result<Settings
         max_future_skew_ms,
         dedup_window_ms,
         dedup_max_ids: e.dedup_max_ids.max(1),
+        inactive_after_ms,
+        announce_expiry: e.announce_expiry,
     })
 }
 

@@ -117,6 +117,8 @@ pub type Locality = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 struct Changes {
     leads: BTreeSet<Box<str>>,
     aliases: Vec<(Box<str>, Box<str>)>,
+    /// Leads dropped from state (expired): a tombstone each.
+    gone: BTreeSet<Box<str>>,
 }
 
 /// A change to persist, as reported by [`Engine::take_changes`].
@@ -125,6 +127,8 @@ pub enum StateChange<'a> {
     Lead(&'a LeadState),
     /// The identity now belongs to another lead (its own state is gone).
     AliasOf(&'a str),
+    /// The lead was dropped from state (it expired): a tombstone.
+    Gone,
 }
 
 impl Engine {
@@ -175,6 +179,12 @@ impl Engine {
         for (from, to) in &changes.aliases {
             each(from, StateChange::AliasOf(to));
         }
+        for id in &changes.gone {
+            // Unless it came back (a new event) or became an alias since.
+            if !self.leads.contains_key(id) && !self.aliases.contains_key(id) {
+                each(id, StateChange::Gone);
+            }
+        }
         for id in &changes.leads {
             if let Some(lead) = self.leads.get(id) {
                 each(id, StateChange::Lead(lead));
@@ -195,6 +205,77 @@ impl Engine {
         }
         self.watermark = self.watermark.max(Some(state.clock));
         self.leads.insert(lead_id.into(), Box::new(state));
+    }
+
+    /// Forgets a lead a changelog tombstone says was dropped.
+    pub fn forget_lead(&mut self, lead_id: &str) {
+        if let Some(old) = self.leads.remove(lead_id) {
+            if let Some(due) = old.due {
+                self.timers.remove(&(due, lead_id.into()));
+            }
+        }
+    }
+
+    /// Drops `lead_id` from state at `at` (it expired): its timer, its
+    /// share of its account, a tombstone for the changelog, and a
+    /// `lead_expired` output if the rules announce expiry.
+    fn expire(&mut self, lead_id: &str, at: Timestamp, outputs: &mut Vec<Output>) {
+        let rules = &*self.rules;
+        let Some(lead) = self.leads.remove(lead_id) else {
+            return;
+        };
+        if let Some(due) = lead.due {
+            self.timers.remove(&(due, lead_id.into()));
+        }
+        if rules.settings.announce_expiry {
+            outputs.push(expired_output(rules, lead_id, &lead, at));
+        }
+        if rules.accounts.is_some() {
+            if let Some(link) = lead.view(rules).account.as_ref() {
+                self.account_updates.push(AccountUpdate::Member {
+                    account_id: link.id.clone(),
+                    lead_id: lead_id.into(),
+                    member: None,
+                    at,
+                    cause: Cause::Decay(at),
+                });
+            }
+        }
+        if let Some(changes) = self.changes.as_mut() {
+            changes.leads.remove(lead_id);
+            changes.gone.insert(lead_id.into());
+        }
+    }
+
+    /// Before an event at `t` for `lead_id`: if the lead has been inactive
+    /// long enough to expire by then, its due decay fires and it expires
+    /// first, so the event finds a fresh lead, exactly as when a timer
+    /// expired it before the event arrived (whichever comes first depends
+    /// on other leads' events, not on this lead's history).
+    fn expire_before(&mut self, lead_id: &str, t: Timestamp) -> Vec<Output> {
+        let rules = self.rules.clone();
+        let rules = &*rules;
+        let Some(inactive) = rules.settings.inactive_after_ms else {
+            return Vec::new();
+        };
+        let Some(lead) = self.leads.get_mut(lead_id) else {
+            return Vec::new();
+        };
+        if lead
+            .last_event_at()
+            .is_none_or(|last| last.saturating_add_ms(inactive) > t)
+        {
+            return Vec::new();
+        }
+        let mut outputs = Vec::new();
+        let due_before = lead.due;
+        if let Some(at) = advance_lead(rules, lead_id, lead, t, &mut outputs) {
+            self.expire(lead_id, at, &mut outputs);
+        } else {
+            let due = lead.due;
+            reschedule(&mut self.timers, lead_id, due_before, due);
+        }
+        outputs
     }
 
     /// Puts back an alias read from a changelog.
@@ -326,6 +407,7 @@ impl Engine {
             absorbed = self.join(event, lead_id);
         }
 
+        let expired = self.expire_before(lead_id, t);
         let rules = &*self.rules;
         let settings = &rules.settings;
         let lead = self.leads.get_mut(lead_id);
@@ -345,7 +427,7 @@ impl Engine {
             return Outcome::Duplicate;
         }
         let before = Before::of(rules, lead);
-        let mut outputs = Vec::new();
+        let mut outputs = expired;
         advance_lead(rules, lead_id, lead, t, &mut outputs);
 
         let cause = Cause::Event(event.message_id.clone());
@@ -588,6 +670,7 @@ impl Engine {
                 return Outcome::AlreadyApplied;
             }
         }
+        let expired = self.expire_before(&target, t);
         let rules = &*self.rules;
         let settings = &rules.settings;
         let watermark = self.watermark.map_or(t, |w| w.max(t));
@@ -613,7 +696,7 @@ impl Engine {
             return Outcome::Applied(Vec::new());
         };
         let before = Before::of(rules, lead);
-        let mut outputs = Vec::new();
+        let mut outputs = expired;
         advance_lead(rules, &target, lead, t, &mut outputs);
         if let Some((identity, state)) = absorbed {
             lead.take_history(&identity, state);
@@ -646,7 +729,10 @@ impl Engine {
             return;
         };
         let view = lead.view(rules);
-        let due = view.next_due(rules, view.clock);
+        let due = match (view.next_due(rules, view.clock), lead.expires_at(rules)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let account_after = rules
             .accounts
             .as_ref()
@@ -709,7 +795,8 @@ impl Engine {
     /// Publishes what decay alone changes up to `now`: tier drops (or rises,
     /// as negative points fade) of leads that saw no event, in due-time order.
     pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {
-        let rules = &*self.rules;
+        let rules = self.rules.clone();
+        let rules = &*rules;
         let mut outputs = Vec::new();
         while let Some((due, lead_id)) = self.timers.first().cloned() {
             if due > now {
@@ -720,7 +807,11 @@ impl Engine {
                 debug_assert!(false, "timer for a lead that is gone");
                 continue;
             };
-            advance_lead(rules, &lead_id, lead, due, &mut outputs);
+            if let Some(at) = advance_lead(rules, &lead_id, lead, due, &mut outputs) {
+                lead.due = None;
+                self.expire(&lead_id, at, &mut outputs);
+                continue;
+            }
             reschedule(&mut self.timers, &lead_id, None, lead.due);
             if let Some(changes) = self.changes.as_mut() {
                 changes.leads.insert(lead_id);
@@ -864,18 +955,58 @@ fn advance_lead(
     lead: &mut LeadState,
     until: Timestamp,
     outputs: &mut Vec<Output>,
-) {
+) -> Option<Timestamp> {
     // Each firing changes the tier, and tiers are few: the bound only
     // guards against a float edge case looping.
-    for _ in 0..=2 * rules.tiers.len() {
-        let Some(due) = lead.due.filter(|due| *due <= until) else {
-            return;
-        };
+    for _ in 0..=2 * rules.tiers.len() + 1 {
+        let due = lead.due.filter(|due| *due <= until)?;
         lead.clock = lead.clock.max(due);
         emit(rules, lead_id, lead, Cause::Decay(due), outputs);
-        lead.due = lead.view(rules).next_due(rules, lead.clock);
+        if let Some(at) = lead.expires_at(rules).filter(|at| *at <= due) {
+            return Some(at); // the caller drops it
+        }
+        lead.due = due_of(rules, lead);
     }
     lead.due = None;
+    None
+}
+
+/// The lead's next due time: decay, a hold lapsing, or expiry.
+fn due_of(rules: &Rules, lead: &LeadState) -> Option<Timestamp> {
+    let view = lead.view(rules);
+    let next = view.next_due(rules, view.clock);
+    match (next, lead.expires_at(rules)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `lead_expired` output: the lead's last numbers, at its expiry.
+fn expired_output(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) -> Output {
+    let view = lead.view(rules);
+    let eval = view.evaluate(rules, at);
+    let tier = rules.tier_name(usize::from(lead.tier)).clone();
+    let cause = Cause::Decay(at);
+    Output {
+        kind: OutputKind::LeadExpired,
+        event_id: output_id(lead_id, OutputKind::LeadExpired, &cause),
+        lead_id: Some(lead_id.to_string()),
+        account_id: view.account.as_ref().map(|a| a.id.to_string()),
+        at,
+        cause,
+        score: eval.score,
+        fit: eval.fit,
+        engagement: eval.engagement,
+        grade: eval.grade,
+        tier: tier.clone(),
+        previous_tier: tier,
+        direction: crate::core::output::Direction::Down,
+        delta: eval.score - lead.last_emitted_score,
+        contributions: Vec::new(),
+        rules_version: rules.version.clone(),
+        stage: view.life.as_deref().and_then(|l| l.stage.clone()),
+        lifecycle: None,
+    }
 }
 
 /// Evaluates the lead at its clock and emits `score_changed` (score moved

@@ -162,6 +162,14 @@ fn describe_into(rules: &Rules, out: &mut String) {
         s.dedup_window_ms,
         s.dedup_max_ids
     );
+    if let Some(ms) = s.inactive_after_ms {
+        // Only files that expire leads get this line.
+        let _ = writeln!(
+            out,
+            "expiry inactive_after_ms={ms} announce={}",
+            s.announce_expiry
+        );
+    }
     let g = &rules.grades;
     let _ = writeln!(out, "grades a={:?} b={:?} c={:?}", g.a, g.b, g.c);
     for (index, key) in rules.trait_keys.iter().enumerate() {

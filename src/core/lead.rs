@@ -255,6 +255,27 @@ impl LeadState {
             .is_some_and(|l| l.terminal || l.suppressed_until.is_some_and(|until| at < until))
     }
 
+    /// The latest event time of any of the lead's histories, from the
+    /// dedup memory (every applied event is remembered; the newest id is
+    /// never pruned).
+    pub fn last_event_at(&self) -> Option<Timestamp> {
+        let own = self.seen.iter().map(|s| s.at).max();
+        self.merged
+            .iter()
+            .filter_map(|m| m.state.last_event_at())
+            .fold(own, |a, b| a.max(Some(b)))
+    }
+
+    /// When the lead expires, if `inactive_after` is set and it sits in
+    /// the lowest tier.
+    pub fn expires_at(&self, rules: &Rules) -> Option<Timestamp> {
+        let inactive = rules.settings.inactive_after_ms?;
+        (self.tier == 0)
+            .then(|| self.last_event_at())
+            .flatten()
+            .map(|last| last.saturating_add_ms(inactive))
+    }
+
     /// Engagement from events before this time no longer counts.
     pub fn reset_at(&self) -> Option<Timestamp> {
         self.life.as_deref().and_then(|l| l.reset_at)
@@ -338,6 +359,14 @@ impl LeadState {
         let mut changed = false;
         for nested in std::mem::take(&mut state.merged).into_vec() {
             changed |= self.take_history(&nested.identity, nested.state);
+        }
+        // A history that arrives after the lead was recycled, all of it
+        // from before the recycle, is cleared as it would have been had it
+        // arrived first (merges across partitions arrive when they arrive).
+        if let Some(reset) = self.reset_at() {
+            if state.last_event_at().is_some_and(|last| last < reset) {
+                state.clear_engagement();
+            }
         }
         let clock = state.clock;
         match self.merged.iter_mut().find(|m| *m.identity == *identity) {

@@ -17,6 +17,9 @@ pub enum OutputKind {
     /// A disposition moved the lead's stage, recycled it or recorded an
     /// outcome.
     LifecycleChanged,
+    /// The lead saw no event for `inactive_after` and sat in the lowest
+    /// tier: it was dropped from state.
+    LeadExpired,
 }
 
 impl OutputKind {
@@ -25,6 +28,7 @@ impl OutputKind {
             OutputKind::ScoreChanged => "score_changed",
             OutputKind::ThresholdCrossed => "threshold_crossed",
             OutputKind::LifecycleChanged => "lifecycle_changed",
+            OutputKind::LeadExpired => "lead_expired",
         }
     }
 }

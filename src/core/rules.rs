@@ -330,6 +330,11 @@ pub struct Settings {
     pub dedup_window_ms: i64,
     /// At most this many ids are remembered per lead; the oldest go first.
     pub dedup_max_ids: usize,
+    /// A lead in the lowest tier with no event for this long is dropped
+    /// from state; `None` keeps every lead.
+    pub inactive_after_ms: Option<i64>,
+    /// Publish a `lead_expired` output when a lead is dropped.
+    pub announce_expiry: bool,
 }
 
 impl Default for Settings {
@@ -345,6 +350,8 @@ impl Default for Settings {
             max_future_skew_ms: 10 * 60 * 1000,
             dedup_window_ms: 8 * crate::core::time::MS_PER_DAY,
             dedup_max_ids: 1000,
+            inactive_after_ms: None,
+            announce_expiry: false,
         }
     }
 }

@@ -49,7 +49,16 @@ pub const SALES_SHARE: f64 = 0.1;
 /// `replay`'s outputs (as JSON values) and final engine for `lines`, with
 /// decay up to `cut`.
 pub fn replay(lines: &[String], cut: i64) -> (Vec<serde_json::Value>, Replayer) {
-    let mut replayer = Replayer::new(&rules(), false);
+    replay_under(&rules(), lines, cut)
+}
+
+/// [`replay`] under other rules.
+pub fn replay_under(
+    rules: &leadscore::core::Rules,
+    lines: &[String],
+    cut: i64,
+) -> (Vec<serde_json::Value>, Replayer) {
+    let mut replayer = Replayer::new(rules, false);
     let mut outputs = Vec::new();
     let mut emit = |o: &leadscore::core::Output| {
         outputs.push(serde_json::from_str(&output_to_json(o)).unwrap())
@@ -208,11 +217,25 @@ pub fn changelog_snapshot(
     names: &Names,
     at: i64,
 ) -> Vec<leadscore::core::engine::LeadSnapshot> {
-    let mut engine = Engine::new(Arc::new(rules()));
+    changelog_snapshot_under(&rules(), bootstrap, names, at)
+}
+
+/// [`changelog_snapshot`] under other rules.
+pub fn changelog_snapshot_under(
+    rules: &leadscore::core::Rules,
+    bootstrap: &str,
+    names: &Names,
+    at: i64,
+) -> Vec<leadscore::core::engine::LeadSnapshot> {
+    let mut engine = Engine::new(Arc::new(rules.clone()));
     for record in read_topic(bootstrap, &names.changelog, true) {
         let key = record.key.clone().unwrap();
         if key.starts_with(leadscore::codec::OUTLINE_KEY_PREFIX) {
             continue; // the rules that wrote the state, not state
+        }
+        if record.value.is_empty() {
+            engine.forget_lead(&key); // a tombstone: the lead expired
+            continue;
         }
         match decode_changelog(&record.value).unwrap() {
             ChangelogValue::Lead { state, .. } => engine.restore_lead(&key, state),
@@ -272,4 +295,21 @@ pub fn assert_run_equals_replay(bootstrap: &str, names: &Names, lines: &[String]
     let (expected, replayer) = replay(lines, cut);
     assert_exactly_replay(&read_topic(bootstrap, &names.output, true), &expected, cut);
     assert_changelog_equals_replay(bootstrap, names, &replayer);
+}
+
+/// [`assert_run_equals_replay`] under other rules.
+pub fn assert_run_equals_replay_under(
+    rules: &leadscore::core::Rules,
+    bootstrap: &str,
+    names: &Names,
+    lines: &[String],
+) {
+    let cut = event_time_cut(lines);
+    let (expected, replayer) = replay_under(rules, lines, cut);
+    assert_exactly_replay(&read_topic(bootstrap, &names.output, true), &expected, cut);
+    let last = replayer.watermark().expect("replayed events").millis();
+    assert_same_state(
+        &changelog_snapshot_under(rules, bootstrap, names, last),
+        &replayer.engine().snapshot(Timestamp(last)),
+    );
 }

@@ -16,6 +16,7 @@ use crate::codec::account::encode_account_update;
 use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
 use crate::codec::Encoding;
+use crate::core::engine::StateChange;
 use crate::core::migration::RulesOutline;
 use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
@@ -239,9 +240,13 @@ impl Task for LeadTask {
 
     fn write_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
         let stamp = &out.shared.stamp;
-        let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut records: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         self.engine.take_changes(|lead_id, change| {
-            records.push((lead_id.to_string(), encode_changelog(&change, stamp)));
+            let value = match change {
+                StateChange::Gone => None, // expired: a tombstone
+                change => Some(encode_changelog(&change, stamp)),
+            };
+            records.push((lead_id.to_string(), value));
         });
         let topic = &out.shared.topics.changelog;
         if !records.is_empty() && !self.outline_recorded {
@@ -253,7 +258,7 @@ impl Task for LeadTask {
             self.outline_recorded = true;
         }
         for (key, value) in &records {
-            out.record(topic, Some(self.partition), key, Some(value))?;
+            out.record(topic, Some(self.partition), key, value.as_deref())?;
         }
         Ok(())
     }
@@ -321,7 +326,8 @@ pub(super) fn restore(
                 return Ok(());
             }
             let Some(value) = value else {
-                return Ok(()); // a tombstone: nothing to restore
+                engine.forget_lead(key); // a tombstone: the lead expired
+                return Ok(());
             };
             match decode_changelog(value)
                 .with_context(|| format!("changelog {topic}/{partition} offset {offset}"))?
