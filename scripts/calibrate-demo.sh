@@ -5,6 +5,7 @@
 # leaves the report, charts and suggested rules in target/x-education/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/system-openssl.sh
 csv="${1:-../shared/data/x-education-leads.csv}"
 out=target/x-education
 [ -f "$csv" ] || { echo "no $csv: pass the X Education leads CSV as the first argument" >&2; exit 1; }

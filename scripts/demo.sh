@@ -12,6 +12,7 @@
 # removed on exit. Needs Java 17+ and Maven (for the broker) and Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/system-openssl.sh
 leads=300 serve_for="" keep=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,8 +30,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The broker's jars download (first run) while the code compiles.
+scripts/kafka.sh install &
+fetching=$!
 cargo build --release --quiet --bin leadscore \
   --example generate_events --example produce_events --example print_crossings
+wait "$fetching"
 
 eval "$(scripts/kafka.sh start --watch $$)"
 echo "== Apache Kafka on $KAFKA_BOOTSTRAP"

@@ -9,6 +9,7 @@
 # No broker needed: the same core as `leadscore run`, over a file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/system-openssl.sh
 leads="${1:-2000}"
 work="${TMPDIR:-/tmp}/leadscore-demo"
 mkdir -p "$work"

@@ -14,17 +14,30 @@
 # an earlier one fails; the last line sums them up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/system-openssl.sh
 
-echo "== brokers"
-scripts/kafka.sh install
-scripts/tansu.sh install
-scripts/promtool.sh install >/dev/null
+echo "== brokers (fetched on first use, while the code compiles)"
+brokers_log="$(mktemp "${TMPDIR:-/tmp}/leadscore-brokers.XXXXXX")"
+(
+  scripts/kafka.sh install
+  scripts/tansu.sh install
+  scripts/promtool.sh install >/dev/null
+) >"$brokers_log" 2>&1 &
+brokers=$!
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+
+if ! wait "$brokers"; then
+  cat "$brokers_log" >&2
+  echo "test.sh: installing the brokers failed" >&2
+  exit 1
+fi
+cat "$brokers_log"
+rm -f "$brokers_log"
 
 export_csv="${LEADSCORE_X_EDUCATION_CSV:-../shared/data/x-education-leads.csv}"
 export_tests="needs_x_education_export::"
