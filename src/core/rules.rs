@@ -284,13 +284,13 @@ impl LifecycleRule {
                 .name
                 .as_deref()
                 .is_some_and(|n| self.names.iter().any(|m| m.eq_ignore_ascii_case(n)));
+        if !(kind_ok && name_ok) {
+            return false; // most events: no allocation below
+        }
         let name_value = event.name.as_deref().map(Value::from);
-        kind_ok
-            && name_ok
-            && self
-                .conditions
-                .iter()
-                .all(|c| c.op.matches(c.field.read(event, &name_value)) != c.negate)
+        self.conditions
+            .iter()
+            .all(|c| c.op.matches(c.field.read(event, &name_value)) != c.negate)
     }
 }
 
