@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use sha2::{Digest, Sha256};
 
 use super::account::AccountRules;
-use super::rules::{EngagementRule, FitRule, LifecycleRule, Op, Rules, Tier, TraitKey};
+use super::rules::{
+    EngagementRule, EventCondition, FitRule, LifecycleRule, Op, Rules, Tier, TraitKey,
+};
 
 /// Which rules wrote a piece of state: the version people named them by
 /// and the fingerprint of their content. An empty fingerprint: written
@@ -195,14 +197,6 @@ fn describe_into(rules: &Rules, out: &mut String) {
 }
 
 fn describe_lifecycle(rule: &LifecycleRule, out: &mut String) {
-    let conditions: Vec<String> = rule
-        .conditions
-        .iter()
-        .map(|c| {
-            let negated = if c.negate { " negated" } else { "" };
-            format!("{:?} {}{negated}", c.field, op(&c.op))
-        })
-        .collect();
     let _ = writeln!(
         out,
         "lifecycle {:?} kinds={:?} names={:?} stage={:?} terminal={} reset={} suppress_ms={:?} \
@@ -215,7 +209,7 @@ fn describe_lifecycle(rule: &LifecycleRule, out: &mut String) {
         rule.reset,
         rule.suppress_ms,
         rule.outcome,
-        conditions.join("; ")
+        conditions_text(&rule.conditions)
     );
 }
 
@@ -265,19 +259,19 @@ fn describe_fit(rule: &FitRule, out: &mut String) {
     );
 }
 
-fn describe_engagement(rule: &EngagementRule, out: &mut String) {
-    let conditions: Vec<String> = rule
-        .conditions
+/// An engagement or lifecycle rule's conditions, `; `-separated.
+pub(crate) fn conditions_text(conditions: &[EventCondition]) -> String {
+    let each: Vec<String> = conditions
         .iter()
         .map(|c| {
-            format!(
-                "{:?} {}{}",
-                c.field,
-                op(&c.op),
-                if c.negate { " negated" } else { "" }
-            )
+            let negated = if c.negate { " negated" } else { "" };
+            format!("{:?} {}{negated}", c.field, op(&c.op))
         })
         .collect();
+    each.join("; ")
+}
+
+fn describe_engagement(rule: &EngagementRule, out: &mut String) {
     let _ = writeln!(
         out,
         "engagement {:?} points={:?} kinds={:?} names={:?} cap={:?} once={} half_life={:?} [{}]",
@@ -288,7 +282,7 @@ fn describe_engagement(rule: &EngagementRule, out: &mut String) {
         rule.cap,
         rule.once,
         rule.half_life,
-        conditions.join("; ")
+        conditions_text(&rule.conditions)
     );
 }
 

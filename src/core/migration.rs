@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::account::{AccountRules, AccountState};
 use super::decay::HalfLife;
-use super::fingerprint::op;
+use super::fingerprint::{conditions_text, op};
 use super::lead::{LeadState, TraitState};
 use super::rules::{EngagementRule, Rules, TraitBits, TRAIT_KNOWN_BIT};
 
@@ -141,20 +141,12 @@ impl ProfileOutline {
 }
 
 fn matches_of(rule: &EngagementRule) -> String {
-    let conditions: Vec<String> = rule
-        .conditions
-        .iter()
-        .map(|c| {
-            let negated = if c.negate { " negated" } else { "" };
-            format!("{:?} {}{negated}", c.field, op(&c.op))
-        })
-        .collect();
     format!(
         "kinds={:?} names={:?} once={} [{}]",
         rule.kinds,
         rule.names,
         rule.once,
-        conditions.join("; ")
+        conditions_text(&rule.conditions)
     )
 }
 

@@ -13,7 +13,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use crate::core::migration::{Migration, RulesOutline};
 use crate::core::{Rules, RulesStamp};
 
-pub use crate::codec::{outline_key, OUTLINE_KEY_PREFIX};
+use crate::codec::OUTLINE_KEY_PREFIX;
 
 /// Give up when the changelog makes no progress for this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);

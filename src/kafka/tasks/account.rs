@@ -13,11 +13,10 @@ use super::{Out, Shared, Task, Topics};
 use crate::codec::account::{decode_account_state, decode_account_update, encode_account_state};
 use crate::config::Partitioner;
 use crate::core::account::{AccountEngine, AccountUpdate};
-use crate::core::migration::RulesOutline;
 use crate::core::output::Cause;
 use crate::core::{Output, Timestamp};
 use crate::kafka::clients::Retry;
-use crate::kafka::restore::{outline_key, read_to_end, RulesHistory};
+use crate::kafka::restore::{read_to_end, RulesHistory};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
 use crate::ops::status::LeadAnswer;
@@ -99,11 +98,8 @@ impl Task for AccountTask {
             ));
         });
         let topic = &out.shared.topics.account_changelog;
-        if !records.is_empty() && !self.outline_recorded {
-            let outline = RulesOutline::of(&out.shared.rules).to_json();
-            let key = outline_key(&stamp.fingerprint);
-            out.record(topic, Some(self.partition), &key, Some(outline.as_bytes()))?;
-            self.outline_recorded = true;
+        if !records.is_empty() {
+            out.record_outline(topic, self.partition, &mut self.outline_recorded)?;
         }
         for (key, value) in &records {
             out.record(topic, Some(self.partition), key, value.as_deref())?;

@@ -17,13 +17,12 @@ use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
 use crate::codec::Encoding;
 use crate::core::engine::StateChange;
-use crate::core::migration::RulesOutline;
 use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
 use crate::kafka::records::header_text;
-use crate::kafka::restore::{outline_key, read_to_end, RulesHistory};
+use crate::kafka::restore::{read_to_end, RulesHistory};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
 use crate::ops::status::LeadAnswer;
@@ -249,13 +248,8 @@ impl Task for LeadTask {
             records.push((lead_id.to_string(), value));
         });
         let topic = &out.shared.topics.changelog;
-        if !records.is_empty() && !self.outline_recorded {
-            // Before the first state written under these rules: what a
-            // later restore under other rules needs to re-score it.
-            let outline = RulesOutline::of(&out.shared.rules).to_json();
-            let key = outline_key(&stamp.fingerprint);
-            out.record(topic, Some(self.partition), &key, Some(outline.as_bytes()))?;
-            self.outline_recorded = true;
+        if !records.is_empty() {
+            out.record_outline(topic, self.partition, &mut self.outline_recorded)?;
         }
         for (key, value) in &records {
             out.record(topic, Some(self.partition), key, value.as_deref())?;

@@ -265,6 +265,25 @@ impl Out<'_> {
 
     /// Sends a keyed record to `topic` (to `partition`, or where the
     /// producer's partitioner puts the key); no value is a tombstone.
+    /// Before the first state a task writes under the running rules: the
+    /// outline of those rules, which a restore under other rules needs to
+    /// re-score that state (see `core::migration`). Once per task.
+    pub fn record_outline(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        recorded: &mut bool,
+    ) -> Result<(), Retry> {
+        if *recorded {
+            return Ok(());
+        }
+        let outline = crate::core::migration::RulesOutline::of(&self.shared.rules).to_json();
+        let key = crate::codec::outline_key(&self.shared.stamp.fingerprint);
+        self.record(topic, Some(partition), &key, Some(outline.as_bytes()))?;
+        *recorded = true;
+        Ok(())
+    }
+
     pub fn record(
         &mut self,
         topic: &str,
