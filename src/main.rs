@@ -591,5 +591,11 @@ fn replay(
         "replayed {} lines: {} events, {} scored, {} duplicates, {} rejected; {} leads as of {}; {} score changes, {} threshold crossings",
         s.lines, s.events, s.applied, s.duplicates, s.rejected, leads.len(), as_of, s.score_changes, s.crossings
     );
+    if s.erasures > 0 || s.dropped_erased > 0 {
+        eprintln!(
+            "{} leads erased; {} events dropped as from before their lead's erasure",
+            s.erasures, s.dropped_erased
+        );
+    }
     Ok(())
 }

@@ -25,6 +25,10 @@ pub struct ReplayStats {
     pub score_changes: u64,
     pub crossings: u64,
     pub lifecycle_changes: u64,
+    /// Leads erased (`lead_erased` outputs).
+    pub erasures: u64,
+    /// Events dropped because their lead was erased after their time.
+    pub dropped_erased: u64,
 }
 
 /// A line (or batch item) that did not become a scored event.
@@ -223,6 +227,10 @@ impl Replayer {
                 self.stats.duplicates += 1;
                 Ok(())
             }
+            Outcome::Erased => {
+                self.stats.dropped_erased += 1;
+                Ok(())
+            }
             Outcome::HandedOff => unreachable!("one engine holds every lead in a replay"),
             Outcome::Rejected(r) => {
                 self.stats.rejected += 1;
@@ -273,6 +281,7 @@ impl ReplayStats {
             OutputKind::ScoreChanged => self.score_changes += 1,
             OutputKind::ThresholdCrossed => self.crossings += 1,
             OutputKind::LifecycleChanged | OutputKind::LeadExpired => self.lifecycle_changes += 1,
+            OutputKind::LeadErased => self.erasures += 1,
         }
     }
 }

@@ -310,3 +310,88 @@ fn lead_state_round_trips_through_its_changelog_record() {
     }
     assert!(checked >= 20, "{checked}");
 }
+
+#[test]
+fn an_erase_call_decodes_from_json_and_protobuf_and_rules_cannot_match_it() {
+    let e = one(
+        r#"{"type":"erase","messageId":"gdpr-1","userId":"lead-42","timestamp":"2026-11-25T10:00:00Z"}"#,
+    )
+    .unwrap();
+    assert_eq!(e.kind, EventKind::Erase);
+    assert_eq!(
+        (e.message_id.as_str(), e.lead_id.as_str()),
+        ("gdpr-1", "lead-42")
+    );
+    let bytes = event_to_wire(&e).encode_to_vec();
+    let decoded = Decoder::keep_all()
+        .decode(&bytes, Encoding::Protobuf)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(decoded, e);
+
+    let text = r#"
+version = "t"
+[grades]
+A = 30
+B = 20
+C = 10
+[[tiers]]
+name = "cold"
+min_score = 0
+[[engagement]]
+name = "erased"
+points = 5
+type = "erase"
+"#;
+    let err = leadscore::config::parse_rules(text, std::path::Path::new("t.toml")).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown `type` \"erase\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn lead_erased_names_the_lead_and_the_request_and_no_numbers() {
+    use leadscore::core::{Engine, Outcome};
+    let rules = std::sync::Arc::new(
+        leadscore::config::parse_rules(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/config/leadscore.toml"
+            ))
+            .unwrap(),
+            std::path::Path::new("leadscore.toml"),
+        )
+        .unwrap(),
+    );
+    let mut engine = Engine::new(rules);
+    let at = Timestamp(1_764_547_200_000);
+    let erase = Event::new("gdpr-1", "lead-42", EventKind::Erase, at);
+    let Outcome::Applied(outputs) = engine.apply(&erase, at) else {
+        panic!("applied");
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&leadscore::codec::output::output_to_json(&outputs[0])).unwrap();
+    let keys: std::collections::BTreeSet<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let expected = [
+        "type",
+        "event_id",
+        "lead_id",
+        "account_id",
+        "at",
+        "cause",
+        "cause_event_id",
+        "rules_version",
+    ];
+    assert_eq!(keys, expected.into_iter().collect());
+    assert_eq!(json["type"], "lead_erased");
+    assert_eq!(json["lead_id"], "lead-42");
+    assert_eq!(json["cause_event_id"], "gdpr-1");
+}

@@ -234,16 +234,21 @@ fn refused_batches_are_aborted_and_retried_until_the_broker_accepts_them() {
     assert_run_equals_replay(&broker.bootstrap, &names, &lines);
 }
 
-/// Leads that go quiet expire (`inactive_after`) while the processor is
-/// killed five times: the `read_committed` outputs (`lead_expired`
-/// included) are replay's, the changelog holds a tombstone for every
-/// expired lead and exactly replay's leads otherwise.
+/// Leads that go quiet expire (`inactive_after`), sales dispositions set
+/// stages and recycle leads, and leads are erased (by tombstones and by
+/// `erase` calls, some followed by late events of theirs), while the
+/// processor is killed five times: the `read_committed` outputs
+/// (`lead_expired` and `lead_erased` included) are replay's, the changelog
+/// holds a tombstone as the last record of every expired or erased lead and
+/// exactly replay's leads otherwise, and an instance restored from it
+/// answers 404 for every erased lead.
 #[test]
-fn quiet_leads_expire_exactly_once_across_kill_9() {
+fn dispositions_erasures_and_expiry_exactly_once_across_kill_9() {
     let broker = kafka();
     let names = Names::new("expiry");
     create_topic(&broker.bootstrap, &names.input, 4);
-    let lines = sample(3000, 23);
+    let (lines, erased) = with_erasures(&sample(3000, 23), 20);
+    assert!(erased.len() > 100, "{} leads erased", erased.len());
     let dir = tempfile::tempdir().unwrap();
     let rules_text = common::example_lead_rules_text().replace(
         "[events]\n",
@@ -259,24 +264,44 @@ fn quiet_leads_expire_exactly_once_across_kill_9() {
         "exactly_once",
         EVENT_TIME,
     );
-    let txn = [("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "expiry-test-instance")];
-    produce_lines(&broker.bootstrap, &names.input, &lines);
-    let instance = kill_five_times_mid_stream(broker, &names, &config, &txn, lines.len(), 23);
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let env = [
+        ("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "expiry-test-instance"),
+        ("LEADSCORE_HTTP_LISTEN", listen.as_str()),
+    ];
+    // Every other erasure as a tombstone, the rest as `erase` calls.
+    let mut erase_calls = 0;
+    let tombstone = |i: usize| lines[i].contains("\"erase\"") && i % 2 == 0;
+    for (i, line) in lines.iter().enumerate() {
+        erase_calls += usize::from(line.contains("\"erase\"") && !tombstone(i));
+    }
+    assert!(
+        erase_calls > 20 && erase_calls + 20 < erased.len(),
+        "both kinds of request"
+    );
+    produce_lines_erasing(&broker.bootstrap, &names.input, &lines, tombstone);
+    let instance = kill_five_times_mid_stream(broker, &names, &config, &env, lines.len(), 23);
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(600));
     std::thread::sleep(Duration::from_secs(2));
     assert!(instance.terminate().success());
 
     assert_run_equals_replay_under(&rules, &broker.bootstrap, &names, &lines);
-    let outputs = read_topic(&broker.bootstrap, &names.output, true);
-    let expired: std::collections::BTreeSet<String> = outputs
+    let outputs: Vec<serde_json::Value> = read_topic(&broker.bootstrap, &names.output, true)
         .iter()
         .map(Record::json)
-        .filter(|v| v["type"] == "lead_expired")
-        .map(|v| v["lead_id"].as_str().unwrap().to_string())
         .collect();
+    let of_type = |kind: &str| -> std::collections::BTreeSet<String> {
+        outputs
+            .iter()
+            .filter(|v| v["type"] == kind)
+            .map(|v| v["lead_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let expired = of_type("lead_expired");
     assert!(expired.len() > 50, "{} leads expired", expired.len());
+    assert_eq!(of_type("lead_erased"), erased.iter().cloned().collect());
     // The last changelog record of every expired lead that did not come
-    // back is a tombstone.
+    // back, and of every erased lead, is a tombstone.
     let mut last: std::collections::BTreeMap<String, bool> = Default::default();
     for record in read_topic(&broker.bootstrap, &names.changelog, true) {
         let key = record.key.clone().unwrap();
@@ -285,11 +310,39 @@ fn quiet_leads_expire_exactly_once_across_kill_9() {
     let tombstones = last.values().filter(|t| **t).count();
     assert!(tombstones > 50, "{tombstones} tombstones");
     for (key, tombstone) in &last {
-        if *tombstone {
+        if *tombstone && !key.starts_with('\0') {
             assert!(
-                expired.contains(key),
-                "{key}: a tombstone without lead_expired"
+                expired.contains(key) || erased.contains(key),
+                "{key}: a tombstone without lead_expired or lead_erased"
             );
         }
     }
+    for lead in &erased {
+        assert_eq!(
+            last.get(lead),
+            Some(&true),
+            "{lead}: erased, its last record a tombstone"
+        );
+    }
+
+    // Restored from the changelog, an instance holds none of them.
+    let instance = Instance::start(&config, &env);
+    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&listen, "leadscore_ready") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "ready after restore");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for lead in &erased {
+        let (status, body) = http_get(&format!("http://{listen}/v1/leads/{lead}"));
+        assert_eq!(status, 404, "{lead}: {body}");
+    }
+    let kept = last
+        .iter()
+        .find(|(key, tombstone)| !**tombstone && !key.starts_with('\0'))
+        .map(|(key, _)| key.clone())
+        .unwrap();
+    let (status, body) = http_get(&format!("http://{listen}/v1/leads/{kept}"));
+    assert_eq!(status, 200, "{kept}: {body}");
+    assert!(instance.terminate().success());
 }

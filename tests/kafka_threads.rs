@@ -13,17 +13,6 @@ use common::verify::*;
 use leadscore::config::Partitioner;
 use leadscore::ops::partitioner::partition_of;
 
-fn get(url: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut response = agent.get(url).call().expect("the instance answers");
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().unwrap())
-}
-
 /// The log lines of stream thread `thread` that contain `message`.
 fn thread_lines(log: &str, thread: usize, message: &str) -> Vec<String> {
     log.lines()
@@ -97,16 +86,16 @@ fn two_threads_survive_kill_9_and_answer_for_either_threads_leads() {
     }
     assert_eq!(lead_of_partition.len(), 4, "{lead_of_partition:?}");
     for (partition, lead) in &lead_of_partition {
-        let (status, body) = get(&format!("http://{listen}/v1/leads/{lead}"));
+        let (status, body) = http_get(&format!("http://{listen}/v1/leads/{lead}"));
         assert_eq!(status, 200, "lead {lead} of partition {partition}: {body}");
         let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(answer["partition"], *partition, "{answer}");
     }
-    let (status, body) = get(&format!("http://{listen}/v1/leads/nobody-at-all"));
+    let (status, body) = http_get(&format!("http://{listen}/v1/leads/nobody-at-all"));
     assert_eq!(status, 404, "{body}");
     // The gauges add up both threads.
     assert_eq!(metric(&listen, "leadscore_partitions_assigned"), 4.0);
-    let (status, body) = get(&format!("http://{listen}/readyz"));
+    let (status, body) = http_get(&format!("http://{listen}/readyz"));
     assert_eq!(status, 200, "{body}");
 
     std::thread::sleep(Duration::from_secs(2));

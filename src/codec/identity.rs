@@ -53,6 +53,20 @@ pub fn encode_handoff(handoff: &Handoff, rules: &RulesStamp) -> Vec<u8> {
             has_position: position.is_some(),
             position: position.unwrap_or(0),
         }),
+        Handoff::Erase {
+            lead, at, cause, ..
+        } => Kind::Erase(wire::EraseLead {
+            lead: lead.to_string(),
+            at_ms: at.millis(),
+            cause_event_id: cause.to_string(),
+        }),
+        Handoff::Forget {
+            identity, lead, at, ..
+        } => Kind::Forget(wire::ForgetIdentity {
+            identity: identity.to_string(),
+            at_ms: at.millis(),
+            lead: lead.to_string(),
+        }),
     };
     wire::IdentityRecord {
         hops: handoff.hops(),
@@ -115,5 +129,17 @@ pub fn decode_handoff(
                 hops,
             })
         }
+        Kind::Erase(r) => Ok(Handoff::Erase {
+            lead: r.lead.into(),
+            at: Timestamp(r.at_ms),
+            cause: r.cause_event_id.into(),
+            hops,
+        }),
+        Kind::Forget(r) => Ok(Handoff::Forget {
+            identity: r.identity.into(),
+            lead: r.lead.into(),
+            at: Timestamp(r.at_ms),
+            hops,
+        }),
     }
 }

@@ -240,8 +240,29 @@ pub fn outline_key(fingerprint: &str) -> String {
     format!("{OUTLINE_KEY_PREFIX}{fingerprint}")
 }
 
+/// Changelog keys of remembered erasures start with this; the rest is the
+/// erased identity's hash in hex (see `core::engine::identity_hash`), the
+/// value the erasure's time in milliseconds as decimal text.
+pub const ERASURE_KEY_PREFIX: &str = "\u{0}leadscore-erased\u{0}";
+
+/// The changelog key of the erasure of the identity with `hash`.
+pub fn erasure_key(hash: u64) -> String {
+    format!("{ERASURE_KEY_PREFIX}{hash:016x}")
+}
+
+/// The hash an erasure key names, if `key` is one.
+pub fn erasure_of_key(key: &str) -> Option<Result<u64, DecodeError>> {
+    let hex = key.strip_prefix(ERASURE_KEY_PREFIX)?;
+    Some(
+        u64::from_str_radix(hex, 16).map_err(|_| DecodeError::InvalidField {
+            field: "key",
+            reason: format!("{hex:?} is not an identity hash"),
+        }),
+    )
+}
+
 /// Changelog keys that start with a NUL are leadscore's own (rules
-/// outlines): no lead or account id may start with one.
+/// outlines, erasures): no lead or account id may start with one.
 fn refuse_reserved_ids(event: crate::core::Event) -> Result<crate::core::Event, DecodeError> {
     let reserved = |id: Option<&str>| id.is_some_and(|id| id.starts_with('\0'));
     for (field, id) in [

@@ -29,18 +29,13 @@ struct OutputJson<'a> {
     event_id: String,
     lead_id: Option<&'a str>,
     account_id: Option<&'a str>,
-    score: f64,
-    fit: f64,
-    engagement: f64,
-    grade: &'static str,
-    tier: &'a str,
-    previous_tier: &'a str,
-    direction: &'static str,
-    delta: f64,
+    #[serde(flatten)]
+    numbers: Option<NumbersJson<'a>>,
     at: String,
     cause: &'static str,
     cause_event_id: Option<&'a str>,
-    contributions: Vec<ContributionJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contributions: Option<Vec<ContributionJson<'a>>>,
     rules_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     stage: Option<&'a str>,
@@ -50,24 +45,40 @@ struct OutputJson<'a> {
     reasons: Option<Vec<&'a str>>,
 }
 
+/// What an output says of the lead; `lead_erased` has none of it.
+#[derive(Serialize)]
+struct NumbersJson<'a> {
+    score: f64,
+    fit: f64,
+    engagement: f64,
+    grade: &'static str,
+    tier: &'a str,
+    previous_tier: &'a str,
+    direction: &'static str,
+    delta: f64,
+}
+
 pub fn output_to_json(output: &Output) -> String {
+    let described = output.describes_lead();
     let json = OutputJson {
         kind: output.kind.as_str(),
         event_id: output.event_id.to_string(),
         lead_id: output.lead_id.as_deref(),
         account_id: output.account_id.as_deref(),
-        score: output.score,
-        fit: output.fit,
-        engagement: output.engagement,
-        grade: output.grade.as_str(),
-        tier: &output.tier,
-        previous_tier: &output.previous_tier,
-        direction: output.direction.as_str(),
-        delta: output.delta,
+        numbers: described.then(|| NumbersJson {
+            score: output.score,
+            fit: output.fit,
+            engagement: output.engagement,
+            grade: output.grade.as_str(),
+            tier: &output.tier,
+            previous_tier: &output.previous_tier,
+            direction: output.direction.as_str(),
+            delta: output.delta,
+        }),
         at: output.at.to_rfc3339(),
         cause: output.cause.kind(),
         cause_event_id: output.cause_event_id(),
-        contributions: contributions(&output.contributions),
+        contributions: described.then(|| contributions(&output.contributions)),
         rules_version: &output.rules_version,
         stage: output.stage.as_deref(),
         previous_stage: output

@@ -40,6 +40,7 @@ pub(crate) fn event_from_wire(
         Ok(CallType::Identify) => EventKind::Identify,
         Ok(CallType::Group) => EventKind::Group,
         Ok(CallType::Alias) => EventKind::Alias,
+        Ok(CallType::Erase) => EventKind::Erase,
         Ok(CallType::Unspecified) => return Err(DecodeError::MissingField("type")),
         Err(_) => return Err(DecodeError::UnsupportedType(msg.r#type.to_string())),
     };
@@ -168,6 +169,7 @@ pub fn event_to_wire(event: &Event) -> wire::TrackingEvent {
         EventKind::Identify => (CallType::Identify, String::new(), String::new()),
         EventKind::Group => (CallType::Group, String::new(), String::new()),
         EventKind::Alias => (CallType::Alias, String::new(), String::new()),
+        EventKind::Erase => (CallType::Erase, String::new(), String::new()),
     };
     wire::TrackingEvent {
         r#type: r#type as i32,
@@ -189,6 +191,14 @@ pub fn event_to_wire(event: &Event) -> wire::TrackingEvent {
 }
 
 pub fn encode_output(output: &Output) -> Vec<u8> {
+    let described = output.describes_lead();
+    let text = |s: &str| {
+        if described {
+            s.to_string()
+        } else {
+            String::new()
+        }
+    };
     wire::ScoreEvent {
         r#type: output.kind.as_str().to_string(),
         event_id: output.event_id.to_string(),
@@ -197,10 +207,10 @@ pub fn encode_output(output: &Output) -> Vec<u8> {
         score: output.score,
         fit: output.fit,
         engagement: output.engagement,
-        grade: output.grade.as_str().to_string(),
-        tier: output.tier.to_string(),
-        previous_tier: output.previous_tier.to_string(),
-        direction: output.direction.as_str().to_string(),
+        grade: text(output.grade.as_str()),
+        tier: text(&output.tier),
+        previous_tier: text(&output.previous_tier),
+        direction: text(output.direction.as_str()),
         delta: output.delta,
         at_ms: output.at.millis(),
         cause_event_id: output.cause_event_id().unwrap_or_default().to_string(),

@@ -474,7 +474,7 @@ fn compile_matcher(
     let mut kinds = Vec::new();
     for name in kinds_raw.map(OneOrMany::into_vec).unwrap_or_default() {
         match EventKind::parse(&name) {
-            Some(EventKind::Alias) | None => {
+            Some(EventKind::Alias | EventKind::Erase) | None => {
                 return Err(ctx.err(
                     span,
                     format!(

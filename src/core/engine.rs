@@ -6,7 +6,7 @@
 //! publishes. Given the same rules and the same events in the same order, the
 //! state and the outputs (ids included) are the same in every run.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -35,6 +35,9 @@ pub enum Outcome {
     /// Its lead is held by another partition's engine: passed on as a
     /// [`Handoff`] (see [`Engine::take_handoffs`]).
     HandedOff,
+    /// Its lead was erased after the event's time: dropped (an event that
+    /// arrives late must not bring an erased lead back).
+    Erased,
     Rejected(Rejection),
 }
 
@@ -108,6 +111,13 @@ pub struct Engine {
     locality: Option<Locality>,
     /// Work for other partitions' engines; drained by `take_handoffs`.
     handoffs: Vec<Handoff>,
+    /// Identities erased, by [`identity_hash`] (never the id itself), with
+    /// the erasure's time: their events from no later than that are
+    /// dropped. Kept while such an event could still be accepted, i.e. until
+    /// the watermark passes the erasure by the allowed lateness.
+    erased: HashMap<u64, Timestamp>,
+    /// The same, oldest first, for forgetting them.
+    erased_by_time: BTreeSet<(Timestamp, u64)>,
 }
 
 /// Whether an identity's events come to this engine's input partition.
@@ -117,8 +127,19 @@ pub type Locality = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 struct Changes {
     leads: BTreeSet<Box<str>>,
     aliases: Vec<(Box<str>, Box<str>)>,
-    /// Leads dropped from state (expired): a tombstone each.
+    /// Leads and aliases dropped from state (expired, erased): a
+    /// tombstone each.
     gone: BTreeSet<Box<str>>,
+    /// Erasures remembered (`Some`) or forgotten (`None`) since.
+    erasures: BTreeMap<u64, Option<Timestamp>>,
+}
+
+/// The hash an erased identity is remembered by: the id itself is gone
+/// with the lead. 64 bits: two ids collide with probability 2^-64 per pair,
+/// and a collision would only drop a late event of the other identity, from
+/// before the erasure, within the lateness window.
+pub fn identity_hash(id: &str) -> u64 {
+    xxh3_64(id.as_bytes())
 }
 
 /// A change to persist, as reported by [`Engine::take_changes`].
@@ -127,7 +148,8 @@ pub enum StateChange<'a> {
     Lead(&'a LeadState),
     /// The identity now belongs to another lead (its own state is gone).
     AliasOf(&'a str),
-    /// The lead was dropped from state (it expired): a tombstone.
+    /// The lead (or alias) was dropped from state (it expired or was
+    /// erased): a tombstone.
     Gone,
 }
 
@@ -143,6 +165,8 @@ impl Engine {
             account_updates: Vec::new(),
             locality: None,
             handoffs: Vec::new(),
+            erased: HashMap::new(),
+            erased_by_time: BTreeSet::new(),
         }
     }
 
@@ -175,7 +199,15 @@ impl Engine {
         let Some(changes) = self.changes.as_mut() else {
             return;
         };
-        let changes = std::mem::take(changes);
+        // Erasures wait for `take_erasures`.
+        let erasures = std::mem::take(&mut changes.erasures);
+        let changes = std::mem::replace(
+            changes,
+            Changes {
+                erasures,
+                ..Changes::default()
+            },
+        );
         for (from, to) in &changes.aliases {
             each(from, StateChange::AliasOf(to));
         }
@@ -212,6 +244,212 @@ impl Engine {
         if let Some(old) = self.leads.remove(lead_id) {
             if let Some(due) = old.due {
                 self.timers.remove(&(due, lead_id.into()));
+            }
+        }
+    }
+
+    /// Calls `each` for every erasure remembered (`Some(time)`) or
+    /// forgotten (`None`) since the last call, by identity hash.
+    pub fn take_erasures(&mut self, mut each: impl FnMut(u64, Option<Timestamp>)) {
+        if let Some(changes) = self.changes.as_mut() {
+            for (hash, at) in std::mem::take(&mut changes.erasures) {
+                each(hash, at);
+            }
+        }
+    }
+
+    /// Puts back an erasure read from a changelog (`None`: forgotten).
+    pub fn restore_erasure(&mut self, hash: u64, at: Option<Timestamp>) {
+        if let Some(old) = self.erased.remove(&hash) {
+            self.erased_by_time.remove(&(old, hash));
+        }
+        if let Some(at) = at {
+            self.erased.insert(hash, at);
+            self.erased_by_time.insert((at, hash));
+        }
+    }
+
+    /// Identities whose erasure is remembered.
+    pub fn erased_count(&self) -> usize {
+        self.erased.len()
+    }
+
+    /// Whether `id` was erased at or after `t`.
+    fn is_erased(&self, id: &str, t: Timestamp) -> bool {
+        !self.erased.is_empty()
+            && self
+                .erased
+                .get(&identity_hash(id))
+                .is_some_and(|&at| t <= at)
+    }
+
+    fn remember_erasure(&mut self, id: &str, at: Timestamp) {
+        let hash = identity_hash(id);
+        if let Some(&old) = self.erased.get(&hash) {
+            if old >= at {
+                return;
+            }
+            self.erased_by_time.remove(&(old, hash));
+        }
+        self.erased.insert(hash, at);
+        self.erased_by_time.insert((at, hash));
+        if let Some(changes) = self.changes.as_mut() {
+            changes.erasures.insert(hash, Some(at));
+        }
+    }
+
+    /// Forgets erasures no event can match any more: one from before an
+    /// erasure is rejected as too late once the watermark is the allowed
+    /// lateness past it.
+    fn forget_old_erasures(&mut self) {
+        let (Some(allowed_ms), Some(watermark)) =
+            (self.rules.settings.allowed_lateness_ms, self.watermark)
+        else {
+            return;
+        };
+        let horizon = watermark.saturating_sub_ms(allowed_ms);
+        while let Some(&(at, hash)) = self.erased_by_time.first() {
+            if at >= horizon {
+                break;
+            }
+            self.erased_by_time.pop_first();
+            self.erased.remove(&hash);
+            if let Some(changes) = self.changes.as_mut() {
+                changes.erasures.insert(hash, None);
+            }
+        }
+    }
+
+    /// Drops the alias `id` (a tombstone for the changelog).
+    fn drop_alias(&mut self, id: &str) {
+        if self.aliases.remove(id).is_some() {
+            if let Some(changes) = self.changes.as_mut() {
+                changes.gone.insert(id.into());
+            }
+        }
+    }
+
+    /// An erasure request for `id` at `at`: the lead `id` belongs to is
+    /// erased, here or, held elsewhere, by its partition (a handoff).
+    fn erase(
+        &mut self,
+        id: &str,
+        at: Timestamp,
+        cause: &str,
+        position: Option<i64>,
+        hops: u32,
+    ) -> Outcome {
+        let target: Box<str> = self.resolve(id).into();
+        let held = self.leads.get(&*target);
+        if let (Some(position), Some(lead)) = (position, held) {
+            // Read again after a restart, the lead having come back since
+            // (an event after the erasure): the erasure is behind it.
+            if lead.position >= position || lead.covers(id, position) {
+                return Outcome::AlreadyApplied;
+            }
+        }
+        let known = held.is_some() || *target != *id;
+        if !known
+            && self
+                .erased
+                .get(&identity_hash(id))
+                .is_some_and(|&erased| erased >= at)
+        {
+            return Outcome::AlreadyApplied;
+        }
+        self.remember_erasure(id, at);
+        self.drop_alias(id);
+        if !self.is_local(&target) {
+            self.handoffs.push(Handoff::Erase {
+                lead: target,
+                at,
+                cause: cause.into(),
+                hops,
+            });
+            return Outcome::HandedOff;
+        }
+        if *target != *id {
+            return self.erase(&target, at, cause, None, hops);
+        }
+        Outcome::Applied(self.erase_lead(&target, at, cause, hops))
+    }
+
+    /// Removes `lead_id` and everything of it: its state (dedup memory,
+    /// merged histories), its timer, its share of its account, the
+    /// identities merged into it (here, and through handoffs where they
+    /// are held elsewhere). Publishes `lead_erased`.
+    fn erase_lead(&mut self, lead_id: &str, at: Timestamp, cause: &str, hops: u32) -> Vec<Output> {
+        self.remember_erasure(lead_id, at);
+        let mut identities: BTreeSet<Box<str>> = self
+            .aliases
+            .keys()
+            .filter(|k| resolve_in(&self.aliases, k) == lead_id)
+            .cloned()
+            .collect();
+        let state = self.leads.remove(lead_id);
+        if let Some(state) = &state {
+            if let Some(due) = state.due {
+                self.timers.remove(&(due, lead_id.into()));
+            }
+            identities.extend(state.merged.iter().map(|m| m.identity.clone()));
+            if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref())
+            {
+                self.account_updates.push(AccountUpdate::Member {
+                    account_id: link.id.clone(),
+                    lead_id: lead_id.into(),
+                    member: None,
+                    at,
+                    cause: Cause::Event(cause.to_string()),
+                });
+            }
+        }
+        if let Some(changes) = self.changes.as_mut() {
+            changes.leads.remove(lead_id);
+            changes.gone.insert(lead_id.into());
+        }
+        for identity in identities {
+            self.drop_alias(&identity);
+            if self.is_local(&identity) {
+                self.remember_erasure(&identity, at);
+            } else {
+                self.handoffs.push(Handoff::Forget {
+                    identity,
+                    lead: lead_id.into(),
+                    at,
+                    hops,
+                });
+            }
+        }
+        vec![erased_output(
+            &self.rules,
+            lead_id,
+            state.as_deref(),
+            at,
+            cause,
+        )]
+    }
+
+    /// `identity` belonged to `lead`, erased at `at` by another partition:
+    /// it and the local identities merged through it are forgotten.
+    fn forget_identity(&mut self, identity: &str, lead: &str, at: Timestamp, hops: u32) {
+        self.remember_erasure(identity, at);
+        let through: Vec<Box<str>> = self
+            .aliases
+            .keys()
+            .filter(|k| &***k == identity || resolve_in(&self.aliases, k) == lead)
+            .cloned()
+            .collect();
+        for id in through {
+            self.drop_alias(&id);
+            if self.is_local(&id) {
+                self.remember_erasure(&id, at);
+            } else {
+                self.handoffs.push(Handoff::Forget {
+                    identity: id,
+                    lead: lead.into(),
+                    at,
+                    hops,
+                });
             }
         }
     }
@@ -359,6 +597,16 @@ impl Engine {
     /// it, so an event redelivered after a crash is recognised even where
     /// the dedup memory or the broker's transactions cannot be trusted.
     pub fn apply_from(&mut self, event: &Event, now: Timestamp, position: Option<i64>) -> Outcome {
+        if event.kind == EventKind::Erase {
+            // Never refused, however late: the request stands.
+            return self.erase(
+                &event.lead_id,
+                event.timestamp,
+                &event.message_id,
+                position,
+                0,
+            );
+        }
         let rules = &*self.rules;
         let settings = &rules.settings;
         let t = event.timestamp;
@@ -375,6 +623,9 @@ impl Engine {
                 ahead_ms,
                 allowed_ms: settings.max_future_skew_ms,
             });
+        }
+        if self.is_erased(&event.lead_id, t) {
+            return Outcome::Erased;
         }
         let id_hash = xxh3_64(event.message_id.as_bytes());
 
@@ -408,6 +659,10 @@ impl Engine {
         }
 
         let expired = self.expire_before(lead_id, t);
+        if self.watermark.is_none_or(|w| t > w) && !self.erased_by_time.is_empty() {
+            self.watermark = Some(t);
+            self.forget_old_erasures();
+        }
         let rules = &*self.rules;
         let settings = &rules.settings;
         let lead = self.leads.get_mut(lead_id);
@@ -495,6 +750,15 @@ impl Engine {
                 position,
                 ..
             } => self.take_forwarded(&into, &via, &event, position, hops),
+            Handoff::Erase {
+                lead, at, cause, ..
+            } => self.erase(&lead, at, &cause, None, hops),
+            Handoff::Forget {
+                identity, lead, at, ..
+            } => {
+                self.forget_identity(&identity, &lead, at, hops);
+                Outcome::Applied(Vec::new())
+            }
         }
     }
 
@@ -628,6 +892,9 @@ impl Engine {
         {
             return Outcome::AlreadyApplied;
         }
+        if !self.leads.contains_key(&target) && self.is_erased(&target, at) {
+            return Outcome::Erased;
+        }
         let rules = &*self.rules;
         let lead = self
             .leads
@@ -669,6 +936,9 @@ impl Engine {
             if lead.covers(via, position) {
                 return Outcome::AlreadyApplied;
             }
+        }
+        if self.is_erased(&target, t) || self.is_erased(via, t) {
+            return Outcome::Erased;
         }
         let expired = self.expire_before(&target, t);
         let rules = &*self.rules;
@@ -1005,6 +1275,40 @@ fn expired_output(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp)
         contributions: Vec::new(),
         rules_version: rules.version.clone(),
         stage: view.life.as_deref().and_then(|l| l.stage.clone()),
+        lifecycle: None,
+    }
+}
+
+/// The `lead_erased` output. It names the lead and the request, and no
+/// numbers: there is nothing left of the lead to describe.
+fn erased_output(
+    rules: &Rules,
+    lead_id: &str,
+    lead: Option<&LeadState>,
+    at: Timestamp,
+    request: &str,
+) -> Output {
+    let cause = Cause::Event(request.to_string());
+    let lowest = rules.tier_name(0).clone();
+    Output {
+        kind: OutputKind::LeadErased,
+        event_id: output_id(lead_id, OutputKind::LeadErased, &cause),
+        lead_id: Some(lead_id.to_string()),
+        account_id: lead
+            .and_then(|lead| lead.view(rules).account.as_ref().map(|a| a.id.to_string())),
+        at,
+        cause,
+        score: 0.0,
+        fit: 0.0,
+        engagement: 0.0,
+        grade: Grade::D,
+        tier: lowest.clone(),
+        previous_tier: lowest,
+        direction: crate::core::output::Direction::Down,
+        delta: 0.0,
+        contributions: Vec::new(),
+        rules_version: rules.version.clone(),
+        stage: None,
         lifecycle: None,
     }
 }

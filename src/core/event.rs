@@ -98,7 +98,8 @@ impl<K: Into<Box<str>>, V: Into<Value>> FromIterator<(K, V)> for Fields {
     }
 }
 
-/// The Segment call types. `screen` is the mobile twin of `page`.
+/// The Segment call types. `screen` is the mobile twin of `page`. `erase`
+/// is leadscore's own: forget the lead (an erasure request).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Track,
@@ -107,16 +108,18 @@ pub enum EventKind {
     Identify,
     Group,
     Alias,
+    Erase,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Track,
         EventKind::Page,
         EventKind::Screen,
         EventKind::Identify,
         EventKind::Group,
         EventKind::Alias,
+        EventKind::Erase,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +130,7 @@ impl EventKind {
             EventKind::Identify => "identify",
             EventKind::Group => "group",
             EventKind::Alias => "alias",
+            EventKind::Erase => "erase",
         }
     }
 

@@ -50,6 +50,24 @@ pub enum Handoff {
         position: Option<i64>,
         hops: u32,
     },
+    /// An erasure request for an identity merged into `lead`, held
+    /// elsewhere: the lead's partition erases the whole lead.
+    Erase {
+        lead: Box<str>,
+        at: Timestamp,
+        /// The erasure request's message id.
+        cause: Box<str>,
+        hops: u32,
+    },
+    /// `identity` was merged into a lead now erased: its partition forgets
+    /// the alias and drops its events from before `at`.
+    Forget {
+        identity: Box<str>,
+        /// The lead erased.
+        lead: Box<str>,
+        at: Timestamp,
+        hops: u32,
+    },
 }
 
 impl Handoff {
@@ -58,6 +76,8 @@ impl Handoff {
         match self {
             Handoff::MergeRequest { from, .. } => from,
             Handoff::History { into, .. } | Handoff::Event { into, .. } => into,
+            Handoff::Erase { lead, .. } => lead,
+            Handoff::Forget { identity, .. } => identity,
         }
     }
 
@@ -65,7 +85,9 @@ impl Handoff {
         match self {
             Handoff::MergeRequest { hops, .. }
             | Handoff::History { hops, .. }
-            | Handoff::Event { hops, .. } => *hops,
+            | Handoff::Event { hops, .. }
+            | Handoff::Erase { hops, .. }
+            | Handoff::Forget { hops, .. } => *hops,
         }
     }
 
@@ -75,6 +97,8 @@ impl Handoff {
             Handoff::MergeRequest { .. } => "merge_request",
             Handoff::History { .. } => "history",
             Handoff::Event { .. } => "event",
+            Handoff::Erase { .. } => "erase",
+            Handoff::Forget { .. } => "forget",
         }
     }
 }

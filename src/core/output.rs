@@ -20,6 +20,8 @@ pub enum OutputKind {
     /// The lead saw no event for `inactive_after` and sat in the lowest
     /// tier: it was dropped from state.
     LeadExpired,
+    /// An erasure request removed the lead: subscribers erase it too.
+    LeadErased,
 }
 
 impl OutputKind {
@@ -29,6 +31,7 @@ impl OutputKind {
             OutputKind::ThresholdCrossed => "threshold_crossed",
             OutputKind::LifecycleChanged => "lifecycle_changed",
             OutputKind::LeadExpired => "lead_expired",
+            OutputKind::LeadErased => "lead_erased",
         }
     }
 }
@@ -98,6 +101,14 @@ pub enum Cause {
     /// The rules changed (to these, by fingerprint) and the lead or
     /// account was re-scored in place.
     RulesChanged(String),
+}
+
+impl Output {
+    /// Whether the output describes the lead (score, tier, grade): all but
+    /// `lead_erased`, after which nothing of the lead is left to describe.
+    pub fn describes_lead(&self) -> bool {
+        self.kind != OutputKind::LeadErased
+    }
 }
 
 impl Cause {

@@ -275,7 +275,7 @@ pub struct LifecycleRule {
 impl LifecycleRule {
     pub fn matches(&self, event: &Event) -> bool {
         let kind_ok = if self.kinds.is_empty() {
-            event.kind != EventKind::Alias
+            !matches!(event.kind, EventKind::Alias | EventKind::Erase)
         } else {
             self.kinds.contains(&event.kind)
         };
@@ -410,7 +410,7 @@ impl Rules {
             let kinds: Vec<EventKind> = if rule.kinds.is_empty() {
                 EventKind::ALL
                     .into_iter()
-                    .filter(|k| *k != EventKind::Alias)
+                    .filter(|k| !matches!(k, EventKind::Alias | EventKind::Erase))
                     .collect()
             } else {
                 rule.kinds.clone()

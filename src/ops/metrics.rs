@@ -10,6 +10,8 @@ pub const EVENTS_SCORED: &str = "leadscore_events_scored_total";
 /// Label `reason`: the dead-letter reason code.
 pub const EVENTS_REJECTED: &str = "leadscore_events_rejected_total";
 pub const EVENTS_DUPLICATE: &str = "leadscore_events_duplicate_total";
+/// Events dropped because their lead was erased after their event time.
+pub const EVENTS_ERASED: &str = "leadscore_events_erased_total";
 pub const DEAD_LETTERS: &str = "leadscore_dead_letters_total";
 /// Label `type`: `score_changed` or `threshold_crossed`.
 pub const OUTPUTS: &str = "leadscore_outputs_total";
@@ -110,6 +112,10 @@ fn describe() {
     describe_counter!(
         EVENTS_DUPLICATE,
         "Events skipped because their message id or input position was already applied."
+    );
+    describe_counter!(
+        EVENTS_ERASED,
+        "Events dropped because their lead was erased after their event time."
     );
     describe_counter!(DEAD_LETTERS, "Records produced to the dead-letter topic.");
     describe_counter!(OUTPUTS, "Output events produced, by type.");

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use leadscore::core::Timestamp;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -197,6 +198,49 @@ pub fn produce_lines(bootstrap: &str, topic: &str, lines: &[String]) {
 }
 
 pub fn produce(bootstrap: &str, topic: &str, records: &[InputRecord]) {
+    let records: Vec<Produced> = records.iter().cloned().map(Produced::Value).collect();
+    produce_all(bootstrap, topic, &records);
+}
+
+/// A record to produce: a value (keyed or not, with headers), or a
+/// tombstone (a key and no value) with its timestamp.
+pub enum Produced {
+    Value(InputRecord),
+    Tombstone { key: String, at_ms: i64 },
+}
+
+/// Produces lines keyed by their lead id, in order; an `erase` call whose
+/// index `as_tombstone` picks goes as the tombstone that asks the same
+/// (its lead id as the key, its time as the record's).
+pub fn produce_lines_erasing(
+    bootstrap: &str,
+    topic: &str,
+    lines: &[String],
+    as_tombstone: impl Fn(usize) -> bool,
+) {
+    let records: Vec<Produced> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let key = v["userId"]
+                .as_str()
+                .or(v["anonymousId"].as_str())
+                .map(str::to_string);
+            if v["type"] == "erase" && as_tombstone(i) {
+                let at = v["timestamp"].as_str().and_then(Timestamp::parse_rfc3339);
+                return Produced::Tombstone {
+                    key: key.expect("an erase call names its lead"),
+                    at_ms: at.expect("an erase call has a time").millis(),
+                };
+            }
+            Produced::Value((key, l.clone().into_bytes(), Vec::new()))
+        })
+        .collect();
+    produce_all(bootstrap, topic, &records);
+}
+
+pub fn produce_all(bootstrap: &str, topic: &str, records: &[Produced]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -204,7 +248,20 @@ pub fn produce(bootstrap: &str, topic: &str, records: &[InputRecord]) {
         .set("message.max.bytes", "10000000")
         .create()
         .unwrap();
-    for (key, value, headers) in records {
+    for record in records {
+        let (key, value, headers) = match record {
+            Produced::Value(record) => record,
+            Produced::Tombstone { key, at_ms } => {
+                let mut record = BaseRecord::<str, [u8]>::to(topic)
+                    .key(key.as_str())
+                    .timestamp(*at_ms);
+                while let Err((_, back)) = producer.send(record) {
+                    producer.poll(Duration::from_millis(20));
+                    record = back;
+                }
+                continue;
+            }
+        };
         let mut hs = rdkafka::message::OwnedHeaders::new();
         for (k, v) in headers {
             hs = hs.insert(rdkafka::message::Header {
@@ -570,4 +627,16 @@ pub fn metric(listen: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A GET's status and body (any status; a connection error panics).
+pub fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent.get(url).call().expect("the instance answers");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
 }

@@ -230,11 +230,11 @@ pub fn changelog_snapshot_under(
     let mut engine = Engine::new(Arc::new(rules.clone()));
     for record in read_topic(bootstrap, &names.changelog, true) {
         let key = record.key.clone().unwrap();
-        if key.starts_with(leadscore::codec::OUTLINE_KEY_PREFIX) {
-            continue; // the rules that wrote the state, not state
+        if key.starts_with('\0') {
+            continue; // rules outlines and erasures: not lead state
         }
         if record.value.is_empty() {
-            engine.forget_lead(&key); // a tombstone: the lead expired
+            engine.forget_lead(&key); // a tombstone: expired or erased
             continue;
         }
         match decode_changelog(&record.value).unwrap() {
@@ -312,4 +312,78 @@ pub fn assert_run_equals_replay_under(
         &changelog_snapshot_under(rules, bootstrap, names, last),
         &replayer.engine().snapshot(Timestamp(last)),
     );
+}
+
+/// `lines` (sample traffic, in time order) with every `every`-th
+/// identified lead erased a second after its last event, by an `erase`
+/// call (message id `erase:<lead>:<ms>`, as a tombstone's erasure has);
+/// the last two events of every other one of them arrive just after the
+/// erasure, late. Returns the lines and the leads erased.
+pub fn with_erasures(lines: &[String], every: usize) -> (Vec<String>, Vec<String>) {
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let time = |v: &serde_json::Value| {
+        Timestamp::parse_rfc3339(v["timestamp"].as_str().unwrap())
+            .unwrap()
+            .millis()
+    };
+    let mut last_event: BTreeMap<&str, (i64, Vec<usize>)> = BTreeMap::new();
+    for (i, v) in events.iter().enumerate() {
+        if let Some(lead) = v["userId"].as_str() {
+            let entry = last_event.entry(lead).or_default();
+            entry.0 = entry.0.max(time(v));
+            entry.1.push(i);
+        }
+    }
+    let erased: Vec<(&str, i64, Vec<usize>)> = last_event
+        .iter()
+        .step_by(every)
+        .enumerate()
+        .map(|(n, (lead, (last, at)))| {
+            let late = if n % 2 == 0 {
+                at[at.len().saturating_sub(2)..].to_vec()
+            } else {
+                Vec::new()
+            };
+            (*lead, last + 1000, late)
+        })
+        .collect();
+    let late: std::collections::BTreeSet<usize> = erased
+        .iter()
+        .flat_map(|(_, _, late)| late.clone())
+        .collect();
+    let mut erasures: Vec<(i64, String, Vec<usize>)> = erased
+        .iter()
+        .map(|(lead, at, late)| {
+            let line = serde_json::json!({
+                "type": "erase",
+                "messageId": format!("erase:{lead}:{at}"),
+                "userId": lead,
+                "timestamp": Timestamp(*at).to_rfc3339(),
+            })
+            .to_string();
+            (*at, line, late.clone())
+        })
+        .collect();
+    erasures.sort();
+    let mut out = Vec::new();
+    let mut next = erasures.into_iter().peekable();
+    for (i, v) in events.iter().enumerate() {
+        while let Some((at, line, late_ones)) = next.next_if(|(at, _, _)| *at < time(v)) {
+            let _ = at;
+            out.push(line);
+            out.extend(late_ones.iter().map(|&j| lines[j].clone()));
+        }
+        if !late.contains(&i) {
+            out.push(lines[i].clone());
+        }
+    }
+    for (_, line, late_ones) in next {
+        out.push(line);
+        out.extend(late_ones.iter().map(|&j| lines[j].clone()));
+    }
+    let leads = erased.iter().map(|(lead, _, _)| lead.to_string()).collect();
+    (out, leads)
 }

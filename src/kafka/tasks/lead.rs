@@ -15,7 +15,7 @@ use super::{Out, Shared, Task, Topics};
 use crate::codec::account::encode_account_update;
 use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
-use crate::codec::Encoding;
+use crate::codec::{erasure_key, erasure_of_key, Encoding};
 use crate::core::engine::StateChange;
 use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
@@ -64,11 +64,14 @@ impl LeadTask {
             Some(value) => Encoding::from_content_type(value),
             None => Ok(out.shared.default_encoding),
         };
-        let decoded = encoding.and_then(|encoding| {
-            out.shared
-                .decoder
-                .decode(message.payload().unwrap_or_default(), encoding)
-        });
+        let decoded = match (message.payload(), message.key()) {
+            (None, Some(key)) => Ok(vec![erasure_of_tombstone(key, message, &self.engine)]),
+            (payload, _) => encoding.and_then(|encoding| {
+                out.shared
+                    .decoder
+                    .decode(payload.unwrap_or_default(), encoding)
+            }),
+        };
         let items = match decoded {
             Ok(items) if items.len() > MAX_BATCH_ITEMS => {
                 return out.dead_letter(
@@ -118,6 +121,7 @@ impl LeadTask {
                     metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
                 }
                 Outcome::HandedOff => {}
+                Outcome::Erased => metrics::counter!(m::EVENTS_ERASED).increment(1),
                 Outcome::Rejected(r) => {
                     out.dead_letter(message, r.reason_code(), r.to_string(), item_number)?
                 }
@@ -147,6 +151,7 @@ impl LeadTask {
                 Outcome::Applied(_) => "applied",
                 Outcome::Duplicate | Outcome::AlreadyApplied => "already applied",
                 Outcome::HandedOff => "passed on",
+                Outcome::Erased => "dropped (erased)",
                 Outcome::Rejected(_) => "rejected",
             },
             "handoff"
@@ -154,6 +159,10 @@ impl LeadTask {
         match outcome {
             Outcome::Applied(outputs) => out.outputs(&outputs),
             Outcome::Duplicate | Outcome::AlreadyApplied | Outcome::HandedOff => Ok(()),
+            Outcome::Erased => {
+                metrics::counter!(m::EVENTS_ERASED).increment(1);
+                Ok(())
+            }
             Outcome::Rejected(r) => out.dead_letter(message, r.reason_code(), r.to_string(), None),
         }
     }
@@ -247,6 +256,10 @@ impl Task for LeadTask {
             };
             records.push((lead_id.to_string(), value));
         });
+        self.engine.take_erasures(|hash, at| {
+            let value = at.map(|at| at.millis().to_string().into_bytes());
+            records.push((erasure_key(hash), value));
+        });
         let topic = &out.shared.topics.changelog;
         if !records.is_empty() {
             out.record_outline(topic, self.partition, &mut self.outline_recorded)?;
@@ -260,6 +273,36 @@ impl Task for LeadTask {
     fn watermark(&self) -> Option<Timestamp> {
         self.engine.watermark()
     }
+}
+
+/// The erasure request a tombstone (a key with no value) on the input topic
+/// makes. Its time is the record's; its message id, `erase:<key>:<ms>`, is
+/// what a replay's `erase` call must carry to publish the same output ids.
+fn erasure_of_tombstone(
+    key: &[u8],
+    message: &OwnedMessage,
+    engine: &Engine,
+) -> Result<crate::core::Event, crate::codec::DecodeError> {
+    let lead_id = std::str::from_utf8(key)
+        .ok()
+        .filter(|k| !k.trim().is_empty() && !k.starts_with('\0'))
+        .ok_or(crate::codec::DecodeError::InvalidField {
+            field: "key",
+            reason: "a tombstone erases the lead its key names: a UTF-8 lead id".into(),
+        })?;
+    let at = message
+        .timestamp()
+        .to_millis()
+        .filter(|ms| *ms > 0)
+        .map(Timestamp)
+        .or(engine.watermark())
+        .ok_or(crate::codec::DecodeError::MissingField("timestamp"))?;
+    Ok(crate::core::Event::new(
+        &format!("erase:{lead_id}:{}", at.millis()),
+        lead_id,
+        crate::core::EventKind::Erase,
+        at,
+    ))
 }
 
 /// Merges across partitions send a handoff to the partition the configured
@@ -319,8 +362,20 @@ pub(super) fn restore(
             if history.take_outline(partition, key, value, offset)? {
                 return Ok(());
             }
+            if let Some(hash) = erasure_of_key(key) {
+                let at = value.map(|v| {
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .map(Timestamp)
+                        .with_context(|| format!("changelog {topic}/{partition} offset {offset}: unreadable erasure time"))
+                });
+                engine.restore_erasure(hash?, at.transpose()?);
+                return Ok(());
+            }
             let Some(value) = value else {
-                engine.forget_lead(key); // a tombstone: the lead expired
+                // A tombstone: the lead expired or was erased.
+                engine.forget_lead(key);
                 return Ok(());
             };
             match decode_changelog(value)
