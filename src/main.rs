@@ -73,8 +73,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Segment JSON events, one message (or batch) per line.
-        #[arg(long, short)]
-        events: PathBuf,
+        #[arg(long, short, required_unless_present = "from_kafka")]
+        events: Option<PathBuf>,
+        /// Read the events from the config's `[kafka]` input topic instead:
+        /// every partition from its beginning to its end as of the start.
+        #[arg(long, conflicts_with = "events")]
+        from_kafka: bool,
         /// CSV with `lead_id,converted[,decided_at]`; events of a lead after
         /// its decision time are left out. Without it, the outcomes that
         /// lifecycle rules (`outcome = "won"`/`"lost"`) record from the
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         Command::Calibrate {
             config,
             events,
+            from_kafka,
             outcomes,
             at,
             out_rules,
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
         } => calibrate(CalibrateArgs {
             config,
             events,
+            from_kafka,
             outcomes,
             at,
             out_rules,
@@ -388,7 +394,8 @@ fn parse_at(at: Option<&str>) -> anyhow::Result<Option<Timestamp>> {
 
 struct CalibrateArgs {
     config: PathBuf,
-    events: PathBuf,
+    events: Option<PathBuf>,
+    from_kafka: bool,
     outcomes: Option<PathBuf>,
     at: Option<String>,
     out_rules: Option<PathBuf>,
@@ -401,6 +408,7 @@ struct CalibrateArgs {
 }
 
 fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
+    use leadscore::calibrate::history::EventSource as _;
     use leadscore::calibrate::{self, history, report, Progress};
 
     if !(args.l2.is_finite() && args.l2 >= 0.0) {
@@ -413,9 +421,47 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     }
     let source = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
-    let events_size = std::fs::metadata(&args.events)
-        .with_context(|| format!("cannot open {}", args.events.display()))?
-        .len();
+    let mut events: Box<dyn history::EventSource> = match &args.events {
+        Some(path) => {
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("cannot open {}", path.display()))?
+                .len();
+            let path = path.clone();
+            Box::new(history::JsonLines::new(
+                move || File::open(&path).map(BufReader::new),
+                size,
+            ))
+        }
+        None => {
+            debug_assert!(args.from_kafka);
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let config = config::load(&args.config, &env)?;
+            let topic = leadscore::kafka::history::TopicHistory::open(&config)?;
+            eprintln!(
+                "reading {} records of topic {} from its beginning",
+                topic.size(),
+                topic.topic()
+            );
+            Box::new(topic)
+        }
+    };
+    // Hidden when stderr is not a terminal.
+    let bar = indicatif::ProgressBar::new(events.size().max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>26} [{bar:40}] {percent:>3}%")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    // Redrawn every half percent or so: a pass reports every line.
+    let step = (events.size() / 200).max(1);
+    let shown = std::cell::Cell::new(0u64);
+    let show = |message: &'static str, done: u64| {
+        if done < shown.get() || done - shown.get() >= step {
+            shown.set(done);
+            bar.set_message(message);
+            bar.set_position(done);
+        }
+    };
     let outcomes = match &args.outcomes {
         Some(path) => {
             let file =
@@ -425,16 +471,15 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         }
         None => {
             let rules = config::parse_rules(&source, &args.config)?;
-            let events = File::open(&args.events)
-                .with_context(|| format!("cannot open {}", args.events.display()))?;
-            let outcomes =
-                history::outcomes_from_events(&rules, BufReader::new(events), &mut |_| {})
-                    .with_context(|| args.events.display().to_string())?;
-            eprintln!(
+            let outcomes = history::outcomes_from_events(&rules, &mut *events, &mut |done| {
+                show("reading outcomes", done)
+            })
+            .context("outcomes from the events")?;
+            bar.println(format!(
                 "outcomes from lifecycle rules: {} leads, {} converted",
                 outcomes.len(),
                 outcomes.iter().filter(|o| o.converted).count()
-            );
+            ));
             outcomes
         }
     };
@@ -450,26 +495,18 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
     };
 
-    // Hidden when stderr is not a terminal.
-    let bar = indicatif::ProgressBar::new(events_size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {percent:>3}%")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let events_path = args.events.clone();
-    let mut open_events = || File::open(&events_path).map(BufReader::new);
+    let events_size = events.size().max(1);
     let mut on_progress = |p: Progress| match p {
-        Progress::Replay { pass, bytes } => {
-            if bytes == 0 || bytes % (1 << 20) < 512 {
-                bar.set_length(events_size.max(1));
-                bar.set_message(if pass == 1 {
+        Progress::Replay { pass, done } => {
+            bar.set_length(events_size);
+            show(
+                if pass == 1 {
                     "replaying current rules"
                 } else {
                     "replaying suggested rules"
-                });
-                bar.set_position(bytes);
-            }
+                },
+                done,
+            );
         }
         Progress::Folds { done, of } => {
             bar.set_message("cross-validating");
@@ -480,7 +517,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     let result = calibrate::calibrate(
         &source,
         &args.config,
-        &mut open_events,
+        &mut *events,
         &outcomes,
         options,
         &mut on_progress,

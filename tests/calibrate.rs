@@ -12,6 +12,11 @@ use leadscore::core::Timestamp;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leadscore");
 
+/// `text` as a history of JSON lines.
+fn lines_of(text: &str) -> impl calibrate::history::EventSource + '_ {
+    calibrate::history::JsonLines::new(move || Ok(text.as_bytes()), text.len() as u64)
+}
+
 fn start() -> Timestamp {
     Timestamp::parse_rfc3339("2026-01-05T09:00:00Z").unwrap()
 }
@@ -138,7 +143,7 @@ outcome = "lost"
         let rules = parse_rules(&source, &rules_path).unwrap();
         let with_dispositions = lines.join("\n");
         let derived =
-            outcomes_from_events(&rules, with_dispositions.as_bytes(), &mut |_| {}).unwrap();
+            outcomes_from_events(&rules, &mut lines_of(&with_dispositions), &mut |_| {}).unwrap();
         let csv = read_outcomes(conversion.outcomes_csv().as_bytes()).unwrap();
         let by_lead: HashMap<&str, &leadscore::calibrate::history::Outcome> =
             csv.iter().map(|o| (o.lead_id.as_str(), o)).collect();
@@ -150,21 +155,21 @@ outcome = "lost"
         }
 
         let plain = conversion.events.join("\n");
-        let mut open_plain = || Ok(plain.as_bytes());
+
         let from_csv = calibrate::calibrate(
             &source,
             &rules_path,
-            &mut open_plain,
+            &mut lines_of(&plain),
             &csv,
             Options::default(),
             &mut |_| {},
         )
         .unwrap();
-        let mut open_with = || Ok(with_dispositions.as_bytes());
+
         let from_events = calibrate::calibrate(
             &source,
             &rules_path,
-            &mut open_with,
+            &mut lines_of(&with_dispositions),
             &derived,
             Options::default(),
             &mut |_| {},
@@ -190,11 +195,11 @@ outcome = "lost"
         let outcomes = read_outcomes(conversion.outcomes_csv().as_bytes()).unwrap();
         let rules_path = manifest("examples/x-education/rules.toml");
         let source = std::fs::read_to_string(&rules_path).unwrap();
-        let mut open = || Ok(events.as_bytes());
+
         let c = calibrate::calibrate(
             &source,
             &rules_path,
-            &mut open,
+            &mut lines_of(&events),
             &outcomes,
             Options::default(),
             &mut |_| {},

@@ -5,9 +5,79 @@ use std::collections::HashMap;
 use std::io::{BufRead, Read};
 use std::sync::Arc;
 
-use crate::codec::{Decoder, Encoding};
-use crate::core::{Rules, Timestamp};
+use crate::codec::{DecodeError, Decoder, Encoding};
+use crate::core::{Event, Rules, Timestamp};
 use crate::replay::{for_each_line, Replayer};
+
+/// One message of a history as its source decoded it: the events it holds
+/// (a batch holds several, each accepted or not), or why it was rejected
+/// whole.
+pub type Message = Result<Vec<Result<Event, DecodeError>>, String>;
+
+/// Where a history's events come from: a file, a topic. `calibrate` reads
+/// it more than once, and every pass must see the same messages in the
+/// same order.
+pub trait EventSource {
+    /// How much one pass reads, in the units `read` reports progress in
+    /// (bytes of a file, records of a topic).
+    fn size(&self) -> u64;
+
+    /// Hands every message, decoded by `decoder`, to `each` in order, and
+    /// tells `progress` how much has been read so far.
+    fn read(
+        &mut self,
+        decoder: &Decoder,
+        each: &mut dyn FnMut(Message),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), HistoryError>;
+}
+
+/// Segment JSON lines, opened afresh by `open` for every pass.
+pub struct JsonLines<F> {
+    open: F,
+    size: u64,
+}
+
+impl<F, R> JsonLines<F>
+where
+    F: FnMut() -> std::io::Result<R>,
+    R: BufRead,
+{
+    /// `size`: the bytes one pass reads (for progress; 0 if unknown).
+    pub fn new(open: F, size: u64) -> Self {
+        JsonLines { open, size }
+    }
+}
+
+impl<F, R> EventSource for JsonLines<F>
+where
+    F: FnMut() -> std::io::Result<R>,
+    R: BufRead,
+{
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(
+        &mut self,
+        decoder: &Decoder,
+        each: &mut dyn FnMut(Message),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), HistoryError> {
+        let input = (self.open)()?;
+        let mut read = 0u64;
+        for_each_line(input, |_, line, bytes| {
+            read += bytes as u64;
+            progress(read);
+            each(line.and_then(|line| {
+                decoder
+                    .decode(line.as_bytes(), Encoding::Json)
+                    .map_err(|e| e.to_string())
+            }));
+        })?;
+        Ok(())
+    }
+}
 
 /// One lead's known result.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +108,8 @@ pub enum HistoryError {
     NoOutcomesInEvents,
     #[error("cannot read events: {0}")]
     Events(#[from] std::io::Error),
+    #[error("cannot read events: {0}")]
+    Source(String),
 }
 
 /// Reads `lead_id,converted[,decided_at]`. `converted` is 1/0, true/false,
@@ -100,26 +172,17 @@ pub fn read_outcomes(input: impl Read) -> Result<Vec<Outcome>, HistoryError> {
 /// would leak the outcome into the score.
 pub fn outcomes_from_events(
     rules: &Rules,
-    events: impl BufRead,
+    events: &mut dyn EventSource,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<Outcome>, HistoryError> {
     let mut replayer = Replayer::new(rules, false);
     let decoder = Decoder::for_rules(rules);
-    let mut read = 0u64;
-    for_each_line(events, |_, line, bytes| {
-        read += bytes as u64;
-        progress(read);
-        let Ok(items) = line.and_then(|line| {
-            decoder
-                .decode(line.as_bytes(), Encoding::Json)
-                .map_err(|e| e.to_string())
-        }) else {
-            return;
-        };
-        for event in items.into_iter().flatten() {
+    let mut each = |message: Message| {
+        for event in message.into_iter().flatten().flatten() {
             let _ = replayer.feed(&event, &mut |_| {});
         }
-    })?;
+    };
+    events.read(&decoder, &mut each, progress)?;
     let at = replayer.watermark().unwrap_or(Timestamp::from_millis(0));
     let outcomes: Vec<Outcome> = replayer
         .engine()
@@ -214,12 +277,12 @@ pub struct History {
     pub default_decided_at: Timestamp,
 }
 
-/// Replays `events` (JSON lines) under `rules` and measures every lead in
-/// `outcomes` at its decision time (its own, else `at`, else the latest
-/// event time). `progress` is told the bytes read so far.
+/// Replays `events` under `rules` and measures every lead in `outcomes`
+/// at its decision time (its own, else `at`, else the latest event time).
+/// `progress` is told how much has been read so far.
 pub fn replay_history(
     rules: &Rules,
-    events: impl BufRead,
+    events: &mut dyn EventSource,
     outcomes: &[Outcome],
     at: Option<Timestamp>,
     progress: &mut dyn FnMut(u64),
@@ -231,16 +294,9 @@ pub fn replay_history(
     let mut replayer = Replayer::new(rules, false);
     let decoder = Decoder::for_rules(rules);
     let mut stats = HistoryStats::default();
-    let mut read = 0u64;
-    for_each_line(events, |_, line, bytes| {
-        read += bytes as u64;
-        progress(read);
+    let mut each = |message: Message| {
         stats.lines += 1;
-        let Ok(items) = line.and_then(|line| {
-            decoder
-                .decode(line.as_bytes(), Encoding::Json)
-                .map_err(|e| e.to_string())
-        }) else {
+        let Ok(items) = message else {
             stats.rejected += 1;
             return;
         };
@@ -264,7 +320,8 @@ pub fn replay_history(
                 stats.rejected += 1;
             }
         }
-    })?;
+    };
+    events.read(&decoder, &mut each, progress)?;
     let default_decided_at = at
         .or(replayer.watermark())
         .unwrap_or(Timestamp::from_millis(0));

@@ -12,13 +12,12 @@ pub mod measure;
 pub mod report;
 pub mod suggest;
 
-use std::io::BufRead;
 use std::path::Path;
 
 use crate::config::parse_rules;
 use crate::config::ConfigError;
 use crate::core::{Rules, Timestamp};
-use history::{replay_history, History, HistoryError, Measure, Outcome};
+use history::{replay_history, EventSource, History, HistoryError, Measure, Outcome};
 use logistic::FitOptions;
 use suggest::{CrossValidation, Suggestion, Thresholds, WriteError};
 
@@ -111,16 +110,17 @@ pub struct Calibration {
 
 /// What `calibrate` reports as it goes (for a progress bar).
 pub enum Progress {
-    /// Bytes of events read in replay `pass` (1: current rules, 2: suggested).
-    Replay { pass: u8, bytes: u64 },
+    /// How much of the events replay `pass` has read (1: current rules,
+    /// 2: suggested), in [`EventSource::size`]'s units.
+    Replay { pass: u8, done: u64 },
     /// Cross-validation folds done.
     Folds { done: usize, of: usize },
 }
 
-pub fn calibrate<R: BufRead>(
+pub fn calibrate(
     rules_source: &str,
     rules_path: &Path,
-    open_events: &mut dyn FnMut() -> std::io::Result<R>,
+    events: &mut dyn EventSource,
     outcomes: &[Outcome],
     options: Options,
     progress: &mut dyn FnMut(Progress),
@@ -137,9 +137,8 @@ pub fn calibrate<R: BufRead>(
     if options.folds < 2 || options.folds > smaller_class {
         return Err(CalibrateError::Folds(smaller_class));
     }
-    let events = open_events().map_err(HistoryError::from)?;
-    let history = replay_history(&rules, events, outcomes, options.at, &mut |bytes| {
-        progress(Progress::Replay { pass: 1, bytes })
+    let history = replay_history(&rules, events, outcomes, options.at, &mut |done| {
+        progress(Progress::Replay { pass: 1, done })
     })?;
     let labels: Vec<bool> = history.leads.iter().map(|l| l.converted).collect();
     let current = Scored::of(&rules, &history);
@@ -203,9 +202,8 @@ pub fn calibrate<R: BufRead>(
         &note,
     )?;
     let new_rules = parse_rules(&suggested_rules, rules_path).map_err(CalibrateError::Suggested)?;
-    let events = open_events().map_err(HistoryError::from)?;
-    let replayed = replay_history(&new_rules, events, outcomes, options.at, &mut |bytes| {
-        progress(Progress::Replay { pass: 2, bytes })
+    let replayed = replay_history(&new_rules, events, outcomes, options.at, &mut |done| {
+        progress(Progress::Replay { pass: 2, done })
     })?;
     let suggested = Scored::of(&new_rules, &replayed);
     let max_replay_gap = predicted

@@ -8,6 +8,8 @@ pub mod output;
 pub mod proto;
 pub mod segment;
 
+use crate::core::{Event, EventKind, Timestamp};
+
 /// Why an input message could not become an event. Every variant says
 /// enough to fix the sender; none panics.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -238,6 +240,27 @@ pub const OUTLINE_KEY_PREFIX: &str = "\u{0}leadscore-rules\u{0}";
 /// The changelog key of the outline of the rules with `fingerprint`.
 pub fn outline_key(fingerprint: &str) -> String {
     format!("{OUTLINE_KEY_PREFIX}{fingerprint}")
+}
+
+/// The erasure request a tombstone on the input topic makes: a record
+/// with the lead id as its key and no value. Its time is the record's
+/// timestamp (`at`); its message id, `erase:<key>:<ms>`, is what an `erase`
+/// call must carry to ask the same with the same output ids.
+pub fn erasure_request(key: &[u8], at: Option<Timestamp>) -> Result<Event, DecodeError> {
+    let lead_id = std::str::from_utf8(key)
+        .ok()
+        .filter(|k| !k.trim().is_empty() && !k.starts_with('\0'))
+        .ok_or(DecodeError::InvalidField {
+            field: "key",
+            reason: "a tombstone erases the lead its key names: a UTF-8 lead id".into(),
+        })?;
+    let at = at.ok_or(DecodeError::MissingField("timestamp"))?;
+    Ok(Event::new(
+        &format!("erase:{lead_id}:{}", at.millis()),
+        lead_id,
+        EventKind::Erase,
+        at,
+    ))
 }
 
 /// Changelog keys of remembered erasures start with this; the rest is the

@@ -244,7 +244,7 @@ pub(super) fn consumer(
 }
 
 /// librdkafka properties from the config file win over leadscore's own.
-fn user_wins(config: &mut ClientConfig, kafka: &KafkaSettings) {
+pub(super) fn user_wins(config: &mut ClientConfig, kafka: &KafkaSettings) {
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }

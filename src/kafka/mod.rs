@@ -28,6 +28,7 @@
 mod admin;
 mod clients;
 mod driver;
+pub mod history;
 mod offsets;
 mod poison;
 mod records;

@@ -219,6 +219,17 @@ pub(crate) fn header_text<'h>(headers: Option<&'h impl Headers>, name: &str) -> 
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
+/// A record's timestamp, if the producer or broker gave it one.
+pub(crate) fn record_time(
+    message: &impl rdkafka::message::Message,
+) -> Option<crate::core::Timestamp> {
+    message
+        .timestamp()
+        .to_millis()
+        .filter(|ms| *ms > 0)
+        .map(crate::core::Timestamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,13 +15,13 @@ use super::{Out, Shared, Task, Topics};
 use crate::codec::account::encode_account_update;
 use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
-use crate::codec::{erasure_key, erasure_of_key, Encoding};
+use crate::codec::{erasure_key, erasure_of_key, erasure_request, Encoding};
 use crate::core::engine::StateChange;
 use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
-use crate::kafka::records::header_text;
+use crate::kafka::records::{header_text, record_time};
 use crate::kafka::restore::{read_to_end, RulesHistory};
 use crate::ops::metrics as m;
 use crate::ops::partitioner::partition_of;
@@ -65,7 +65,11 @@ impl LeadTask {
             None => Ok(out.shared.default_encoding),
         };
         let decoded = match (message.payload(), message.key()) {
-            (None, Some(key)) => Ok(vec![erasure_of_tombstone(key, message, &self.engine)]),
+            (None, Some(key)) => {
+                // A tombstone: an erasure request, at the record's time.
+                let at = record_time(message).or(self.engine.watermark());
+                Ok(vec![erasure_request(key, at)])
+            }
             (payload, _) => encoding.and_then(|encoding| {
                 out.shared
                     .decoder
@@ -273,36 +277,6 @@ impl Task for LeadTask {
     fn watermark(&self) -> Option<Timestamp> {
         self.engine.watermark()
     }
-}
-
-/// The erasure request a tombstone (a key with no value) on the input topic
-/// makes. Its time is the record's; its message id, `erase:<key>:<ms>`, is
-/// what a replay's `erase` call must carry to publish the same output ids.
-fn erasure_of_tombstone(
-    key: &[u8],
-    message: &OwnedMessage,
-    engine: &Engine,
-) -> Result<crate::core::Event, crate::codec::DecodeError> {
-    let lead_id = std::str::from_utf8(key)
-        .ok()
-        .filter(|k| !k.trim().is_empty() && !k.starts_with('\0'))
-        .ok_or(crate::codec::DecodeError::InvalidField {
-            field: "key",
-            reason: "a tombstone erases the lead its key names: a UTF-8 lead id".into(),
-        })?;
-    let at = message
-        .timestamp()
-        .to_millis()
-        .filter(|ms| *ms > 0)
-        .map(Timestamp)
-        .or(engine.watermark())
-        .ok_or(crate::codec::DecodeError::MissingField("timestamp"))?;
-    Ok(crate::core::Event::new(
-        &format!("erase:{lead_id}:{}", at.millis()),
-        lead_id,
-        crate::core::EventKind::Erase,
-        at,
-    ))
 }
 
 /// Merges across partitions send a handoff to the partition the configured
