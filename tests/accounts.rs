@@ -118,7 +118,11 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let rules = arc(rules(RULES));
+        World::under(RULES)
+    }
+
+    fn under(text: &str) -> World {
+        let rules = arc(rules(text));
         World {
             accounts: AccountEngine::new(rules.clone()).expect("account rules"),
             leads: Engine::new(rules),
@@ -136,6 +140,10 @@ impl World {
         for update in self.leads.take_account_updates() {
             self.outputs.extend(self.accounts.apply(&update));
         }
+    }
+
+    fn accounts_rules(&self) -> std::sync::Arc<leadscore::core::Rules> {
+        self.leads.rules().clone()
     }
 
     fn account_outputs(&self) -> Vec<&Output> {
@@ -186,6 +194,102 @@ fn leads_join_accounts_by_group_call_account_id_or_work_email() {
         &[("email", "ann@acme-mail.com")],
     ));
     assert!(w.accounts.account("acme-mail.com").is_none());
+}
+
+/// `[events] inactive_after` drops an account no lead belongs to any more
+/// (its last lead expired, here) that long after its last update, in the
+/// lowest tier: a tombstone, and a later update starts it afresh, its old
+/// traits gone. Whether a timer drops it or the next update finds it
+/// expired, the result is the same.
+#[test]
+fn an_account_its_leads_left_expires_whatever_fires_it() {
+    let text = RULES.replace("[events]\n", "[events]\ninactive_after = \"120d\"\n");
+    let events = [
+        group(
+            "g1",
+            "ann",
+            "acme",
+            T0,
+            &[("employees", "750"), ("industry", "software")],
+        ),
+        track("d1", "ann", "Demo Requested", T0 + DAY),
+    ];
+    // Ann expires 120 days after her demo; acme 120 days after that.
+    let ann_expires = T0 + DAY + 120 * DAY;
+    let acme_expires = ann_expires + 120 * DAY;
+    let later = group(
+        "g2",
+        "bob",
+        "acme",
+        acme_expires + DAY,
+        &[("industry", "software")],
+    );
+
+    let mut timely = World::under(&text);
+    let mut changes = Vec::new();
+    timely.accounts = AccountEngine::new(timely.accounts_rules())
+        .unwrap()
+        .track_changes();
+    for event in &events {
+        timely.apply(event);
+    }
+    timely
+        .outputs
+        .extend(timely.leads.advance(Timestamp(ann_expires)));
+    for update in timely.leads.take_account_updates() {
+        timely.outputs.extend(timely.accounts.apply(&update));
+    }
+    assert!(timely.leads.lead("ann").is_none(), "ann expired");
+    timely.accounts.take_changes(|_, _| {});
+    let acme = timely
+        .accounts
+        .account("acme")
+        .expect("acme outlives its lead");
+    assert!(acme.members.is_empty());
+    assert_eq!(
+        acme.expires_at(timely.leads.rules()),
+        Some(Timestamp(acme_expires))
+    );
+    timely
+        .outputs
+        .extend(timely.accounts.advance(Timestamp(acme_expires - 1)));
+    assert!(
+        timely.accounts.account("acme").is_some(),
+        "not a moment early"
+    );
+    timely
+        .outputs
+        .extend(timely.accounts.advance(Timestamp(acme_expires)));
+    assert!(timely.accounts.account("acme").is_none(), "expired");
+    timely
+        .accounts
+        .take_changes(|id, state| changes.push((id.to_string(), state.is_none())));
+    assert_eq!(changes, vec![("acme".to_string(), true)], "a tombstone");
+    timely.apply(&later);
+
+    // No account timer fires before bob's group call (lead timers do):
+    // acme is found expired then.
+    let mut lazy = World::under(&text);
+    for event in events.iter().chain([&later]) {
+        lazy.outputs.extend(lazy.leads.advance(event.timestamp));
+        for update in lazy.leads.take_account_updates() {
+            lazy.outputs.extend(lazy.accounts.apply(&update));
+        }
+        if let leadscore::core::Outcome::Applied(out) = lazy.leads.apply(event, event.timestamp) {
+            lazy.outputs.extend(out);
+        }
+        for update in lazy.leads.take_account_updates() {
+            lazy.outputs.extend(lazy.accounts.apply(&update));
+        }
+    }
+    let at = Timestamp(acme_expires + 2 * DAY);
+    assert_eq!(lazy.accounts.snapshot(at), timely.accounts.snapshot(at));
+    let acme = timely.accounts.explain("acme", at).unwrap();
+    assert_eq!(
+        (acme.fit, acme.members),
+        (10.0, 1),
+        "only bob and his traits: {acme:?}"
+    );
 }
 
 #[test]

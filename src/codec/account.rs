@@ -179,6 +179,7 @@ pub fn encode_account_state(state: &AccountState, rules: &RulesStamp) -> Vec<u8>
         has_due: state.due.is_some(),
         due_ms: state.due.map_or(0, Timestamp::millis),
         position: state.position,
+        last_update_ms: state.last_update.millis(),
     }
     .encode_to_vec()
 }
@@ -207,16 +208,20 @@ pub fn decode_account_state(bytes: &[u8]) -> Result<(AccountState, RulesStamp), 
         field: "tier",
         reason: format!("{} out of range", r.tier),
     })?;
+    let mut state = AccountState::restored(
+        Timestamp(r.clock_ms),
+        tier,
+        r.last_emitted_score,
+        traits,
+        members,
+        r.has_due.then_some(Timestamp(r.due_ms)),
+        r.position,
+    );
+    if r.last_update_ms != 0 {
+        state.last_update = Timestamp(r.last_update_ms);
+    }
     Ok((
-        AccountState::restored(
-            Timestamp(r.clock_ms),
-            tier,
-            r.last_emitted_score,
-            traits,
-            members,
-            r.has_due.then_some(Timestamp(r.due_ms)),
-            r.position,
-        ),
+        state,
         RulesStamp {
             version: r.rules_version,
             fingerprint: r.rules_fingerprint,

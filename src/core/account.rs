@@ -178,6 +178,9 @@ pub struct AccountState {
     /// The highest update position (offset in the topic that carries
     /// updates) applied, or -1: a redelivered update is recognised.
     pub position: i64,
+    /// The latest update time applied (decay due times aside): expiry
+    /// counts from it.
+    pub last_update: Timestamp,
 }
 
 /// An account's numbers at one point in time.
@@ -201,6 +204,7 @@ impl AccountState {
             members: Vec::new(),
             due: None,
             position: -1,
+            last_update: clock,
         }
     }
 
@@ -224,6 +228,28 @@ impl AccountState {
             members,
             due,
             position,
+            last_update: clock,
+        }
+    }
+
+    /// When the account expires under `[events] inactive_after`: an account
+    /// no lead belongs to any more, in the lowest tier, is dropped that
+    /// long after its latest update. Nothing can change it meanwhile (no
+    /// member's engagement decays), so the time is fixed by its history.
+    pub fn expires_at(&self, rules: &Rules) -> Option<Timestamp> {
+        let inactive = rules.settings.inactive_after_ms?;
+        (self.members.is_empty() && self.tier == 0)
+            .then(|| self.last_update.saturating_add_ms(inactive))
+    }
+
+    /// The next time the account needs attention: a decay change or expiry.
+    fn next_due(&self, rules: &Rules) -> Option<Timestamp> {
+        match (
+            self.next_change_due(rules, self.clock),
+            self.expires_at(rules),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -454,7 +480,8 @@ impl AccountEngine {
         update: &AccountUpdate,
         position: Option<i64>,
     ) -> Option<Vec<Output>> {
-        let rules = &*self.rules;
+        let rules = self.rules.clone();
+        let rules = &*rules;
         let profile = &rules.accounts.as_deref().expect("account rules").profile;
         let (account_id, at, cause) = match update {
             AccountUpdate::Member {
@@ -475,6 +502,15 @@ impl AccountEngine {
                 return None;
             }
         }
+        let mut outputs = Vec::new();
+        // Expired by then: dropped first, as a timer would have, so the
+        // update finds a fresh account.
+        if let Some(account) = self.accounts.get_mut(account_id) {
+            if account.expires_at(rules).is_some_and(|e| e <= at) {
+                fire_due(rules, account_id, account, at, &mut outputs);
+                self.expire(account_id);
+            }
+        }
         let account = self
             .accounts
             .entry(account_id.clone())
@@ -485,9 +521,9 @@ impl AccountEngine {
         if let Some(changes) = self.changes.as_mut() {
             changes.insert(account_id.clone());
         }
-        let mut outputs = Vec::new();
         let due_before = account.due;
         fire_due(rules, account_id, account, at, &mut outputs);
+        account.last_update = account.last_update.max(at);
         match update {
             AccountUpdate::Member {
                 lead_id, member, ..
@@ -518,7 +554,7 @@ impl AccountEngine {
             _ => cause.clone(),
         };
         emit(rules, account_id, account, subject, cause, &mut outputs);
-        account.due = account.next_change_due(rules, account.clock);
+        account.due = account.next_due(rules);
         reschedule(&mut self.timers, account_id, due_before, account.due);
         if account.members.is_empty() && account.profile.traits.is_empty() {
             // Nothing left of it (a lead passed through on its way to
@@ -530,6 +566,19 @@ impl AccountEngine {
             self.accounts.remove(account_id);
         }
         Some(outputs)
+    }
+
+    /// Drops an expired account: its timer, and a tombstone for the
+    /// changelog.
+    fn expire(&mut self, account_id: &str) {
+        if let Some(account) = self.accounts.remove(account_id) {
+            if let Some(due) = account.due {
+                self.timers.remove(&(due, account_id.into()));
+            }
+            if let Some(changes) = self.changes.as_mut() {
+                changes.insert(account_id.into());
+            }
+        }
     }
 
     /// [`crate::core::Engine::rescore`] for accounts: each re-evaluated
@@ -552,7 +601,7 @@ impl AccountEngine {
                 cause.clone(),
                 &mut outputs,
             );
-            account.due = account.next_change_due(rules, account.clock);
+            account.due = account.next_due(rules);
             reschedule(&mut self.timers, &account_id, due_before, account.due);
             if let Some(changes) = self.changes.as_mut() {
                 changes.insert(account_id);
@@ -563,7 +612,8 @@ impl AccountEngine {
 
     /// Publishes what decay alone changes up to `now`.
     pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {
-        let rules = &*self.rules;
+        let rules = self.rules.clone();
+        let rules = &*rules;
         let mut outputs = Vec::new();
         while let Some((due, account_id)) = self.timers.first().cloned() {
             if due > now {
@@ -577,7 +627,10 @@ impl AccountEngine {
             if let Some(changes) = self.changes.as_mut() {
                 changes.insert(account_id.clone());
             }
-            if let Some(next) = account.due {
+            if account.expires_at(rules).is_some_and(|e| e <= due) {
+                account.due = None;
+                self.expire(&account_id);
+            } else if let Some(next) = account.due {
                 self.timers.insert((next, account_id));
             }
         }
@@ -652,7 +705,10 @@ fn fire_due(
             Cause::Decay(due),
             outputs,
         );
-        account.due = account.next_change_due(rules, account.clock);
+        account.due = account.next_due(rules);
+        if account.expires_at(rules).is_some_and(|e| e <= due) {
+            return; // the caller drops it
+        }
     }
     account.due = None;
 }
