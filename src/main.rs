@@ -628,6 +628,18 @@ fn replay(
         "replayed {} lines: {} events, {} scored, {} duplicates, {} rejected; {} leads as of {}; {} score changes, {} threshold crossings",
         s.lines, s.events, s.applied, s.duplicates, s.rejected, leads.len(), as_of, s.score_changes, s.crossings
     );
+    if !s.filtered.is_empty() {
+        let by_reason: Vec<String> = s
+            .filtered
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        eprintln!(
+            "{} events filtered as not a person's: {}",
+            s.filtered.values().sum::<u64>(),
+            by_reason.join(", ")
+        );
+    }
     if s.erasures > 0 || s.dropped_erased > 0 {
         eprintln!(
             "{} leads erased; {} events dropped as from before their lead's erasure",

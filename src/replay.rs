@@ -29,6 +29,8 @@ pub struct ReplayStats {
     pub erasures: u64,
     /// Events dropped because their lead was erased after their time.
     pub dropped_erased: u64,
+    /// Events `[filters]` kept out of scores, by reason.
+    pub filtered: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A line (or batch item) that did not become a scored event.
@@ -229,6 +231,15 @@ impl Replayer {
             }
             Outcome::Erased => {
                 self.stats.dropped_erased += 1;
+                Ok(())
+            }
+            Outcome::Filtered { reason, outputs } => {
+                *self.stats.filtered.entry(reason.as_str()).or_default() += 1;
+                for output in &outputs {
+                    self.count(output);
+                    emit(output);
+                }
+                self.route_account_updates(emit);
                 Ok(())
             }
             Outcome::HandedOff => unreachable!("one engine holds every lead in a replay"),

@@ -223,7 +223,7 @@ fn the_crossing_held_back_comes_when_the_hold_lapses() {
         track("m5", lead, "Deal Lost", lapse.millis() + 2 * DAY),
     );
     let state = engine.lead(lead).unwrap();
-    let life = state.life.as_deref().unwrap();
+    let life = state.life().unwrap();
     assert_eq!(life.stage.as_deref(), Some("nurture"));
     assert!(!life.terminal);
     let outcome = life.outcome.unwrap();
@@ -243,7 +243,7 @@ fn lifecycle_state_survives_the_changelog() {
         let state = engine.lead(&snapshot.lead_id).unwrap();
         let (back, _) = decode_lead_state(&encode_lead_state(state, &stamp)).unwrap();
         assert_eq!(&back, state);
-        with_life += usize::from(state.life.is_some());
+        with_life += usize::from(state.life().is_some());
     }
     assert!(with_life > 10, "{with_life} leads with a lifecycle");
 }

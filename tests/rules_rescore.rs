@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::verify::{rules, sample_with_anonymous};
+use common::verify::sample_with_anonymous;
 use leadscore::codec::{Decoder, Encoding};
 use leadscore::core::engine::StateChange;
 use leadscore::core::lead::LeadState;
@@ -19,6 +19,15 @@ use leadscore::core::output::Cause;
 use leadscore::core::rules::{Grade, Rules};
 use leadscore::core::{Engine, Event, OutputKind, Timestamp};
 use proptest::prelude::*;
+
+/// The example rules without their `[filters]` (which name engagement
+/// rules by index: [`changed`] moves and drops rules, and filters are no
+/// part of what re-scoring in place answers).
+fn rules() -> Rules {
+    let mut rules = common::verify::rules();
+    rules.filters = None;
+    rules
+}
 
 fn events(leads: usize, seed: u64) -> Vec<Event> {
     let decoder = Decoder::for_rules(&rules());

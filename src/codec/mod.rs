@@ -155,6 +155,14 @@ impl FieldFilter {
         add(&mut f.traits, "account_id");
         add(&mut f.properties, "account_id");
         add(&mut f.context, "groupId");
+        if let Some(filters) = rules.filters.as_deref() {
+            if filters.reads_user_agent() {
+                add(&mut f.context, "userAgent");
+            }
+            if filters.reads_ip() {
+                add(&mut f.context, "ip");
+            }
+        }
         // `context.traits.X` carries lead traits too.
         for t in f.traits.clone() {
             add(&mut f.context, &format!("traits.{t}"));

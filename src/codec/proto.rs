@@ -5,9 +5,10 @@ use prost::Message;
 use super::{DecodeError, Decoder};
 use crate::core::decay::Decaying;
 use crate::core::event::{Event, EventKind, Fields, Value};
+use crate::core::filters::{FilterMark, FilterState, MarkKind};
 use crate::core::lead::{
-    AccountLink, CapWindow, LeadState, Lifecycle, MergedHistory, RuleCredit, SalesOutcome, SeenId,
-    TraitState,
+    AccountLink, CapWindow, LeadState, Lifecycle, MergedHistory, Rare, RuleCredit, SalesOutcome,
+    SeenId, TraitState,
 };
 use crate::core::output::Output;
 use crate::core::time::Timestamp;
@@ -309,7 +310,20 @@ pub(crate) fn lead_state_to_wire(state: &LeadState, rules: &RulesStamp) -> wire:
                 state: Some(lead_state_to_wire(&m.state, rules)),
             })
             .collect(),
-        lifecycle: state.life.as_deref().map(lifecycle_to_wire),
+        lifecycle: state.life().map(lifecycle_to_wire),
+        filter_marks: state
+            .filter_state()
+            .map(|f| {
+                f.marks
+                    .iter()
+                    .map(|m| wire::FilterMark {
+                        send: m.kind == MarkKind::Send,
+                        filter: u32::from(m.filter),
+                        at_ms: m.at.millis(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -411,7 +425,7 @@ pub(crate) fn lead_state_from_wire(
             reason: format!("index {v} out of range"),
         })
     };
-    let state = LeadState {
+    let mut state = LeadState {
         clock: Timestamp(r.clock_ms),
         tier: u8::try_from(r.tier).map_err(|_| DecodeError::InvalidField {
             field: "tier",
@@ -477,8 +491,30 @@ pub(crate) fn lead_state_from_wire(
                 })
             })
             .collect::<Result<_, DecodeError>>()?,
-        life: r.lifecycle.map(|l| Box::new(lifecycle_from_wire(l))),
+        rare: None,
     };
+    let life = r.lifecycle.map(lifecycle_from_wire);
+    let filter = {
+        let marks = r
+            .filter_marks
+            .into_iter()
+            .map(|m| {
+                Ok(FilterMark {
+                    kind: if m.send {
+                        MarkKind::Send
+                    } else {
+                        MarkKind::Hit
+                    },
+                    filter: narrow(m.filter, "filter_marks")?,
+                    at: Timestamp(m.at_ms),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        FilterState { marks }
+    };
+    if life.is_some() || !filter.marks.is_empty() {
+        state.rare = Some(Box::new(Rare { life, filter }));
+    }
     Ok((
         state,
         RulesStamp {

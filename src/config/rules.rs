@@ -15,6 +15,7 @@ use super::ConfigError;
 use crate::core::account::{AccountRules, Committee};
 use crate::core::decay::HalfLife;
 use crate::core::event::{EventKind, Value};
+use crate::core::filters::{AfterSend, Burst, Filters};
 use crate::core::rules::{
     Cap, EngagementRule, EventCondition, EventField, FitRule, Grade, GradeThresholds,
     LifecycleRule, Op, Rules, Settings, Tier, TraitCondition, TraitKey, MAX_OPS_PER_TRAIT,
@@ -40,6 +41,8 @@ struct RawRulesFile {
     /// Dispositions from sales and the CRM.
     #[serde(default)]
     lifecycle: Vec<Spanned<RawLifecycleRule>>,
+    /// Bot and scanner traffic kept out of scores.
+    filters: Option<Spanned<RawFilters>>,
     /// Runtime sections, checked by `super::load` (not part of the rules).
     #[serde(default)]
     kafka: Option<Spanned<toml::Table>>,
@@ -302,6 +305,40 @@ impl OneOrMany {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawFilters {
+    /// The bot and scanner signatures kept in `config/bot-user-agents.txt`.
+    #[serde(default)]
+    bot_user_agents: bool,
+    /// More user agent substrings (`!` for exceptions).
+    #[serde(default)]
+    user_agents: Vec<String>,
+    /// Address ranges (CIDR) whose events are not people's.
+    #[serde(default)]
+    ip_ranges: Vec<String>,
+    #[serde(default)]
+    burst: Vec<RawBurst>,
+    #[serde(default)]
+    after_send: Vec<RawAfterSend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBurst {
+    rule: String,
+    max_hits: u32,
+    within: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAfterSend {
+    send: OneOrMany,
+    rules: Vec<String>,
+    within: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCap {
     points: f64,
     per: String,
@@ -450,12 +487,112 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
     };
 
     let lifecycle = compile_lifecycle(ctx, raw.lifecycle)?;
+    let filters = match raw.filters {
+        None => None,
+        Some(filters) => Some(Arc::new(compile_filters(ctx, filters, &engagement)?)),
+    };
     let mut rules = Rules::new(
         version, settings, grades, tiers, fit, engagement, trait_keys,
     );
     rules.accounts = accounts;
     rules.lifecycle = lifecycle;
+    rules.filters = filters;
     Ok(rules)
+}
+
+/// `[filters]`: bots by user agent and address, velocity by rule.
+fn compile_filters(
+    ctx: &Ctx,
+    raw: Spanned<RawFilters>,
+    engagement: &[EngagementRule],
+) -> Result<Filters, ConfigError> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let err = |message: String| ctx.err(&span, format!("[filters]: {message}"));
+    let rule_index = |name: &str, what: &str| {
+        engagement
+            .iter()
+            .position(|r| *r.name == *name.trim())
+            .ok_or_else(|| err(format!("{what}: no engagement rule is named `{name}`")))
+    };
+    let mut agents = if raw.bot_user_agents {
+        Filters::bot_user_agents()
+    } else {
+        Vec::new()
+    };
+    if let Some(empty) = raw
+        .user_agents
+        .iter()
+        .find(|a| a.trim().trim_start_matches('!').trim().is_empty())
+    {
+        return Err(err(format!(
+            "user_agents: {empty:?} would match every user agent"
+        )));
+    }
+    agents.extend(raw.user_agents);
+    let ip_ranges = raw
+        .ip_ranges
+        .iter()
+        .map(|text| {
+            text.trim().parse::<ipnet::IpNet>().map_err(|_| {
+                err(format!(
+                    "ip_ranges: {text:?} is not an address range like \"192.0.2.0/24\" or \"2001:db8::/32\""
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let within = |text: &str, what: &str| {
+        parse_duration_at_least(text, MIN_FILTER_WINDOW)
+            .map(duration_ms)
+            .map_err(|m| err(format!("{what} `within`: {m}")))
+    };
+    let mut bursts = Vec::new();
+    for burst in raw.burst {
+        if burst.max_hits == 0 {
+            return Err(err(format!(
+                "burst on `{}`: `max_hits` must be at least 1",
+                burst.rule
+            )));
+        }
+        bursts.push(Burst {
+            rule: rule_index(&burst.rule, "burst")?,
+            max_hits: burst.max_hits,
+            within_ms: within(&burst.within, "burst")?,
+        });
+    }
+    let mut after_send = Vec::new();
+    for after in raw.after_send {
+        let send: Vec<String> = after
+            .send
+            .into_vec()
+            .iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect();
+        if send.iter().any(String::is_empty) {
+            return Err(err("after_send: an empty `send` event name".into()));
+        }
+        if after.rules.is_empty() {
+            return Err(err(
+                "after_send: give the `rules` whose hits it judges".into()
+            ));
+        }
+        after_send.push(AfterSend {
+            send,
+            rules: after
+                .rules
+                .iter()
+                .map(|r| rule_index(r, "after_send"))
+                .collect::<Result<_, _>>()?,
+            within_ms: within(&after.within, "after_send")?,
+        });
+    }
+    if agents.is_empty() && ip_ranges.is_empty() && bursts.is_empty() && after_send.is_empty() {
+        return Err(err(
+            "filters nothing: set bot_user_agents, user_agents, ip_ranges, [[filters.burst]] or [[filters.after_send]]".into(),
+        ));
+    }
+    let rule_name = |index: usize| engagement[index].name.to_string();
+    Filters::new(&agents, ip_ranges, bursts, after_send, &rule_name).map_err(err)
 }
 
 /// Call types, event names and conditions.
@@ -1060,6 +1197,9 @@ fn in_points_range(value: f64) -> bool {
 /// Cap windows are counted in whole windows of event time.
 const MIN_CAP_WINDOW: Duration = Duration::from_secs(1);
 
+/// Velocity filters judge bursts of milliseconds to hours.
+const MIN_FILTER_WINDOW: Duration = Duration::from_millis(1);
+
 /// Decay is `2^(-elapsed / half_life)`: a half-life of milliseconds would
 /// make a value from minutes away overflow or vanish in one step.
 const MIN_HALF_LIFE: Duration = Duration::from_secs(60);
@@ -1309,5 +1449,30 @@ pub fn summarize(rules: &Rules) -> String {
         days(s.dedup_window_ms as f64),
         s.dedup_max_ids
     );
+    if let Some(filters) = rules.filters.as_deref() {
+        let mut kinds = Vec::new();
+        if filters.reads_user_agent() {
+            kinds.push("user agents".to_string());
+        }
+        if filters.reads_ip() {
+            kinds.push("address ranges".to_string());
+        }
+        for burst in &filters.bursts {
+            kinds.push(format!(
+                "more than {} `{}` in {} s",
+                burst.max_hits,
+                rules.engagement[burst.rule].name,
+                burst.within_ms as f64 / 1000.0
+            ));
+        }
+        for after in &filters.after_send {
+            kinds.push(format!(
+                "hits within {} s of {}",
+                after.within_ms as f64 / 1000.0,
+                after.send.join(" / ")
+            ));
+        }
+        let _ = writeln!(out, "filters: {}", kinds.join("; "));
+    }
     out
 }

@@ -38,6 +38,10 @@ pub struct KafkaSettings {
     /// Messages that could not be decoded or validated, with the reason.
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
+    /// Events `[filters]` kept out of scores, with the reason; none by
+    /// default (they are only counted).
+    #[serde(default)]
+    pub filtered_topic: Option<String>,
     /// Compacted topic of lead state, partitioned like the input.
     #[serde(default = "default_changelog_topic")]
     pub changelog_topic: String,

@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::core::account::{AccountUpdate, Member};
 use crate::core::event::{Event, EventKind, Value};
+use crate::core::filters::FilterReason;
 use crate::core::handoff::{Handoff, MAX_HOPS};
 use crate::core::lead::{Evaluation, LeadState};
 use crate::core::output::{
@@ -38,6 +39,12 @@ pub enum Outcome {
     /// Its lead was erased after the event's time: dropped (an event that
     /// arrives late must not bring an erased lead back).
     Erased,
+    /// Not a person's (`[filters]`): not scored. `outputs` are what the
+    /// event's time made due for its lead first (decay, expiry).
+    Filtered {
+        reason: FilterReason,
+        outputs: Vec<Output>,
+    },
     Rejected(Rejection),
 }
 
@@ -627,6 +634,12 @@ impl Engine {
         if self.is_erased(&event.lead_id, t) {
             return Outcome::Erased;
         }
+        if let Some(reason) = rules.filters.as_deref().and_then(|f| f.judge_event(event)) {
+            return Outcome::Filtered {
+                reason,
+                outputs: Vec::new(),
+            };
+        }
         let id_hash = xxh3_64(event.message_id.as_bytes());
 
         let resolved = resolve_in(&self.aliases, &event.lead_id);
@@ -680,6 +693,15 @@ impl Engine {
         self.watermark = Some(watermark);
         if !lead.remember(id_hash, t, settings) {
             return Outcome::Duplicate;
+        }
+        if let Some(reason) = judge_velocity(rules, lead, event, t) {
+            if let Some(changes) = self.changes.as_mut() {
+                changes.leads.insert(lead_id.into());
+            }
+            return Outcome::Filtered {
+                reason,
+                outputs: expired,
+            };
         }
         let before = Before::of(rules, lead);
         let mut outputs = expired;
@@ -957,6 +979,15 @@ impl Engine {
         if let Some(position) = position {
             history.position = history.position.max(position);
         }
+        if let Some(reason) = judge_velocity(rules, history, event, t) {
+            if let Some(changes) = self.changes.as_mut() {
+                changes.leads.insert(target.clone());
+            }
+            return Outcome::Filtered {
+                reason,
+                outputs: expired,
+            };
+        }
         let absorbed = match event.kind {
             EventKind::Alias => self.join(event, &target),
             _ => None,
@@ -1166,6 +1197,23 @@ fn take_event(
     }
 }
 
+/// The velocity filters' verdict on an event for `state` (a lead, or a
+/// history of one), which remembers the event's hits and sends.
+fn judge_velocity(
+    rules: &Rules,
+    state: &mut LeadState,
+    event: &Event,
+    t: Timestamp,
+) -> Option<FilterReason> {
+    let filters = rules.filters.as_deref().filter(|f| f.has_velocity())?;
+    let mut matched = Vec::new();
+    rules.for_each_matching_rule(event, |rule| matched.push(rule));
+    let mut marks = state.take_filter_state();
+    let reason = filters.judge_velocity(&mut marks, event, &matched, t);
+    state.put_filter_state(marks);
+    reason
+}
+
 fn resolve_in<'a>(aliases: &'a HashMap<Box<str>, Box<str>>, mut id: &'a str) -> &'a str {
     if aliases.is_empty() {
         return id;
@@ -1195,7 +1243,7 @@ fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) ->
         tier: rules.tier_name(usize::from(lead.tier)).clone(),
         contributions: lead.contributions(rules, at),
         last_event_at: lead.clock,
-        lifecycle: lead.life.as_deref().cloned(),
+        lifecycle: lead.life().cloned(),
     }
 }
 
@@ -1274,7 +1322,7 @@ fn expired_output(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp)
         delta: eval.score - lead.last_emitted_score,
         contributions: Vec::new(),
         rules_version: rules.version.clone(),
-        stage: view.life.as_deref().and_then(|l| l.stage.clone()),
+        stage: view.life().and_then(|l| l.stage.clone()),
         lifecycle: None,
     }
 }
@@ -1350,7 +1398,7 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
         delta,
         contributions,
         rules_version: rules.version.clone(),
-        stage: view.life.as_deref().and_then(|l| l.stage.clone()),
+        stage: view.life().and_then(|l| l.stage.clone()),
         lifecycle: None,
     };
     let crossed_id =
@@ -1393,7 +1441,7 @@ fn lifecycle_output(
         delta: eval.score - lead.last_emitted_score,
         contributions,
         rules_version: rules.version.clone(),
-        stage: view.life.as_deref().and_then(|l| l.stage.clone()),
+        stage: view.life().and_then(|l| l.stage.clone()),
         lifecycle: Some(Box::new(change)),
     }
 }

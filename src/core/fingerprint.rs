@@ -172,6 +172,10 @@ fn describe_into(rules: &Rules, out: &mut String) {
             s.announce_expiry
         );
     }
+    if let Some(filters) = rules.filters.as_deref() {
+        // Only files with filters get these lines.
+        out.push_str(&filters.description);
+    }
     let g = &rules.grades;
     let _ = writeln!(out, "grades a={:?} b={:?} c={:?}", g.a, g.b, g.c);
     for (index, key) in rules.trait_keys.iter().enumerate() {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::core::decay::Decaying;
 use crate::core::event::{Event, Fields};
+use crate::core::filters::FilterState;
 use crate::core::output::{sort_largest_first, Contribution};
 use crate::core::rules::{Grade, Rules, Settings, TraitBits, EMAIL_DOMAIN_TRAIT};
 use crate::core::time::Timestamp;
@@ -100,8 +101,18 @@ pub struct LeadState {
     /// Histories of identities merged in from other partitions, kept apart
     /// (see [`LeadState::take_history`]); evaluation sees them folded in.
     pub merged: Box<[MergedHistory]>,
-    /// Set by lifecycle rules; boxed, as most leads never see one.
-    pub life: Option<Box<Lifecycle>>,
+    /// What few leads have (a lifecycle, velocity filter marks), in one
+    /// allocation: the others pay one pointer.
+    pub rare: Option<Box<Rare>>,
+}
+
+/// The parts of a lead's state that most leads never have.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rare {
+    /// Set by lifecycle rules.
+    pub life: Option<Lifecycle>,
+    /// What velocity filters (`[filters]`) remember.
+    pub filter: FilterState,
 }
 
 /// Where a lead stands with sales, as lifecycle rules set it.
@@ -190,7 +201,41 @@ impl LeadState {
             due: None,
             position: -1,
             merged: Box::default(),
-            life: None,
+            rare: None,
+        }
+    }
+
+    /// Where the lead stands with sales, if a lifecycle rule has acted.
+    pub fn life(&self) -> Option<&Lifecycle> {
+        self.rare.as_deref()?.life.as_ref()
+    }
+
+    pub fn life_mut(&mut self) -> &mut Lifecycle {
+        self.rare
+            .get_or_insert_default()
+            .life
+            .get_or_insert_default()
+    }
+
+    /// What velocity filters remember of the lead, if anything.
+    pub fn filter_state(&self) -> Option<&FilterState> {
+        self.rare.as_deref().map(|r| &r.filter)
+    }
+
+    /// Takes the velocity filters' marks out (to judge an event); give
+    /// them back with [`LeadState::put_filter_state`].
+    pub fn take_filter_state(&mut self) -> FilterState {
+        self.rare
+            .as_deref_mut()
+            .map(|r| std::mem::take(&mut r.filter))
+            .unwrap_or_default()
+    }
+
+    pub fn put_filter_state(&mut self, marks: FilterState) {
+        if marks.marks.is_empty() && self.rare.as_ref().is_none_or(|r| r.life.is_none()) {
+            self.rare = None;
+        } else {
+            self.rare.get_or_insert_default().filter = marks;
         }
     }
 
@@ -217,7 +262,12 @@ impl LeadState {
             due: self.due,
             position: self.position,
             merged: Box::default(),
-            life: self.life.clone(),
+            rare: self.life().map(|life| {
+                Box::new(Rare {
+                    life: Some(life.clone()),
+                    filter: FilterState::default(),
+                })
+            }),
         };
         for history in self.merged.iter() {
             let other = &history.state;
@@ -237,8 +287,8 @@ impl LeadState {
                 }
             }
             combined.clock = combined.clock.max(other.clock);
-            if let Some(theirs) = &other.life {
-                combined.life.get_or_insert_default().combine(theirs);
+            if let Some(theirs) = other.life() {
+                combined.life_mut().combine(theirs);
             }
         }
         combined.traits = traits.into_boxed_slice();
@@ -250,8 +300,7 @@ impl LeadState {
     /// Whether an upward crossing is held back at `at`: the lead holds a
     /// terminal stage, or a disposition suppressed alerts until later.
     pub fn suppresses_up(&self, at: Timestamp) -> bool {
-        self.life
-            .as_deref()
+        self.life()
             .is_some_and(|l| l.terminal || l.suppressed_until.is_some_and(|until| at < until))
     }
 
@@ -278,7 +327,7 @@ impl LeadState {
 
     /// Engagement from events before this time no longer counts.
     pub fn reset_at(&self) -> Option<Timestamp> {
-        self.life.as_deref().and_then(|l| l.reset_at)
+        self.life().and_then(|l| l.reset_at)
     }
 
     /// Applies the lifecycle rules `event` (at `t`) matches. A reset clears
@@ -292,10 +341,10 @@ impl LeadState {
     ) -> Option<LifecycleChange> {
         let mut reasons = Vec::new();
         let mut changed = false;
-        let previous_stage = self.life.as_deref().and_then(|l| l.stage.clone());
+        let previous_stage = self.life().and_then(|l| l.stage.clone());
         for rule in rules.lifecycle.iter().filter(|r| r.matches(event)) {
             reasons.push(rule.name.clone());
-            let life = self.life.get_or_insert_default();
+            let life = self.life_mut();
             if let Some(stage) = &rule.stage {
                 if life.stage.is_none() || t >= life.stage_at {
                     changed |= life.stage.as_ref() != Some(stage) || life.terminal != rule.terminal;
@@ -693,8 +742,7 @@ impl LeadState {
     /// lapse counts.
     pub fn next_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
         let lapse = self
-            .life
-            .as_deref()
+            .life()
             .and_then(|l| l.suppressed_until)
             .filter(|until| *until > from);
         let held = self.suppresses_up(from)
@@ -879,6 +927,17 @@ mod tests {
 
     use super::*;
     use crate::config::parse_rules;
+
+    /// Every lead is one allocation of this size: past 224 bytes the
+    /// allocator's next size class is 256, 32 bytes more for every lead.
+    #[test]
+    fn a_lead_state_fits_its_allocation_size_class() {
+        assert!(
+            std::mem::size_of::<LeadState>() <= 224,
+            "{} bytes",
+            std::mem::size_of::<LeadState>()
+        );
+    }
 
     /// One rule, one half-life, a tier at 50: the closed form applies.
     fn rules(base: f64) -> Rules {

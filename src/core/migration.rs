@@ -35,6 +35,10 @@ pub struct RulesOutline {
     pub fingerprint: String,
     pub leads: ProfileOutline,
     pub accounts: Option<AccountsOutline>,
+    /// `[filters]`, as the fingerprint describes them (none: no filters,
+    /// or an outline written before filters existed).
+    #[serde(default)]
+    pub filters: Option<String>,
 }
 
 /// Traits, tiers, fit rule names and engagement rules of one rule set, in
@@ -89,6 +93,7 @@ impl RulesOutline {
                 profile: ProfileOutline::of(&a.profile),
                 links: links_of(a),
             }),
+            filters: rules.filters.as_deref().map(|f| f.description.clone()),
         }
     }
 
@@ -212,6 +217,13 @@ impl Migration {
             }
             (_, None) => None,
         };
+        if old.filters.as_deref() != new.filters.as_deref().map(|f| f.description.as_str()) {
+            reasons.push(
+                "[filters] changed: which past events they keep out of scores cannot be told \
+                 from the kept state"
+                    .to_string(),
+            );
+        }
         if !reasons.is_empty() {
             return Err(reasons);
         }

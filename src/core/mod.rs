@@ -9,6 +9,7 @@ pub mod account;
 pub mod decay;
 pub mod engine;
 pub mod event;
+pub mod filters;
 pub mod fingerprint;
 pub mod handoff;
 pub mod lead;

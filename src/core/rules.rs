@@ -385,6 +385,8 @@ pub struct Rules {
     pub accounts: Option<Arc<crate::core::account::AccountRules>>,
     /// Dispositions, in file order (each that matches acts, in order).
     pub lifecycle: Vec<LifecycleRule>,
+    /// Bot and scanner traffic kept out of scores (`[filters]`).
+    pub filters: Option<Arc<crate::core::filters::Filters>>,
 }
 
 impl Rules {
@@ -459,6 +461,7 @@ impl Rules {
             group_count,
             accounts: None,
             lifecycle: Vec::new(),
+            filters: None,
         }
     }
 

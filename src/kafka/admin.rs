@@ -56,6 +56,9 @@ pub(crate) fn ensure_topics(
     ];
     let identity_topic = kafka.identity_topic();
     wanted.push((identity_topic.as_str(), input_partitions, false));
+    if let Some(filtered) = &kafka.filtered_topic {
+        wanted.push((filtered.as_str(), kafka.partitions, false));
+    }
     if accounts {
         wanted.push((
             kafka.account_updates_topic.as_str(),

@@ -23,6 +23,10 @@ pub mod headers {
     pub const DLQ_SOURCE_TOPIC: &str = "leadscore.dlq.source_topic";
     pub const DLQ_SOURCE_PARTITION: &str = "leadscore.dlq.source_partition";
     pub const DLQ_SOURCE_OFFSET: &str = "leadscore.dlq.source_offset";
+    /// Filtered events: why they are not a person's (`user_agent`, ...).
+    pub const FILTER_REASON: &str = "leadscore.filter.reason";
+    /// Filtered events from a batch envelope: the 1-based item filtered.
+    pub const FILTER_BATCH_ITEM: &str = "leadscore.filter.batch_item";
     /// Dead letters from a batch envelope: the 1-based item that failed.
     pub const DLQ_BATCH_ITEM: &str = "leadscore.dlq.batch_item";
     /// Dead letters too large to keep whole: what was cut (`value`, and

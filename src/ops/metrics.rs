@@ -12,6 +12,8 @@ pub const EVENTS_REJECTED: &str = "leadscore_events_rejected_total";
 pub const EVENTS_DUPLICATE: &str = "leadscore_events_duplicate_total";
 /// Events dropped because their lead was erased after their event time.
 pub const EVENTS_ERASED: &str = "leadscore_events_erased_total";
+/// Label `reason`: `user_agent`, `ip_range`, `burst` or `after_send`.
+pub const EVENTS_FILTERED: &str = "leadscore_events_filtered_total";
 pub const DEAD_LETTERS: &str = "leadscore_dead_letters_total";
 /// Label `type`: `score_changed` or `threshold_crossed`.
 pub const OUTPUTS: &str = "leadscore_outputs_total";
@@ -116,6 +118,10 @@ fn describe() {
     describe_counter!(
         EVENTS_ERASED,
         "Events dropped because their lead was erased after their event time."
+    );
+    describe_counter!(
+        EVENTS_FILTERED,
+        "Events [filters] kept out of scores (bots, scanners), by reason."
     );
     describe_counter!(DEAD_LETTERS, "Records produced to the dead-letter topic.");
     describe_counter!(OUTPUTS, "Output events produced, by type.");

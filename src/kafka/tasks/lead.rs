@@ -126,6 +126,10 @@ impl LeadTask {
                 }
                 Outcome::HandedOff => {}
                 Outcome::Erased => metrics::counter!(m::EVENTS_ERASED).increment(1),
+                Outcome::Filtered { reason, outputs } => {
+                    out.outputs(&outputs)?;
+                    out.filtered(message, reason, item_number)?;
+                }
                 Outcome::Rejected(r) => {
                     out.dead_letter(message, r.reason_code(), r.to_string(), item_number)?
                 }
@@ -156,6 +160,7 @@ impl LeadTask {
                 Outcome::Duplicate | Outcome::AlreadyApplied => "already applied",
                 Outcome::HandedOff => "passed on",
                 Outcome::Erased => "dropped (erased)",
+                Outcome::Filtered { .. } => "filtered",
                 Outcome::Rejected(_) => "rejected",
             },
             "handoff"
@@ -166,6 +171,10 @@ impl LeadTask {
             Outcome::Erased => {
                 metrics::counter!(m::EVENTS_ERASED).increment(1);
                 Ok(())
+            }
+            Outcome::Filtered { reason, outputs } => {
+                metrics::counter!(m::EVENTS_FILTERED, "reason" => reason.as_str()).increment(1);
+                out.outputs(&outputs)
             }
             Outcome::Rejected(r) => out.dead_letter(message, r.reason_code(), r.to_string(), None),
         }

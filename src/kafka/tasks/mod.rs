@@ -11,7 +11,7 @@ mod lead;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 use rdkafka::ClientConfig;
 
@@ -22,6 +22,7 @@ use super::records::{
 };
 use crate::codec::{Decoder, Encoding};
 use crate::config::{Config, TimerClock};
+use crate::core::filters::FilterReason;
 use crate::core::{Output, OutputKind, Rules, RulesStamp, Timestamp};
 use crate::ops::metrics as m;
 use crate::ops::status::{Held, LeadAnswer, Subject};
@@ -111,6 +112,8 @@ pub(super) struct Topics {
     pub identities: String,
     pub output: String,
     pub dead_letter: String,
+    /// `[kafka] filtered_topic`, if set.
+    pub filtered: Option<String>,
     pub changelog: String,
     /// With `[accounts]`.
     pub account_updates: Option<String>,
@@ -125,6 +128,7 @@ impl Topics {
             identities: kafka.identity_topic(),
             output: kafka.output_topic.clone(),
             dead_letter: kafka.dead_letter_topic.clone(),
+            filtered: kafka.filtered_topic.clone(),
             changelog: kafka.changelog_topic.clone(),
             account_updates: config
                 .rules
@@ -258,6 +262,46 @@ impl Out<'_> {
             record = record.key(key);
         }
         if let Some(payload) = fitted.value {
+            record = record.payload(payload);
+        }
+        send(self.producer, record)
+    }
+
+    /// Counts an event `[filters]` kept out of scores and, with `[kafka]
+    /// filtered_topic`, sends the record it came in there, with the reason.
+    pub fn filtered(
+        &mut self,
+        message: &OwnedMessage,
+        reason: FilterReason,
+        item: Option<usize>,
+    ) -> Result<(), Retry> {
+        metrics::counter!(m::EVENTS_FILTERED, "reason" => reason.as_str()).increment(1);
+        let Some(topic) = &self.shared.topics.filtered else {
+            return Ok(());
+        };
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for h in message.headers().iter().flat_map(|h| h.iter()) {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+        headers = headers.insert(Header {
+            key: crate::kafka::headers::FILTER_REASON,
+            value: Some(reason.as_str()),
+        });
+        let item = item.map(|i| i.to_string());
+        if let Some(item) = &item {
+            headers = headers.insert(Header {
+                key: crate::kafka::headers::FILTER_BATCH_ITEM,
+                value: Some(item.as_str()),
+            });
+        }
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
         send(self.producer, record)
