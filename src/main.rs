@@ -372,9 +372,25 @@ fn run(path: &Path) -> anyhow::Result<()> {
         tracing::info!("stop requested; finishing the batch in flight");
         on_signal.request();
     });
+    let reload = leadscore::kafka::Reload::default();
+    let on_hangup = reload.clone();
+    runtime.spawn(async move {
+        let mut hangups =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => hangups,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGHUP");
+                    return;
+                }
+            };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the rules again after the batch in flight");
+            on_hangup.request();
+        }
+    });
     // The stream threads block (librdkafka calls); they run beside the
     // runtime's.
-    leadscore::kafka::run(&config, &shutdown, &status, answer_from)
+    leadscore::kafka::run(&config, path, &shutdown, &reload, &status, answer_from)
 }
 
 fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {

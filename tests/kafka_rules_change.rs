@@ -248,19 +248,62 @@ fn assert_same_outputs(
 
 #[test]
 fn new_points_and_tiers_are_re_scored_in_place_across_a_kill_9_during_the_switch() {
-    rescore_across_a_kill(kafka(), "rules-rescore", false);
+    rescore_across_a_kill(kafka(), "rules-rescore", Switch::Restart { weak: false });
 }
 
 #[test]
 fn on_tansu_the_switch_keeps_state_exact_and_its_outputs_dedupable() {
-    rescore_across_a_kill(tansu(), "rules-rescore-tansu", true);
+    rescore_across_a_kill(
+        tansu(),
+        "rules-rescore-tansu",
+        Switch::Restart { weak: true },
+    );
+}
+
+/// The same switch without a restart: the file rewritten and SIGHUP sent
+/// to the running instance (after a SIGHUP with rules that need history,
+/// which is refused while processing goes on under the running rules).
+#[test]
+fn sighup_switches_the_rules_of_a_running_instance_in_place() {
+    rescore_across_a_kill(kafka(), "rules-sighup", Switch::Sighup);
+}
+
+/// How the new rules take over.
+#[derive(Clone, Copy, PartialEq)]
+enum Switch {
+    /// Started on the new file, killed with kill -9 once it has re-scored,
+    /// started again. On a `weak` broker (tansu), repeats are dropped by
+    /// `event_id` first (each with the same content).
+    Restart { weak: bool },
+    /// The running instance's file rewritten, and SIGHUP.
+    Sighup,
+}
+
+fn hang_up(instance: &Instance) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &instance.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_for_log(log: &Path, text: &str, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(text)
+        .count()
+        < times
+    {
+        assert!(Instant::now() < deadline, "no {text:?} logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Rules A over the first half of a stream; rules A' (new points, a tier
-/// line, the step) started over the second half and killed with kill -9
-/// once it has re-scored; started again. On a `weak` broker (tansu),
-/// repeats are dropped by `event_id` first (each with the same content).
-fn rescore_across_a_kill(broker: &Broker, test: &str, weak: bool) {
+/// line, the step) over the second half, taken over `how` it says.
+fn rescore_across_a_kill(broker: &Broker, test: &str, how: Switch) {
+    let weak = how == Switch::Restart { weak: true };
     use leadscore::core::migration::{Migration, RulesOutline};
     use leadscore::core::output::Cause;
     use leadscore::core::{Engine, Outcome, Timestamp};
@@ -280,7 +323,18 @@ fn rescore_across_a_kill(broker: &Broker, test: &str, weak: bool) {
         "exactly_once",
         EVENT_TIME,
     );
-    run_to_end(broker, &names, &config, &txn);
+    let log = dir.path().join("switch.log");
+    let running = match how {
+        Switch::Restart { .. } => {
+            run_to_end(broker, &names, &config, &txn);
+            None
+        }
+        Switch::Sighup => {
+            let instance = Instance::start_logging(&config, &txn, &log);
+            wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
+            Some(instance)
+        }
+    };
     let before = read_changelog(&broker.bootstrap, &names);
     let old_rules = leadscore::config::load_rules(&config).unwrap();
     assert_eq!(
@@ -343,23 +397,39 @@ fn rescore_across_a_kill(broker: &Broker, test: &str, weak: bool) {
     after.extend(engine.advance(Timestamp(cut)));
     let (expected_after, _) = by_event_id(after.iter().map(json_of).filter(|v| at_millis(v) < cut));
 
-    // The new rules start, re-score, and are killed mid-switch; started
-    // again, they finish the switch and the stream.
-    produce_lines(&broker.bootstrap, &names.input, second);
-    let log = dir.path().join("tuned.log");
-    let mut rng = fastrand::Rng::with_seed(41);
-    let switching = Instance::start_logging(&tuned, &txn, &log);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("re-scored under the running rules")
-    {
-        assert!(Instant::now() < deadline, "no re-score logged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(rng.u64(0..300)));
-    switching.kill9();
-    let instance = Instance::start_logging(&tuned, &txn, &log);
+    let instance = match running {
+        None => {
+            // The new rules start, re-score, and are killed mid-switch;
+            // started again, they finish the switch and the stream.
+            produce_lines(&broker.bootstrap, &names.input, second);
+            let mut rng = fastrand::Rng::with_seed(41);
+            let switching = Instance::start_logging(&tuned, &txn, &log);
+            wait_for_log(&log, "re-scored under the running rules", 1);
+            std::thread::sleep(Duration::from_millis(rng.u64(0..300)));
+            switching.kill9();
+            Instance::start_logging(&tuned, &txn, &log)
+        }
+        Some(instance) => {
+            // A new rule at the top: refused, the running rules stay.
+            let needs_history = edited(&config, "needs-history.toml", |text| {
+                text.replacen(
+                    "[[engagement]]",
+                    "[[engagement]]\nname = \"inserted\"\ntype = \"page\"\npoints = 1\n\n[[engagement]]",
+                    1,
+                )
+                .replace(VERSION_LINE, "version = \"b2b-saas-2026.12.0\"")
+            });
+            std::fs::copy(&needs_history, &config).unwrap();
+            hang_up(&instance);
+            wait_for_log(&log, "these rules need history", 1);
+            // The tuned rules: switched to between two batches.
+            std::fs::copy(&tuned, &config).unwrap();
+            hang_up(&instance);
+            wait_for_log(&log, "re-scored under the running rules", 1);
+            produce_lines(&broker.bootstrap, &names.input, second);
+            instance
+        }
+    };
     wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(180));
     std::thread::sleep(Duration::from_secs(2));
     assert!(instance.terminate().success(), "exit 0 on SIGTERM");
@@ -368,6 +438,14 @@ fn rescore_across_a_kill(broker: &Broker, test: &str, weak: bool) {
         text.contains("changelog written under other rules: re-scoring it in place"),
         "{text}"
     );
+    if how == Switch::Sighup {
+        assert!(text.contains("SIGHUP: switching rules"), "{text}");
+        assert_eq!(
+            text.matches("processor started").count(),
+            1,
+            "switched without a restart:\n{text}"
+        );
+    }
 
     let raw = read_topic(&broker.bootstrap, &names.output, true);
     let (unique, repeats) = drop_repeats(&raw);

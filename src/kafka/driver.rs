@@ -11,6 +11,7 @@
 //! is rewound to the committed offsets.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use super::clients::{
 use super::offsets::{self, commit_metadata};
 use super::poison::{Position, Retries};
 use super::tasks::{Counters, Out, Shared, Tasks};
-use super::{wall_clock, Shutdown};
+use super::{wall_clock, Reload, Shutdown};
 use crate::ops::metrics as m;
 use crate::ops::status::{LeadQuery, Status};
 
@@ -104,12 +105,22 @@ impl<'c> Driver<'c> {
 
     /// Runs until `shutdown` is requested (then finishes and commits the
     /// batch in flight, leaves the group and returns `Ok`) or a fatal
-    /// error.
-    pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
+    /// error. Between batches, a `reload` request reads the rules in
+    /// `config_path` again (see [`Driver::reload_rules`]).
+    pub fn run(
+        mut self,
+        shutdown: &Shutdown,
+        (reload, config_path): (&Reload, &Path),
+    ) -> anyhow::Result<()> {
         let mut last_report = Instant::now();
+        let mut reloads_seen = reload.requests();
         while !shutdown.is_requested() {
             let batch = self.collect(shutdown)?;
             self.process_or_recover(batch)?;
+            if reload.requests() != reloads_seen {
+                reloads_seen = reload.requests();
+                self.reload_rules(config_path)?;
+            }
             if last_report.elapsed() > Duration::from_secs(10) {
                 self.report();
                 last_report = Instant::now();
@@ -338,6 +349,58 @@ impl<'c> Driver<'c> {
             tracing::warn!(error = %e, "records of the failed batch still undelivered");
         }
         self.producer.context().take_failures();
+    }
+
+    /// Switches to the rules now in `config_path`, between two batches,
+    /// as a restart with them would: when the state can be re-scored in
+    /// place, the tasks are rebuilt from their changelogs under the new
+    /// rules (migrated, re-scored; what moved is published in the next
+    /// transaction, with every lead's record). Rules that cannot be
+    /// applied in place (or a file that does not load) are refused with
+    /// the reasons, and the running rules stay.
+    fn reload_rules(&mut self, config_path: &Path) -> anyhow::Result<()> {
+        use crate::core::migration::{Migration, RulesOutline};
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let new = match crate::config::load(config_path, &env) {
+            Ok(config) => config.rules,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the configuration does not load; the running rules stay");
+                return Ok(());
+            }
+        };
+        let running = &self.shared.rules;
+        let stamp = new.stamp();
+        if stamp.fingerprint == self.shared.stamp.fingerprint {
+            tracing::info!(rules_version = %new.version, "SIGHUP: the rules are unchanged");
+            return Ok(());
+        }
+        if new.accounts.is_some() != running.accounts.is_some() {
+            tracing::error!(
+                "SIGHUP: adding or removing [accounts] takes a restart (it adds or drops                  topics and tasks); the running rules stay"
+            );
+            return Ok(());
+        }
+        if let Err(reasons) = Migration::plan(&RulesOutline::of(running), &new) {
+            tracing::error!(
+                reasons = %reasons.join("; "),
+                "SIGHUP: these rules need history (see README, Changing the rules); the                  running rules stay"
+            );
+            return Ok(());
+        }
+        tracing::info!(
+            from = %running.version,
+            to = %new.version,
+            fingerprint = %stamp.fingerprint,
+            "SIGHUP: switching rules; state is re-scored in place"
+        );
+        metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => running.version.to_string()).set(0.0);
+        metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => new.version.to_string()).set(1.0);
+        let mut decoder = crate::codec::Decoder::for_rules(&new);
+        decoder.limits = self.shared.decoder.limits.clone();
+        self.shared.decoder = decoder;
+        self.shared.rules = std::sync::Arc::new(new);
+        self.shared.stamp = stamp;
+        self.rewind()
     }
 
     /// After a failed batch: tasks rebuilt from what their changelogs

@@ -35,7 +35,8 @@ mod records;
 mod restore;
 mod tasks;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +52,23 @@ use crate::ops::metrics as m;
 use crate::ops::status::{LeadQuery, Status};
 use driver::{Driver, ThreadIds};
 use tasks::{Shared, Topics};
+
+/// Requests (SIGHUP) to read the rules from the configuration file again,
+/// shared with the signal handler and every stream thread: each acts on
+/// the latest between two batches.
+#[derive(Clone, Default)]
+pub struct Reload(Arc<AtomicU64>);
+
+impl Reload {
+    pub fn request(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many reloads have been requested so far.
+    pub fn requests(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// A request to stop after the batch in flight, shared with signal
 /// handlers and every stream thread.
@@ -73,9 +91,13 @@ impl Shutdown {
 /// `Ok`) or one meets a fatal error (fenced by a newer instance, broker
 /// refuses the transaction): then the others stop too and the error is
 /// returned.
+/// `config_path`: the file `config` was read from, read again for its
+/// rules when `reload` is requested.
 pub fn run(
     config: &Config,
+    config_path: &Path,
     shutdown: &Shutdown,
+    reload: &Reload,
     status: &Status,
     queries: Vec<Receiver<LeadQuery>>,
 ) -> anyhow::Result<()> {
@@ -147,7 +169,7 @@ pub fn run(
                         let _span =
                             (threads > 1).then(|| tracing::info_span!("stream", thread).entered());
                         let result = Driver::start(ids, shared, status, queries, started)
-                            .and_then(|driver| driver.run(shutdown));
+                            .and_then(|driver| driver.run(shutdown, (reload, config_path)));
                         if result.is_err() {
                             // The process stops as a whole; the others
                             // leave the group on their way out.
