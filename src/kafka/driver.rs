@@ -396,7 +396,7 @@ impl<'c> Driver<'c> {
         metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => running.version.to_string()).set(0.0);
         metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => new.version.to_string()).set(1.0);
         let mut decoder = crate::codec::Decoder::for_rules(&new);
-        decoder.limits = self.shared.decoder.limits.clone();
+        decoder.limits = self.shared.decoder.limits;
         self.shared.decoder = decoder;
         self.shared.rules = std::sync::Arc::new(new);
         self.shared.stamp = stamp;
