@@ -3,6 +3,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod datasets;
+pub mod diff;
 pub mod kafka;
 pub mod ops;
 pub mod replay;

@@ -43,6 +43,12 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Run as a shadow of the deployment the file configures: the same
+        /// input read from its beginning, and its own group, changelog and
+        /// `<output_topic>-shadow` (every topic and id gets `-shadow`), so
+        /// new rules can be compared with `leadscore diff` first.
+        #[arg(long)]
+        shadow: bool,
     },
     /// Run the engine over a file of JSON events, event time as the clock.
     Replay {
@@ -64,6 +70,26 @@ enum Command {
         /// event time read, as the live processor would.
         #[arg(long)]
         enforce_lateness: bool,
+    },
+    /// Compare a shadow deployment (`run --config NEW --shadow`) with the
+    /// live one: leads per tier, leads whose tier differs, the largest
+    /// movers with both explanations, and what each published lately.
+    Diff {
+        /// The shadow's file (the new rules; its topics get `-shadow`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The live deployment's file.
+        #[arg(long)]
+        live: PathBuf,
+        /// Compare outputs published over this many days.
+        #[arg(long, default_value_t = 7.0)]
+        days: f64,
+        /// How many of the largest movers to list.
+        #[arg(long, default_value_t = 20)]
+        movers: usize,
+        /// Write report.md and tiers.svg into this directory.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Fit weights and thresholds to a history of events and outcomes, and
     /// report how well current and suggested rules rank converted leads.
@@ -137,7 +163,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { config, against } => check(&config, against.as_deref()),
-        Command::Run { config } => run(&config),
+        Command::Run { config, shadow } => run(&config, shadow),
         Command::Replay {
             config,
             input,
@@ -153,6 +179,13 @@ fn main() -> ExitCode {
             at.as_deref(),
             enforce_lateness,
         ),
+        Command::Diff {
+            config,
+            live,
+            days,
+            movers,
+            report,
+        } => diff(&config, &live, days, movers, report.as_deref()),
         Command::Calibrate {
             config,
             events,
@@ -296,10 +329,20 @@ fn print_rules_change(
     }
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+fn run(path: &Path, shadow: bool) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let config = config::load(path, &env)?;
+    let mut config = config::load(path, &env)?;
     init_logging(&config.logging);
+    if shadow {
+        config.kafka.shadow();
+        config.shadow = true;
+        tracing::info!(
+            group = %config.kafka.group_id,
+            output = %config.kafka.output_topic,
+            changelog = %config.kafka.changelog_topic,
+            "shadow mode: scoring the input from its beginning into topics of its own"
+        );
+    }
     let shutdown = leadscore::kafka::Shutdown::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -391,6 +434,63 @@ fn run(path: &Path) -> anyhow::Result<()> {
     // The stream threads block (librdkafka calls); they run beside the
     // runtime's.
     leadscore::kafka::run(&config, path, &shutdown, &reload, &status, answer_from)
+}
+
+fn diff(
+    shadow: &Path,
+    live: &Path,
+    days: f64,
+    movers: usize,
+    report: Option<&Path>,
+) -> anyhow::Result<()> {
+    if !(days.is_finite() && days > 0.0) {
+        bail!("--days must be positive");
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let live_config = config::load(live, &env)?;
+    let mut shadow_config = config::load(shadow, &env)?;
+    shadow_config.kafka.shadow();
+    let at = leadscore::kafka::wall_clock();
+    let live_side = leadscore::kafka::diff::read_side(&live_config, at)
+        .with_context(|| format!("the live deployment of {}", live.display()))?;
+    let shadow_side = leadscore::kafka::diff::read_side(&shadow_config, at)
+        .with_context(|| format!("the shadow of {}", shadow.display()))?;
+    let tiers: Vec<String> = live_config
+        .rules
+        .tiers
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    let compared = leadscore::diff::Diff::of(
+        (&live_side.version, &live_side.leads, &live_side.outputs),
+        (
+            &shadow_side.version,
+            &shadow_side.leads,
+            &shadow_side.outputs,
+        ),
+        &tiers,
+        at,
+        days,
+        movers,
+    );
+    let markdown = compared.markdown();
+    print!("{markdown}");
+    if let Some(dir) = report {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+        };
+        write("report.md", &markdown)?;
+        write(
+            "tiers.svg",
+            &compared
+                .tiers_svg()
+                .map_err(|e| anyhow::anyhow!("chart: {e}"))?,
+        )?;
+        eprintln!("report written to {}", dir.display());
+    }
+    Ok(())
 }
 
 fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {

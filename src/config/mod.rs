@@ -23,6 +23,9 @@ pub struct Config {
     pub logging: LoggingSettings,
     /// Environment variables that overrode a setting.
     pub overridden_by_env: Vec<String>,
+    /// `run --shadow`: topics and ids of its own (see
+    /// [`KafkaSettings::shadow`]).
+    pub shadow: bool,
 }
 
 /// A configuration problem, located in its file.
@@ -425,6 +428,7 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         http,
         logging,
         overridden_by_env,
+        shadow: false,
     })
 }
 

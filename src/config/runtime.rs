@@ -103,6 +103,34 @@ impl KafkaSettings {
         })
     }
 
+    /// A shadow of this deployment (`run --shadow`): the same input, and
+    /// everything else its own: `-shadow` after the group, the output,
+    /// dead-letter, filtered, changelog and account topics, and the
+    /// explicit transactional, instance and identity-topic names (the
+    /// defaults follow the group). It rebuilds state from the input's
+    /// beginning without touching what the live deployment publishes.
+    pub fn shadow(&mut self) {
+        let shadow = |name: &mut String| name.push_str("-shadow");
+        shadow(&mut self.group_id);
+        shadow(&mut self.output_topic);
+        shadow(&mut self.dead_letter_topic);
+        shadow(&mut self.changelog_topic);
+        shadow(&mut self.account_updates_topic);
+        shadow(&mut self.account_changelog_topic);
+        for name in [
+            &mut self.filtered_topic,
+            &mut self.transactional_id,
+            &mut self.identity_topic,
+        ] {
+            if let Some(name) = name.as_mut() {
+                shadow(name);
+            }
+        }
+        if let Some(id) = self.group_instance_id.as_mut().filter(|id| !id.is_empty()) {
+            shadow(id);
+        }
+    }
+
     /// The consumer's `group.instance.id`; `None` for dynamic membership.
     pub fn group_instance_id(&self) -> Option<String> {
         match &self.group_instance_id {

@@ -131,3 +131,131 @@ pub(crate) fn ensure_topics(
     }
     Ok(())
 }
+
+/// For `run --shadow`: the shadow rebuilds state from what the input topic
+/// still holds, so warn when that is less than the rules remember (ten of
+/// their longest half-lives): the topic's `retention.ms` is shorter, or its
+/// earliest record is younger.
+pub(crate) fn warn_if_history_is_short(
+    base: &ClientConfig,
+    topic: &str,
+    rules: &crate::core::Rules,
+) {
+    use crate::core::decay::HalfLife;
+    let longest = (0..rules.engagement.len())
+        .filter_map(|i| match rules.half_life_of(i) {
+            HalfLife::Millis(ms) => Some(ms),
+            HalfLife::Never | HalfLife::Inherit => None,
+        })
+        .reduce(f64::max);
+    let never_fades =
+        (0..rules.engagement.len()).any(|i| matches!(rules.half_life_of(i), HalfLife::Never));
+    let horizon_ms = if never_fades {
+        i64::MAX
+    } else {
+        longest.map_or(0, |ms| (ms * 10.0) as i64)
+    };
+    let days = |ms: i64| ms as f64 / 86_400_000.0;
+    match topic_retention_ms(base, topic) {
+        Ok(Some(retention)) if retention >= 0 && retention < horizon_ms => tracing::warn!(
+            topic,
+            retention_days = format!("{:.1}", days(retention)),
+            horizon_days = if horizon_ms == i64::MAX {
+                "forever".to_string()
+            } else {
+                format!("{:.1}", days(horizon_ms))
+            },
+            "shadow: the input topic's retention.ms is shorter than the rules remember (ten \
+             half-lives of their longest, or forever for points that never fade): leads are \
+             rebuilt from part of their history, and the diff will show it"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            topic,
+            error = format!("{e:#}"),
+            "shadow: cannot read the input topic's retention.ms"
+        ),
+    }
+    match earliest_record_ms(base, topic) {
+        Ok(Some(earliest)) => {
+            let age = crate::kafka::wall_clock().millis() - earliest;
+            if age < horizon_ms {
+                tracing::warn!(
+                    topic,
+                    earliest_age_days = format!("{:.1}", days(age)),
+                    "shadow: the input topic's earliest record is younger than what the rules \
+                     remember: leads older than it are rebuilt from part of their history"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            topic,
+            error = format!("{e:#}"),
+            "shadow: cannot read the input topic's earliest record"
+        ),
+    }
+}
+
+fn topic_retention_ms(base: &ClientConfig, topic: &str) -> anyhow::Result<Option<i64>> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> =
+        base.create().context("cannot create an admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the admin runtime")?;
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let results =
+        runtime.block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))?;
+    for result in results {
+        let resource = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(entry) = resource.get("retention.ms") {
+            return Ok(entry.value.as_deref().and_then(|v| v.parse().ok()));
+        }
+    }
+    Ok(None)
+}
+
+/// The timestamp of the earliest record still in `topic` (over its
+/// partitions), if it holds any.
+fn earliest_record_ms(base: &ClientConfig, topic: &str) -> anyhow::Result<Option<i64>> {
+    use rdkafka::message::Message as _;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = base
+        .clone()
+        .set("group.id", "leadscore-shadow-probe")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("cannot create a consumer")?;
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let mut list = TopicPartitionList::new();
+    let mut waiting = 0;
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)?;
+            if high > low {
+                list.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                waiting += 1;
+            }
+        }
+    }
+    if waiting == 0 {
+        return Ok(None);
+    }
+    consumer.assign(&list)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut earliest: Option<i64> = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < waiting && std::time::Instant::now() < deadline {
+        if let Some(record) = consumer.poll(Duration::from_millis(200)) {
+            let record = record?;
+            if seen.insert(record.partition()) {
+                if let Some(ms) = record.timestamp().to_millis() {
+                    earliest = Some(earliest.map_or(ms, |e| e.min(ms)));
+                }
+            }
+        }
+    }
+    Ok(earliest)
+}

@@ -27,6 +27,7 @@
 
 mod admin;
 mod clients;
+pub mod diff;
 mod driver;
 pub mod history;
 mod offsets;
@@ -138,6 +139,10 @@ pub fn run(
     let stamp = rules.stamp();
     let transactional = config.processing.guarantee == Guarantee::ExactlyOnce;
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "rules_version" => config.rules.version.to_string()).set(1.0);
+    metrics::gauge!(m::SHADOW).set(if config.shadow { 1.0 } else { 0.0 });
+    if config.shadow {
+        admin::warn_if_history_is_short(&base, &kafka.input_topic, &config.rules);
+    }
     let threads = queries.len();
     std::thread::scope(|scope| {
         let running: Vec<_> = queries
@@ -208,7 +213,7 @@ fn thread_id(id: String, thread: usize, threads: usize) -> String {
     }
 }
 
-pub(crate) fn wall_clock() -> Timestamp {
+pub fn wall_clock() -> Timestamp {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);

@@ -43,6 +43,8 @@ pub const MISROUTED: &str = "leadscore_events_misrouted_total";
 pub const READY: &str = "leadscore_ready";
 /// Labels `version` (of leadscore) and `rules_version`.
 pub const BUILD_INFO: &str = "leadscore_build_info";
+/// 1 for `run --shadow`, 0 for the live deployment.
+pub const SHADOW: &str = "leadscore_shadow";
 /// HTTP connections closed at once because `[http] max_connections` were
 /// open.
 pub const HTTP_CONNECTIONS_REFUSED: &str = "leadscore_http_connections_refused_total";
@@ -179,4 +181,8 @@ fn describe() {
         "1 when partitions are assigned and restored, else 0."
     );
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the versions.");
+    describe_gauge!(
+        SHADOW,
+        "1 when this instance is a shadow (run --shadow): its outputs go to a topic of its own."
+    );
 }

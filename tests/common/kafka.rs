@@ -565,10 +565,25 @@ impl Instance {
         Instance::spawn(config, env, Stdio::from(file))
     }
 
+    /// `run --shadow` on `config`, the log appended to `log`.
+    pub fn start_shadow(config: &Path, env: &[(&str, &str)], log: &Path) -> Instance {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("a log file");
+        Instance::spawn_with(config, env, Stdio::from(file), &["--shadow"])
+    }
+
     fn spawn(config: &Path, env: &[(&str, &str)], stderr: Stdio) -> Instance {
+        Instance::spawn_with(config, env, stderr, &[])
+    }
+
+    fn spawn_with(config: &Path, env: &[(&str, &str)], stderr: Stdio, args: &[&str]) -> Instance {
         let mut command = Command::new(env!("CARGO_BIN_EXE_leadscore"));
         command
             .args(["run", "--config", config.to_str().unwrap()])
+            .args(args)
             .env("RUST_LOG", "info,librdkafka=error,rdkafka=error")
             .stdout(Stdio::null())
             .stderr(stderr);
