@@ -51,6 +51,17 @@ pub(super) fn read_to_end(
                 "read_uncommitted"
             },
         );
+    // A restore reads whole partitions as fast as it can: bigger fetches
+    // than a consumer tailing a topic needs (unless the file says other).
+    for (key, value) in [
+        ("max.partition.fetch.bytes", "16777216"),
+        ("fetch.max.bytes", "67108864"),
+        ("queued.max.messages.kbytes", "262144"),
+    ] {
+        if base.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
     let consumer: BaseConsumer<QuietContext> = config
         .create_with_context(QuietContext)
         .context("cannot create the restore consumer")?;
