@@ -265,21 +265,28 @@ impl AccountState {
         let accounts = rules.accounts.as_deref().expect("account rules");
         let profile = &accounts.profile;
         let (fit, _) = self.profile.fit(profile);
-        let engagement: f64 = self.member_engagement(accounts, t).iter().sum();
         let mut engaged = 0;
         let mut departments: Vec<u16> = Vec::new();
         let mut seniorities: Vec<u16> = Vec::new();
-        for m in &self.members {
-            if m.lead_score_at(rules, t) >= accounts.engaged_lead_score {
-                engaged += 1;
-                if let Some(d) = m.department.filter(|d| !departments.contains(d)) {
-                    departments.push(d);
+        // One decay per member for both its capped share and its own
+        // score (what `member_engagement` and `lead_score_at` compute).
+        let engagement: f64 = self
+            .members
+            .iter()
+            .map(|m| {
+                let own = m.engagement_at(t);
+                if rules.clamp(rules.settings.base + m.fit + own) >= accounts.engaged_lead_score {
+                    engaged += 1;
+                    if let Some(d) = m.department.filter(|d| !departments.contains(d)) {
+                        departments.push(d);
+                    }
+                    if let Some(s) = m.seniority.filter(|s| !seniorities.contains(s)) {
+                        seniorities.push(s);
+                    }
                 }
-                if let Some(s) = m.seniority.filter(|s| !seniorities.contains(s)) {
-                    seniorities.push(s);
-                }
-            }
-        }
+                own.min(accounts.lead_engagement_cap)
+            })
+            .sum();
         let c = &accounts.committee;
         let committee = c.per_engaged_lead * engaged.min(c.max_engaged_leads) as f64
             + c.per_department * departments.len() as f64
@@ -357,6 +364,36 @@ impl AccountState {
         let horizon = (longest * 10.0) as i64;
         let step = (horizon / STEPS).max(PRECISION_MS);
         let moved = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
+        if !any_negative {
+            // Every share only fades, so the score only falls: once the
+            // account has left its tier it stays out, and the first probe
+            // past the change is found by halving instead of walking. The
+            // answer is the walk's (the first probe that moved, then the
+            // same narrowing), in a handful of evaluations.
+            let probe = |k: i64| from.saturating_add_ms(step * k);
+            if !moved(probe(STEPS)) {
+                return None;
+            }
+            let (mut quiet, mut changed) = (0, STEPS);
+            while changed - quiet > 1 {
+                let mid = quiet + (changed - quiet) / 2;
+                if moved(probe(mid)) {
+                    changed = mid;
+                } else {
+                    quiet = mid;
+                }
+            }
+            let (mut lo, mut hi) = (probe(quiet).millis(), probe(changed).millis());
+            while hi - lo > PRECISION_MS {
+                let mid = lo + (hi - lo) / 2;
+                if moved(Timestamp(mid)) {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            return Some(Timestamp(hi));
+        }
         let mut before = from;
         for k in 1..=STEPS {
             let at = from.saturating_add_ms(step * k);
