@@ -364,6 +364,19 @@ impl AccountState {
         let horizon = (longest * 10.0) as i64;
         let step = (horizon / STEPS).max(PRECISION_MS);
         let moved = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
+        // From a probe that did not move to one that did, narrowed to the
+        // second: due times stay deterministic.
+        let narrow = |mut lo: i64, mut hi: i64| {
+            while hi - lo > PRECISION_MS {
+                let mid = lo + (hi - lo) / 2;
+                if moved(Timestamp(mid)) {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            Timestamp(hi)
+        };
         if !any_negative {
             // Every share only fades, so the score only falls: once the
             // account has left its tier it stays out, and the first probe
@@ -383,33 +396,13 @@ impl AccountState {
                     quiet = mid;
                 }
             }
-            let (mut lo, mut hi) = (probe(quiet).millis(), probe(changed).millis());
-            while hi - lo > PRECISION_MS {
-                let mid = lo + (hi - lo) / 2;
-                if moved(Timestamp(mid)) {
-                    hi = mid;
-                } else {
-                    lo = mid;
-                }
-            }
-            return Some(Timestamp(hi));
+            return Some(narrow(probe(quiet).millis(), probe(changed).millis()));
         }
         let mut before = from;
         for k in 1..=STEPS {
             let at = from.saturating_add_ms(step * k);
             if moved(at) {
-                // Narrowed to the second: due times stay deterministic,
-                // and each probe evaluates every member.
-                let (mut lo, mut hi) = (before.millis(), at.millis());
-                while hi - lo > PRECISION_MS {
-                    let mid = lo + (hi - lo) / 2;
-                    if moved(Timestamp(mid)) {
-                        hi = mid;
-                    } else {
-                        lo = mid;
-                    }
-                }
-                return Some(Timestamp(hi));
+                return Some(narrow(before.millis(), at.millis()));
             }
             before = at;
         }

@@ -89,12 +89,7 @@ pub(crate) fn ensure_topics(
     if missing.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> =
-        base.create().context("cannot create an admin client")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the admin runtime")?;
+    let (admin, runtime) = admin_client(base)?;
     let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
     let results = runtime
         .block_on(admin.create_topics(missing.iter(), &options))
@@ -199,12 +194,7 @@ pub(crate) fn warn_if_history_is_short(
 
 fn topic_retention_ms(base: &ClientConfig, topic: &str) -> anyhow::Result<Option<i64>> {
     use rdkafka::admin::ResourceSpecifier;
-    let admin: AdminClient<DefaultClientContext> =
-        base.create().context("cannot create an admin client")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the admin runtime")?;
+    let (admin, runtime) = admin_client(base)?;
     let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
     let results =
         runtime.block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &options))?;
@@ -258,4 +248,16 @@ fn earliest_record_ms(base: &ClientConfig, topic: &str) -> anyhow::Result<Option
         }
     }
     Ok(earliest)
+}
+
+/// An admin client, and the runtime its calls are awaited on.
+fn admin_client(
+    base: &ClientConfig,
+) -> anyhow::Result<(AdminClient<DefaultClientContext>, tokio::runtime::Runtime)> {
+    let admin = base.create().context("cannot create an admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the admin runtime")?;
+    Ok((admin, runtime))
 }
