@@ -1303,11 +1303,38 @@ fn due_of(rules: &Rules, lead: &LeadState) -> Option<Timestamp> {
 fn expired_output(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) -> Output {
     let view = lead.view(rules);
     let eval = view.evaluate(rules, at);
-    let tier = rules.tier_name(usize::from(lead.tier)).clone();
-    let cause = Cause::Decay(at);
     Output {
-        kind: OutputKind::LeadExpired,
-        event_id: output_id(lead_id, OutputKind::LeadExpired, &cause),
+        direction: crate::core::output::Direction::Down,
+        ..lead_output(
+            rules,
+            OutputKind::LeadExpired,
+            lead_id,
+            &view,
+            &eval,
+            at,
+            Cause::Decay(at),
+        )
+    }
+}
+
+/// An output of `kind` about the lead whose (merged) state is `view`, with
+/// its numbers `eval` at `at`: its tier as the tier and the one before, the
+/// direction of the score's move since the last `score_changed`, and no
+/// contributions. Each kind sets what it says otherwise.
+fn lead_output(
+    rules: &Rules,
+    kind: OutputKind,
+    lead_id: &str,
+    view: &LeadState,
+    eval: &Evaluation,
+    at: Timestamp,
+    cause: Cause,
+) -> Output {
+    let tier = rules.tier_name(usize::from(view.tier)).clone();
+    let delta = eval.score - view.last_emitted_score;
+    Output {
+        kind,
+        event_id: output_id(lead_id, kind, &cause),
         lead_id: Some(lead_id.to_string()),
         account_id: view.account.as_ref().map(|a| a.id.to_string()),
         at,
@@ -1318,8 +1345,8 @@ fn expired_output(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp)
         grade: eval.grade,
         tier: tier.clone(),
         previous_tier: tier,
-        direction: crate::core::output::Direction::Down,
-        delta: eval.score - lead.last_emitted_score,
+        direction: direction_of(0, 0, delta),
+        delta,
         contributions: Vec::new(),
         rules_version: rules.version.clone(),
         stage: view.life().and_then(|l| l.stage.clone()),
@@ -1380,26 +1407,20 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     }
     let mut contributions = view.contributions(rules, at);
     contributions.truncate(rules.settings.top_contributions);
-    let direction = direction_of(tier, previous, delta);
     let changed = Output {
-        kind: OutputKind::ScoreChanged,
-        event_id: output_id(lead_id, OutputKind::ScoreChanged, &cause),
-        lead_id: Some(lead_id.to_string()),
-        account_id: view.account.as_ref().map(|a| a.id.to_string()),
-        at,
-        cause: cause.clone(),
-        score: eval.score,
-        fit: eval.fit,
-        engagement: eval.engagement,
-        grade: eval.grade,
         tier: rules.tier_name(tier).clone(),
         previous_tier: rules.tier_name(previous).clone(),
-        direction,
-        delta,
+        direction: direction_of(tier, previous, delta),
         contributions,
-        rules_version: rules.version.clone(),
-        stage: view.life().and_then(|l| l.stage.clone()),
-        lifecycle: None,
+        ..lead_output(
+            rules,
+            OutputKind::ScoreChanged,
+            lead_id,
+            &view,
+            &eval,
+            at,
+            cause.clone(),
+        )
     };
     let crossed_id =
         (tier != previous).then(|| output_id(lead_id, OutputKind::ThresholdCrossed, &cause));
@@ -1423,25 +1444,17 @@ fn lifecycle_output(
     let eval = view.evaluate(rules, at);
     let mut contributions = view.contributions(rules, at);
     contributions.truncate(rules.settings.top_contributions);
-    let tier = rules.tier_name(usize::from(lead.tier)).clone();
     Output {
-        kind: OutputKind::LifecycleChanged,
-        event_id: output_id(lead_id, OutputKind::LifecycleChanged, cause),
-        lead_id: Some(lead_id.to_string()),
-        account_id: view.account.as_ref().map(|a| a.id.to_string()),
-        at,
-        cause: cause.clone(),
-        score: eval.score,
-        fit: eval.fit,
-        engagement: eval.engagement,
-        grade: eval.grade,
-        tier: tier.clone(),
-        previous_tier: tier,
-        direction: direction_of(0, 0, eval.score - lead.last_emitted_score),
-        delta: eval.score - lead.last_emitted_score,
         contributions,
-        rules_version: rules.version.clone(),
-        stage: view.life().and_then(|l| l.stage.clone()),
         lifecycle: Some(Box::new(change)),
+        ..lead_output(
+            rules,
+            OutputKind::LifecycleChanged,
+            lead_id,
+            &view,
+            &eval,
+            at,
+            cause.clone(),
+        )
     }
 }
