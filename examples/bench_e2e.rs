@@ -25,6 +25,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+#[path = "support/kafka.rs"]
+mod kafka;
+
 const PARTITIONS: i32 = 4;
 const LEADS: usize = 50_000;
 const LATENCY_EVENTS: usize = 10_000;
@@ -34,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let events: usize = std::env::args()
         .nth(1)
         .map_or(Ok(1_000_000), |a| a.parse())?;
-    let broker = start_kafka()?;
+    let broker = kafka::start_kafka()?;
     println!(
         "broker: Apache Kafka on {broker}; {events} events, {PARTITIONS} partitions, {LEADS} leads"
     );
@@ -107,39 +110,8 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn start_kafka() -> Result<String, Box<dyn std::error::Error>> {
-    let out = Command::new("bash")
-        .args([
-            "scripts/kafka.sh",
-            "start",
-            "--watch",
-            &std::process::id().to_string(),
-        ])
-        .stderr(Stdio::inherit())
-        .output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let bootstrap = text
-        .lines()
-        .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
-        .ok_or("scripts/kafka.sh did not start a broker")?;
-    Ok(bootstrap.to_string())
-}
-
 fn create_topic(broker: &str, topic: &str) -> Result<(), Box<dyn std::error::Error>> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .create()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    for result in runtime.block_on(admin.create_topics(
-        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))? {
-        result.map_err(|(t, e)| format!("cannot create {t}: {e}"))?;
-    }
-    Ok(())
+    kafka::create_topic(broker, topic, PARTITIONS)
 }
 
 /// A typical `track` call (~300 bytes), like the core benchmark's.

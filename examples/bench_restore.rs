@@ -29,6 +29,9 @@ use leadscore::ops::partitioner::partition_of;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
+#[path = "support/kafka.rs"]
+mod kafka;
+
 const PARTITIONS: i32 = 4;
 const TEMPLATE_LEADS: usize = 20_000;
 
@@ -75,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes as f64 / templates.len() as f64
     );
 
-    let broker = start_kafka()?;
+    let broker = kafka::start_kafka()?;
     let name = format!("bench-restore-{}", std::process::id());
     let changelog = format!("{name}-changelog");
     create_topic(&broker, &changelog)?;
@@ -200,37 +203,6 @@ fn restore(
     ))
 }
 
-fn start_kafka() -> Result<String, Box<dyn std::error::Error>> {
-    let out = Command::new("bash")
-        .args([
-            "scripts/kafka.sh",
-            "start",
-            "--watch",
-            &std::process::id().to_string(),
-        ])
-        .stderr(Stdio::inherit())
-        .output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let bootstrap = text
-        .lines()
-        .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
-        .ok_or("scripts/kafka.sh did not start a broker")?;
-    Ok(bootstrap.to_string())
-}
-
 fn create_topic(broker: &str, topic: &str) -> Result<(), Box<dyn std::error::Error>> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .create()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    for result in runtime.block_on(admin.create_topics(
-        &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))? {
-        result.map_err(|(t, e)| format!("cannot create {t}: {e}"))?;
-    }
-    Ok(())
+    kafka::create_topic(broker, topic, PARTITIONS)
 }
