@@ -3,10 +3,14 @@
 //! (a) a bare transactional consume -> produce passthrough (same batch
 //!     bounds and transaction settings as leadscore), (b) `leadscore run`
 //!     exactly-once, (c) `leadscore run` at-least-once, (d) (b) with
-//!     `threads = 2`, each over the same backlog of N typical ~300-byte
-//!     `track` events (throughput, events/s, and leadscore's CPU time);
-//!     then event-to-output latency (p50/p99) of (a) and (b) with events
-//!     produced at a steady rate while they run.
+//!     `threads = 2`, each over the same backlog of N events of realistic
+//!     traffic (the sample generator's mix: identify calls with a dozen
+//!     traits, group calls, page views, track events, a fifth of the leads
+//!     browsing anonymously before an `alias`, sales dispositions; accounts
+//!     of about 20 people), and (e) (b) over N plain ~300-byte `track`
+//!     events, the easy case (throughput, events/s, and leadscore's CPU
+//!     time); then event-to-output latency (p50/p99) of (a) and (b) with
+//!     plain `track` events produced at a steady rate while they run.
 //!
 //!     cargo build --release --bin leadscore --example bench_e2e
 //!     target/release/examples/bench_e2e [EVENTS]        (default 1,000,000)
@@ -47,7 +51,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // first is not penalised.
     create_topic(&broker, "bench-warm-in")?;
     create_topic(&broker, "bench-warm-out")?;
-    produce(&broker, "bench-warm-in", 0..100_000, start_ms, None)?;
+    produce(
+        &broker,
+        "bench-warm-in",
+        track_events(0..100_000, start_ms),
+        None,
+    )?;
     run_passthrough(
         &broker,
         "bench-warm-in",
@@ -61,8 +70,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let input = "bench-in";
     create_topic(&broker, input)?;
     let t = Instant::now();
-    produce(&broker, input, 0..events, start_ms, None)?;
-    println!("produced the backlog in {:.1} s", t.elapsed().as_secs_f64());
+    let realistic = realistic_events(events, start_ms);
+    produce(&broker, input, realistic.into_iter(), None)?;
+    println!(
+        "produced the realistic backlog in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let track_input = "bench-track-in";
+    create_topic(&broker, track_input)?;
+    produce(
+        &broker,
+        track_input,
+        track_events(0..events, start_ms),
+        None,
+    )?;
 
     create_topic(&broker, "bench-pass-out")?;
     let passthrough =
@@ -89,11 +110,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         two,
         cpu_text(two_cpu, events)
     );
+    let (track, track_cpu) = run_leadscore(
+        &broker,
+        track_input,
+        "bench-track",
+        "exactly_once",
+        1,
+        events,
+    )?;
     println!(
-        "(b)/(a) = {:.2}   (b)/(c) = {:.2}   (d)/(b) = {:.2}",
+        "(e) as (b), plain track events:  {:>9.0} events/s   {}",
+        track,
+        cpu_text(track_cpu, events)
+    );
+    println!(
+        "(b)/(a) = {:.2}   (b)/(c) = {:.2}   (d)/(b) = {:.2}   (b)/(e) = {:.2}",
         eos / passthrough,
         eos / alo,
-        two / eos
+        two / eos,
+        eos / track
     );
 
     let (p50, p99) = latency_passthrough(&broker, start_ms)?;
@@ -135,13 +170,47 @@ fn event(i: usize, at_ms: i64) -> (String, String) {
     (lead, json)
 }
 
-/// Produces events `range` (event time start_ms + i ms); with `rate`, at
-/// that many per second.
+/// Keyed plain `track` events `range` (event time start_ms + i ms).
+fn track_events(
+    range: std::ops::Range<usize>,
+    start_ms: i64,
+) -> impl Iterator<Item = (String, String)> {
+    range.map(move |i| event(i, start_ms + i as i64))
+}
+
+/// The first `events` messages of the sample generator's realistic traffic
+/// (about 12.6 per lead, over the 30 days before `end_ms`), keyed by lead.
+fn realistic_events(events: usize, end_ms: i64) -> Vec<(String, String)> {
+    let leads = events / 12 + 1;
+    let lines = leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads,
+        seed: 11,
+        start: leadscore::core::Timestamp(end_ms - 31 * 86_400_000),
+        days: 30,
+        anonymous_share: 0.2,
+        sales_share: 0.1,
+        companies: (leads / 20).max(10),
+    });
+    lines
+        .into_iter()
+        .take(events)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("sample JSON");
+            let key = v["userId"]
+                .as_str()
+                .or(v["anonymousId"].as_str())
+                .expect("a lead id")
+                .to_string();
+            (key, line)
+        })
+        .collect()
+}
+
+/// Produces `records` in order; with `rate`, at that many per second.
 fn produce(
     broker: &str,
     topic: &str,
-    range: std::ops::Range<usize>,
-    start_ms: i64,
+    records: impl Iterator<Item = (String, String)>,
     rate: Option<u64>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let producer: BaseProducer = ClientConfig::new()
@@ -150,14 +219,13 @@ fn produce(
         .set("batch.size", "1000000")
         .create()?;
     let began = Instant::now();
-    for (n, i) in range.enumerate() {
+    for (n, (key, value)) in records.enumerate() {
         if let Some(rate) = rate {
             let due = Duration::from_micros(n as u64 * 1_000_000 / rate);
             if let Some(wait) = due.checked_sub(began.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
-        let (key, value) = event(i, start_ms + i as i64);
         let mut record = BaseRecord::to(topic).key(&key).payload(&value);
         loop {
             match producer.send(record) {
@@ -356,6 +424,14 @@ fn leadscore_process(
         .env(
             "LEADSCORE_KAFKA_IDENTITY_TOPIC",
             format!("{name}-identities"),
+        )
+        .env(
+            "LEADSCORE_KAFKA_ACCOUNT_UPDATES_TOPIC",
+            format!("{name}-account-updates"),
+        )
+        .env(
+            "LEADSCORE_KAFKA_ACCOUNT_CHANGELOG_TOPIC",
+            format!("{name}-account-changelog"),
         )
         // This benchmark's producer is librdkafka's.
         .env("LEADSCORE_KAFKA_INPUT_PARTITIONER", "consistent_random")

@@ -1,9 +1,11 @@
 //! Writes realistic sample Segment events as JSON lines to stdout.
 //!
-//!     cargo run --example generate_events -- [LEADS] [SEED] [START] > events.jsonl
+//!     cargo run --example generate_events -- [LEADS] [SEED] [START] [COMPANIES] > events.jsonl
 //!
 //! START (RFC 3339) is the time of the first event; events span 30 days
-//! from it. Default: 2025-12-01T00:00:00Z.
+//! from it. Default: 2025-12-01T00:00:00Z. COMPANIES: accounts the leads
+//! work at (default 10: thousands of people per account with many leads;
+//! LEADS / 20 gives accounts the size of real ones).
 
 use leadscore::core::Timestamp;
 use leadscore::sample::{generate, SampleConfig};
@@ -23,6 +25,9 @@ fn main() {
     };
     if let Some(start) = args.next() {
         config.start = Timestamp::parse_rfc3339(&start).expect("START must be an RFC 3339 time");
+    }
+    if let Some(companies) = args.next() {
+        config.companies = companies.parse().expect("COMPANIES must be a number");
     }
     for line in generate(&config) {
         println!("{line}");

@@ -20,6 +20,11 @@ pub struct SampleConfig {
     /// recycled), an opportunity, a deal won or lost. Drawn apart from the
     /// rest, so other leads' events do not change with it.
     pub sales_share: f64,
+    /// Accounts the leads work at. Up to the ten built-in companies, the
+    /// leads spread over those (thousands of people per account with many
+    /// leads); more: numbered companies of the same ten kinds, so accounts
+    /// stay the size of real ones (`leads / companies` people each).
+    pub companies: usize,
 }
 
 impl Default for SampleConfig {
@@ -31,6 +36,7 @@ impl Default for SampleConfig {
             days: 30,
             anonymous_share: 0.2,
             sales_share: 0.0,
+            companies: COMPANIES.len(),
         }
     }
 }
@@ -143,7 +149,14 @@ pub fn generate(config: &SampleConfig) -> Vec<String> {
     let total_weight: u32 = ACTIONS.iter().map(|a| a.0).sum();
     for lead in 0..config.leads {
         let persona = &PERSONAS[rng.usize(..PERSONAS.len())];
-        let (company, industry, employees, revenue) = COMPANIES[rng.usize(..COMPANIES.len())];
+        let (kind, industry, employees, revenue) = COMPANIES[rng.usize(..COMPANIES.len())];
+        // Drawn only when asked for, so the default traffic stays as it was.
+        let company = if config.companies > COMPANIES.len() {
+            format!("{kind} {}", rng.usize(..config.companies))
+        } else {
+            kind.to_string()
+        };
+        let company = company.as_str();
         let user_id = format!("lead-{:06}", lead);
         let personal = rng.f64() < 0.25;
         let first_name = ["alex", "sam", "jordan", "taylor", "morgan", "casey"][rng.usize(..6)];

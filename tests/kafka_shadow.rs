@@ -44,6 +44,7 @@ fn a_shadow_scores_the_whole_input_apart_and_diff_compares_it_with_live() {
         // their own order (tests/kafka_aliases.rs).
         anonymous_share: 0.0,
         sales_share: SALES_SHARE,
+        ..Default::default()
     });
     produce_lines(&broker.bootstrap, &names.input, &lines);
     let dir = tempfile::tempdir().unwrap();
