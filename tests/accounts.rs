@@ -440,6 +440,50 @@ fn a_lead_moving_to_another_account_takes_its_engagement_along() {
     );
 }
 
+/// acme: industry software (fit 10) and bob, an engaged VP (share 30,
+/// committee 8): 48, in the band a surging account holds (50 - 5). Ann's
+/// page view lifts it to 58, surging; then ann goes, as `leave` says.
+fn acme_after_ann_leaves(leave: Event) -> World {
+    let mut w = World::new();
+    w.apply(&group("g1", "bob", "acme", T0, &[("industry", "software")]));
+    w.apply(&identify("i1", "bob", T0, &[("title", "VP")]));
+    w.apply(&track("t1", "bob", "Demo Requested", T0 + 1000));
+    w.apply(&group("g2", "ann", "acme", T0 + 2000, &[]));
+    w.apply(&page("p1", "ann", "/pricing", T0 + 3000));
+    let acme = w.accounts.explain("acme", Timestamp(T0 + 3000)).unwrap();
+    assert!((acme.score - 58.0).abs() < 0.01, "{acme:?}");
+    assert_eq!(&*acme.tier, "surging");
+    w.apply(&leave);
+    w
+}
+
+#[test]
+fn an_erasure_leaves_an_account_the_tier_its_score_earns_without_the_lead() {
+    let at = T0 + 4000;
+    // Ann moves to another account: hysteresis holds acme surging at 48.
+    let moved = acme_after_ann_leaves(group("g3", "ann", "globex", at, &[]));
+    let acme = moved.accounts.explain("acme", Timestamp(at)).unwrap();
+    assert!((acme.score - 48.0).abs() < 0.01, "{acme:?}");
+    assert_eq!(&*acme.tier, "surging", "held by hysteresis");
+
+    // Ann is erased: nothing of hers may hold it, so it is the tier 48
+    // earns (as if she had never been), with a crossing down for it.
+    let erased = acme_after_ann_leaves(Event::new("e1", "ann", EventKind::Erase, Timestamp(at)));
+    let acme = erased.accounts.explain("acme", Timestamp(at)).unwrap();
+    assert!((acme.score - 48.0).abs() < 0.01, "{acme:?}");
+    assert_eq!(&*acme.tier, "quiet");
+    let crossed: Vec<&Output> = erased
+        .account_outputs()
+        .into_iter()
+        .filter(|o| o.kind == OutputKind::ThresholdCrossed && o.cause_event_id() == Some("e1"))
+        .collect();
+    assert_eq!(crossed.len(), 1, "{crossed:?}");
+    assert_eq!(
+        (&*crossed[0].previous_tier, &*crossed[0].tier),
+        ("surging", "quiet")
+    );
+}
+
 #[test]
 fn replay_scores_accounts_and_snapshots_them() {
     let rules = rules(RULES);

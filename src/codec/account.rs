@@ -91,6 +91,7 @@ pub fn encode_account_update(update: &AccountUpdate) -> Vec<u8> {
             account_id,
             lead_id,
             member,
+            erased,
             at,
             cause,
         } => (
@@ -100,6 +101,7 @@ pub fn encode_account_update(update: &AccountUpdate) -> Vec<u8> {
             wire::account_update_record::Kind::Member(wire::MemberChange {
                 lead_id: lead_id.to_string(),
                 member: member.as_ref().map(member_to_wire),
+                erased: *erased,
             }),
         ),
         AccountUpdate::Traits {
@@ -145,6 +147,7 @@ pub fn decode_account_update(bytes: &[u8]) -> Result<AccountUpdate, DecodeError>
             account_id,
             lead_id: m.lead_id.into(),
             member: m.member.map(member_from_wire).transpose()?,
+            erased: m.erased,
             at,
             cause,
         }),

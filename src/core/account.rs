@@ -142,6 +142,10 @@ pub enum AccountUpdate {
         account_id: Box<str>,
         lead_id: Box<str>,
         member: Option<Member>,
+        /// It left because it was erased: the account's tier is derived
+        /// afresh from what remains, without the hysteresis that kept it
+        /// where the lead's past share may have put it.
+        erased: bool,
         at: Timestamp,
         cause: Cause,
     },
@@ -301,9 +305,15 @@ impl AccountState {
         }
     }
 
-    fn tier_at(&self, rules: &Rules, eval: &AccountEvaluation) -> usize {
+    fn tier_at(&self, rules: &Rules, eval: &AccountEvaluation, tiering: Tiering) -> usize {
         let profile = &rules.accounts.as_deref().expect("account rules").profile;
-        profile.next_tier(usize::from(self.tier), eval.score, eval.grade, &|key| {
+        let from = match tiering {
+            Tiering::Held => usize::from(self.tier),
+            // From the lowest tier up: as high as the score qualifies
+            // for, no higher.
+            Tiering::Afresh => 0,
+        };
+        profile.next_tier(from, eval.score, eval.grade, &|key| {
             self.profile.trait_bits(profile, key)
         })
     }
@@ -363,7 +373,8 @@ impl AccountState {
         const PRECISION_MS: i64 = 1000;
         let horizon = (longest * 10.0) as i64;
         let step = (horizon / STEPS).max(PRECISION_MS);
-        let moved = |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t)) != tier;
+        let moved =
+            |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t), Tiering::Held) != tier;
         // From a probe that did not move to one that did, narrowed to the
         // second: due times stay deterministic.
         let narrow = |mut lo: i64, mut hi: i64| {
@@ -583,7 +594,19 @@ impl AccountEngine {
             }
             _ => cause.clone(),
         };
-        emit(rules, account_id, account, subject, cause, &mut outputs);
+        let tiering = match update {
+            AccountUpdate::Member { erased: true, .. } => Tiering::Afresh,
+            _ => Tiering::Held,
+        };
+        emit(
+            rules,
+            account_id,
+            account,
+            subject,
+            cause,
+            tiering,
+            &mut outputs,
+        );
         account.due = account.next_due(rules);
         reschedule(&mut self.timers, account_id, due_before, account.due);
         if account.members.is_empty() && account.profile.traits.is_empty() {
@@ -629,6 +652,7 @@ impl AccountEngine {
                 account,
                 ACCOUNT,
                 cause.clone(),
+                Tiering::Held,
                 &mut outputs,
             );
             account.due = account.next_due(rules);
@@ -733,6 +757,7 @@ fn fire_due(
             account,
             ACCOUNT,
             Cause::Decay(due),
+            Tiering::Held,
             outputs,
         );
         account.due = account.next_due(rules);
@@ -748,19 +773,31 @@ fn fire_due(
 const ACCOUNT: &str = "account";
 const ACCOUNT_TRAITS: &str = "account traits";
 
+/// How an account's tier follows its score.
+#[derive(Clone, Copy)]
+enum Tiering {
+    /// With hysteresis: a tier is left only once the score falls below its
+    /// minimum by `hysteresis`.
+    Held,
+    /// The tier the score qualifies for now, whatever tier was held: after
+    /// an erasure, whose lead's past share may be all that held it.
+    Afresh,
+}
+
 fn emit(
     rules: &Rules,
     account_id: &str,
     account: &mut AccountState,
     subject: &str,
     cause: Cause,
+    tiering: Tiering,
     out: &mut Vec<Output>,
 ) {
     let profile = &rules.accounts.as_deref().expect("account rules").profile;
     let at = account.clock;
     let eval = account.evaluate(rules, at);
     let previous = usize::from(account.tier);
-    let tier = account.tier_at(rules, &eval);
+    let tier = account.tier_at(rules, &eval, tiering);
     let delta = eval.score - account.last_emitted_score;
     if tier == previous && delta.abs() < profile.settings.step {
         return;

@@ -405,6 +405,7 @@ impl Engine {
                     account_id: link.id.clone(),
                     lead_id: lead_id.into(),
                     member: None,
+                    erased: true,
                     at,
                     cause: Cause::Event(cause.to_string()),
                 });
@@ -481,6 +482,7 @@ impl Engine {
                     account_id: link.id.clone(),
                     lead_id: lead_id.into(),
                     member: None,
+                    erased: false,
                     at,
                     cause: Cause::Decay(at),
                 });
@@ -871,6 +873,7 @@ impl Engine {
                 account_id: link.id.clone(),
                 lead_id: identity.into(),
                 member: None,
+                erased: false,
                 at,
                 cause: Cause::Event(cause.to_string()),
             });
@@ -1054,6 +1057,7 @@ impl Engine {
                     account_id: left,
                     lead_id: lead_id.into(),
                     member: None,
+                    erased: false,
                     at,
                     cause: cause.clone(),
                 });
@@ -1063,6 +1067,7 @@ impl Engine {
                     account_id,
                     lead_id: lead_id.into(),
                     member: Some(member),
+                    erased: false,
                     at,
                     cause,
                 });
