@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::kafka::*;
 use common::verify::*;
-use rdkafka::mocking::MockCluster;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -55,10 +55,11 @@ fn supervise_until_exact(
     config: &Path,
     log: &Path,
     replayer: &leadscore::replay::Replayer,
+    env: &[(&str, &str)],
 ) -> Vec<std::process::ExitStatus> {
     let last = replayer.watermark().expect("replayed events").millis();
     let expected = replayer.engine().snapshot(leadscore::core::Timestamp(last));
-    let mut instance = Instance::start_logging(config, &[], log);
+    let mut instance = Instance::start_logging(config, env, log);
     let mut exits = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -66,7 +67,7 @@ fn supervise_until_exact(
         if let Some(status) = instance.child.try_wait().unwrap() {
             exits.push(status);
             assert!(exits.len() < 5, "the processor keeps exiting: {exits:?}");
-            instance = Instance::start_logging(config, &[], log);
+            instance = Instance::start_logging(config, env, log);
             continue;
         }
         let difference = state_difference(&changelog_snapshot(bootstrap, names, last), &expected);
@@ -124,7 +125,7 @@ fn broker_errors_mid_transaction_abort_and_state_stays_exact() {
     let log = dir.path().join("leadscore.log");
     let cut = event_time_cut(&lines);
     let (expected, replayer) = replay(&lines, cut);
-    let exits = supervise_until_exact(&bootstrap, &names, &config, &log, &replayer);
+    let exits = supervise_until_exact(&bootstrap, &names, &config, &log, &replayer, &[]);
 
     let log = std::fs::read_to_string(&log).unwrap();
     let rewinds: Vec<&str> = log
@@ -183,7 +184,7 @@ fn refused_produce_at_least_once_rewinds_and_state_stays_exact() {
     let log = dir.path().join("leadscore.log");
     let cut = event_time_cut(&lines);
     let (expected, replayer) = replay(&lines, cut);
-    let exits = supervise_until_exact(&bootstrap, &names, &config, &log, &replayer);
+    let exits = supervise_until_exact(&bootstrap, &names, &config, &log, &replayer, &[]);
     assert!(exits.is_empty(), "no exits: {exits:?}");
 
     let log = std::fs::read_to_string(&log).unwrap();
@@ -198,5 +199,94 @@ fn refused_produce_at_least_once_rewinds_and_state_stays_exact() {
         "mock faults, at-least-once: {} raw outputs, {repeats} repeats",
         raw.len()
     );
+    assert_exactly_replay(&unique, &expected, cut);
+}
+
+/// librdkafka's `send_offsets_to_transaction` waits for the group
+/// coordinator however long it is down, past its timeout (librdkafka
+/// issues 5456 and 5511). The stream thread cannot be interrupted there:
+/// the watchdog ends the process once the call is well past its timeout,
+/// and the successor, with the coordinator back, carries on exactly.
+#[test]
+fn a_transaction_call_stuck_past_its_timeout_ends_the_process_and_a_restart_carries_on() {
+    let names = Names::new("mock-hang");
+    let mock = MockCluster::new(3).expect("a mock cluster");
+    for (topic, partitions) in [
+        (names.input.clone(), 4),
+        (format!("{}-identities", names.group), 4),
+        (names.changelog.clone(), 4),
+        (names.output.clone(), 4),
+        (names.dead_letter.clone(), 4),
+    ] {
+        mock.create_topic(&topic, partitions, 1).unwrap();
+        for partition in 0..partitions {
+            mock.partition_leader(&topic, partition, Some(1)).unwrap();
+        }
+    }
+    // The group's coordinator on a broker of its own, to take down.
+    let transactional_id = format!("{}-txn", names.group);
+    mock.coordinator(MockCoordinator::Transaction(transactional_id.clone()), 1)
+        .unwrap();
+    mock.coordinator(MockCoordinator::Group(names.group.clone()), 2)
+        .unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let lines = sample(1500, 61);
+    produce_lines(&bootstrap, &names.input, &lines);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &bootstrap, &names, "exactly_once", SETTINGS);
+    let log = dir.path().join("leadscore.log");
+    let env = [(
+        "LEADSCORE_KAFKA_TRANSACTIONAL_ID",
+        transactional_id.as_str(),
+    )];
+    let mut instance = Instance::start_logging(&config, &env, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !read_log().contains("first batch committed") {
+        assert!(
+            Instant::now() < deadline,
+            "no batch committed:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mock.broker_down(2).unwrap();
+    let down = Instant::now();
+    let status = loop {
+        if let Some(status) = instance.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            down.elapsed() < Duration::from_secs(180),
+            "still running three minutes after the coordinator went down:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let stuck = down.elapsed();
+    assert!(!status.success(), "{status:?}");
+    let text = read_log();
+    let exit_line = text
+        .lines()
+        .find(|l| l.contains("stuck far past its timeout"))
+        .unwrap_or_else(|| panic!("the exit names the stuck call:\n{text}"));
+    assert!(
+        exit_line.contains("send_offsets_to_transaction"),
+        "{exit_line}"
+    );
+    eprintln!(
+        "exited {:.0} s after the coordinator went down: {exit_line}",
+        stuck.as_secs_f64()
+    );
+
+    mock.broker_up(2).unwrap();
+    let cut = event_time_cut(&lines);
+    let (expected, replayer) = replay(&lines, cut);
+    let exits = supervise_until_exact(&bootstrap, &names, &config, &log, &replayer, &env);
+    assert!(exits.is_empty(), "the successor runs on: {exits:?}");
+    let raw = read_topic(&bootstrap, &names.output, true);
+    let (unique, repeats) = drop_repeats(&raw);
+    eprintln!("mock hang: {} raw outputs, {repeats} repeats", raw.len());
     assert_exactly_replay(&unique, &expected, cut);
 }

@@ -323,6 +323,7 @@ impl<'c> Driver<'c> {
                 self.retries.failed(&positions, &format!("{error:#}"));
                 self.settle_failed_batch();
                 if self.transactional {
+                    let _call = self.status.calling(self.thread, "abort_transaction");
                     self.producer
                         .abort_transaction(CLIENT_TIMEOUT)
                         .map_err(|e| {
@@ -486,6 +487,9 @@ impl<'c> Driver<'c> {
                     .consumer
                     .group_metadata()
                     .ok_or_else(|| Retry(anyhow!("no consumer group metadata")))?;
+                let _call = self
+                    .status
+                    .calling(self.thread, "send_offsets_to_transaction");
                 self.producer
                     .send_offsets_to_transaction(&offsets, &group, CLIENT_TIMEOUT)
                     .map_err(retry("cannot add offsets to the transaction"))?;
@@ -493,6 +497,7 @@ impl<'c> Driver<'c> {
             // Left to commit_transaction, this flush would take 100 ms
             // (see flush_promptly).
             flush(&self.producer)?;
+            let _call = self.status.calling(self.thread, "commit_transaction");
             self.producer
                 .commit_transaction(CLIENT_TIMEOUT)
                 .map_err(retry("cannot commit the transaction"))?;

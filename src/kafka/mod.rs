@@ -51,6 +51,7 @@ use crate::config::{Config, Guarantee};
 use crate::core::Timestamp;
 use crate::ops::metrics as m;
 use crate::ops::status::{LeadQuery, Status};
+use clients::CLIENT_TIMEOUT;
 use driver::{Driver, ThreadIds};
 use tasks::{Shared, Topics};
 
@@ -144,7 +145,14 @@ pub fn run(
         admin::warn_if_history_is_short(&base, &kafka.input_topic, &config.rules);
     }
     let threads = queries.len();
+    let finished = AtomicBool::new(false);
     std::thread::scope(|scope| {
+        let watchdog = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn_scoped(scope, || end_if_a_call_hangs(status, &finished));
+        if let Err(e) = watchdog {
+            bail!("cannot start the watchdog thread: {e}");
+        }
         let running: Vec<_> = queries
             .into_iter()
             .enumerate()
@@ -199,8 +207,38 @@ pub fn run(
                 first_error.get_or_insert(e);
             }
         }
+        finished.store(true, Ordering::Relaxed);
         first_error.map_or(Ok(()), Err)
     })
+}
+
+/// How long past its own timeout a client call may go on before the
+/// process gives up on it.
+const OVERDUE_AFTER: Duration = Duration::from_secs(2 * CLIENT_TIMEOUT.as_secs());
+
+/// Ends the process when a stream thread stays inside a client call long
+/// after the call's timeout. librdkafka's `send_offsets_to_transaction`
+/// can wait forever while the group coordinator is down, whatever its
+/// timeout (librdkafka issues 5456 and 5511); the thread cannot be
+/// interrupted there, and it holds its partitions. Exiting is safe: the
+/// open transaction is never committed (the broker aborts it, or the
+/// successor's `init_transactions` with the same id fences and ends it),
+/// so a restart resumes from the last commit, exactly once.
+fn end_if_a_call_hangs(status: &Status, finished: &AtomicBool) {
+    while !finished.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some((call, for_)) = status.overdue_call(OVERDUE_AFTER) {
+            tracing::error!(
+                call,
+                seconds = for_.as_secs(),
+                timeout_seconds = CLIENT_TIMEOUT.as_secs(),
+                "a Kafka client call is stuck far past its timeout (a known librdkafka \
+                 hang while a coordinator is down); exiting so that a restart resumes \
+                 from the last committed transaction"
+            );
+            std::process::exit(1);
+        }
+    }
 }
 
 /// The transactional or group instance id of stream thread `thread`: the

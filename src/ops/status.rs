@@ -3,6 +3,7 @@
 //! always committed state, and the loop owns its state alone).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The health of the stream threads, each in its own slot: the process is
@@ -21,6 +22,9 @@ struct ThreadStatus {
     /// fail without one committing since; 0 while they commit.
     failing_since_ms: AtomicU64,
     ready: AtomicBool,
+    /// The client call the thread is inside, if any, and since when
+    /// (milliseconds since `started`).
+    call: Mutex<Option<(&'static str, u64)>>,
     /// What the thread holds, for the process-wide gauges.
     leads: AtomicU64,
     accounts: AtomicU64,
@@ -103,6 +107,26 @@ impl Status {
             .map(|since| Duration::from_millis(now.saturating_sub(since)))
     }
 
+    /// Marks `thread` as inside the client call `name` until the guard
+    /// is dropped (see [`Status::overdue_call`]).
+    pub fn calling(&self, thread: usize, name: &'static str) -> InCall<'_> {
+        let slot = &self.threads[thread];
+        *slot.call.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, self.now_ms()));
+        InCall { slot }
+    }
+
+    /// A client call that has gone on longer than `limit`, on the thread
+    /// inside one longest: its name and how long.
+    pub fn overdue_call(&self, limit: Duration) -> Option<(&'static str, Duration)> {
+        let now = self.now_ms();
+        self.threads
+            .iter()
+            .filter_map(|t| *t.call.lock().unwrap_or_else(|e| e.into_inner()))
+            .map(|(name, since)| (name, Duration::from_millis(now.saturating_sub(since))))
+            .filter(|(_, for_)| *for_ > limit)
+            .max_by_key(|(_, for_)| *for_)
+    }
+
     pub fn set_ready(&self, thread: usize, ready: bool) {
         self.threads[thread].ready.store(ready, Ordering::Relaxed);
         metrics::gauge!(super::metrics::READY).set(f64::from(u8::from(self.is_ready())));
@@ -128,6 +152,18 @@ impl Status {
         metrics::gauge!(super::metrics::LEADS).set(sum(|t| &t.leads));
         metrics::gauge!(super::metrics::ACCOUNTS).set(sum(|t| &t.accounts));
         metrics::gauge!(super::metrics::PARTITIONS).set(sum(|t| &t.partitions));
+    }
+}
+
+/// A thread inside a client call (see [`Status::calling`]); dropping it
+/// ends the call.
+pub struct InCall<'a> {
+    slot: &'a ThreadStatus,
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        *self.slot.call.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -245,5 +281,19 @@ mod tests {
         assert!(status.failing_for().is_some());
         status.batch_committed(1);
         assert_eq!(status.failing_for(), None);
+    }
+
+    #[test]
+    fn a_call_is_overdue_only_while_it_lasts_past_the_limit() {
+        let status = Status::new(2);
+        let limit = Duration::from_millis(30);
+        let call = status.calling(1, "commit_transaction");
+        assert_eq!(status.overdue_call(limit), None);
+        std::thread::sleep(Duration::from_millis(60));
+        let (name, for_) = status.overdue_call(limit).expect("overdue");
+        assert_eq!(name, "commit_transaction");
+        assert!(for_ >= Duration::from_millis(60));
+        drop(call);
+        assert_eq!(status.overdue_call(limit), None);
     }
 }
