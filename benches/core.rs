@@ -1,5 +1,6 @@
 //! Core throughput and memory: decode a typical ~300-byte Segment `track`
-//! call and score it, per core; re-score leads in place under changed
+//! call and score it, per core; `replay` of the sample generator's
+//! realistic mix, per core; re-score leads in place under changed
 //! rules (points, a tier line), per core; and the steady-state heap bytes
 //! per lead.
 //!
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput};
+use leadscore::codec::output::output_to_json;
 use leadscore::codec::{Decoder, Encoding};
 use leadscore::core::{Engine, Event, Outcome, Rules, Timestamp};
 
@@ -151,6 +153,44 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
+/// `replay` of realistic traffic, in memory: the sample generator's mix
+/// (identify calls with a dozen traits, group calls, page views, track
+/// events, anonymous browsing merged by `alias`, sales dispositions),
+/// decoded and scored with accounts, every output serialised as `replay`
+/// writes it. Throughput is in messages: compare with decode + score of
+/// plain `track` calls above, measured in the same run.
+fn realistic(c: &mut Criterion) {
+    let rules = rules();
+    let lines = leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads: LEADS,
+        ..Default::default()
+    });
+    println!("realistic mix: {} messages over {LEADS} leads", lines.len());
+    let mut group = c.benchmark_group("realistic");
+    group.throughput(Throughput::Elements(lines.len() as u64));
+    group.sample_size(20);
+    group.bench_function("replay_mix", |b| {
+        b.iter_batched(
+            || leadscore::replay::Replayer::new(&rules, false),
+            |mut replayer| {
+                let mut written = 0usize;
+                for (n, line) in lines.iter().enumerate() {
+                    replayer.feed_line(
+                        n as u64 + 1,
+                        line,
+                        &mut |output| written += output_to_json(output).len(),
+                        &mut |rejected| panic!("a sample line was rejected: {rejected}"),
+                    );
+                }
+                black_box(written);
+                replayer
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 /// Heap bytes held per lead after a realistic history (identify, group,
 /// pages, tracks; the sample generator's mix), with the dedup window as
 /// configured and with it reduced to one remembered id.
@@ -258,6 +298,7 @@ fn rescore(c: &mut Criterion) {
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     throughput(&mut criterion);
+    realistic(&mut criterion);
     rescore(&mut criterion);
     criterion.final_summary();
     memory_report();

@@ -22,8 +22,10 @@
 //! `engaged_lead_score`. Everything is a function of time through decay, so
 //! accounts cool down (and cross tiers down) with no event, like leads.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use crate::core::decay::{Decaying, HalfLife};
 use crate::core::engine::reschedule;
@@ -266,31 +268,47 @@ impl AccountState {
     }
 
     pub fn evaluate(&self, rules: &Rules, t: Timestamp) -> AccountEvaluation {
+        // One decay per member for both its capped share and its own
+        // score (what `member_engagement` and `lead_score_at` compute).
+        // -0.0: adding it changes no sum, not even an empty one's sign.
+        self.evaluate_members(
+            rules,
+            -0.0,
+            self.members.iter().map(|m| (m, m.engagement_at(t))),
+        )
+    }
+
+    /// The account's numbers at one time from its members' own engagement
+    /// then: `passive`, the summed shares of members who cannot count as
+    /// engaged and are under the cap, and each other member with its own.
+    fn evaluate_members<'m>(
+        &self,
+        rules: &Rules,
+        passive: f64,
+        shares: impl Iterator<Item = (&'m Member, f64)>,
+    ) -> AccountEvaluation {
         let accounts = rules.accounts.as_deref().expect("account rules");
         let profile = &accounts.profile;
         let (fit, _) = self.profile.fit(profile);
         let mut engaged = 0;
         let mut departments: Vec<u16> = Vec::new();
         let mut seniorities: Vec<u16> = Vec::new();
-        // One decay per member for both its capped share and its own
-        // score (what `member_engagement` and `lead_score_at` compute).
-        let engagement: f64 = self
-            .members
-            .iter()
-            .map(|m| {
-                let own = m.engagement_at(t);
-                if rules.clamp(rules.settings.base + m.fit + own) >= accounts.engaged_lead_score {
-                    engaged += 1;
-                    if let Some(d) = m.department.filter(|d| !departments.contains(d)) {
-                        departments.push(d);
+        let engagement: f64 = passive
+            + shares
+                .map(|(m, own)| {
+                    if rules.clamp(rules.settings.base + m.fit + own) >= accounts.engaged_lead_score
+                    {
+                        engaged += 1;
+                        if let Some(d) = m.department.filter(|d| !departments.contains(d)) {
+                            departments.push(d);
+                        }
+                        if let Some(s) = m.seniority.filter(|s| !seniorities.contains(s)) {
+                            seniorities.push(s);
+                        }
                     }
-                    if let Some(s) = m.seniority.filter(|s| !seniorities.contains(s)) {
-                        seniorities.push(s);
-                    }
-                }
-                own.min(accounts.lead_engagement_cap)
-            })
-            .sum();
+                    own.min(accounts.lead_engagement_cap)
+                })
+                .sum::<f64>();
         let c = &accounts.committee;
         let committee = c.per_engaged_lead * engaged.min(c.max_engaged_leads) as f64
             + c.per_department * departments.len() as f64
@@ -373,8 +391,9 @@ impl AccountState {
         const PRECISION_MS: i64 = 1000;
         let horizon = (longest * 10.0) as i64;
         let step = (horizon / STEPS).max(PRECISION_MS);
+        let probe = Probe::new(self, rules, from);
         let moved =
-            |t: Timestamp| self.tier_at(rules, &self.evaluate(rules, t), Tiering::Held) != tier;
+            |t: Timestamp| self.tier_at(rules, &probe.evaluate(rules, t), Tiering::Held) != tier;
         // From a probe that did not move to one that did, narrowed to the
         // second: due times stay deterministic.
         let narrow = |mut lo: i64, mut hi: i64| {
@@ -421,6 +440,90 @@ impl AccountState {
     }
 }
 
+/// The members' engagement at `from`, summed per distinct half-life, so
+/// that an evaluation at a later time decays once per half-life rather
+/// than once per member, and members that can only fade (no negative
+/// share, under the cap, not engaged: so never engaged later) count as
+/// one sum: [`AccountState::next_change_due`] evaluates an account a few
+/// dozen times per update, and accounts have hundreds of people. Equal to
+/// [`AccountState::evaluate`] up to float rounding (sums in another
+/// order); due times only need to be deterministic, and the change at a
+/// due time is evaluated exactly.
+struct Probe<'a> {
+    account: &'a AccountState,
+    from: Timestamp,
+    half_lives: Vec<HalfLife>,
+    /// The fading members' values, per half-life.
+    passive: Vec<f64>,
+    /// The other members, by index.
+    active: Vec<usize>,
+    /// Active member `k`'s value for half-life `h` at
+    /// `values[k * half_lives + h]`.
+    values: Vec<f64>,
+}
+
+impl<'a> Probe<'a> {
+    fn new(account: &'a AccountState, rules: &Rules, from: Timestamp) -> Probe<'a> {
+        let accounts = rules.accounts.as_deref().expect("account rules");
+        let mut half_lives: Vec<HalfLife> = Vec::new();
+        for m in &account.members {
+            for (h, _) in m.engagement.iter() {
+                if !half_lives.contains(h) {
+                    half_lives.push(*h);
+                }
+            }
+        }
+        let n = half_lives.len();
+        let mut passive = vec![0.0; n];
+        let mut active = Vec::new();
+        let mut values = Vec::new();
+        let mut own = vec![0.0; n];
+        for (i, m) in account.members.iter().enumerate() {
+            own.fill(0.0);
+            for (h, sum) in m.engagement.iter() {
+                let slot = half_lives.iter().position(|x| x == h).unwrap_or_default();
+                own[slot] += sum.at(from, *h);
+            }
+            let total: f64 = own.iter().sum();
+            let fades = own.iter().all(|v| *v >= 0.0)
+                && total <= accounts.lead_engagement_cap
+                && rules.clamp(rules.settings.base + m.fit + total) < accounts.engaged_lead_score;
+            if fades {
+                passive.iter_mut().zip(&own).for_each(|(p, v)| *p += v);
+            } else {
+                active.push(i);
+                values.extend_from_slice(&own);
+            }
+        }
+        Probe {
+            account,
+            from,
+            half_lives,
+            passive,
+            active,
+            values,
+        }
+    }
+
+    /// The account's numbers at `t`, no earlier than `from`.
+    fn evaluate(&self, rules: &Rules, t: Timestamp) -> AccountEvaluation {
+        let elapsed = t.millis() - self.from.millis();
+        let factors: Vec<f64> = self.half_lives.iter().map(|h| h.factor(elapsed)).collect();
+        let n = factors.len();
+        let decayed =
+            |values: &[f64]| -> f64 { values.iter().zip(&factors).map(|(v, f)| v * f).sum() };
+        let members = &self.account.members;
+        self.account.evaluate_members(
+            rules,
+            decayed(&self.passive),
+            self.active
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (&members[i], decayed(&self.values[k * n..(k + 1) * n]))),
+        )
+    }
+}
+
 /// An account as seen from outside, at one point in time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccountSnapshot {
@@ -454,7 +557,7 @@ impl AccountEngine {
         rules.accounts.as_ref()?;
         Some(AccountEngine {
             rules,
-            accounts: HashMap::new(),
+            accounts: HashMap::default(),
             timers: BTreeSet::new(),
             changes: None,
         })
@@ -830,4 +933,75 @@ fn emit(
     push_change(out, changed, crossed_id);
     account.tier = tier as u8;
     account.last_emitted_score = eval.score;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::time::MS_PER_DAY;
+
+    fn example_rules() -> Rules {
+        crate::config::load_rules(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/leadscore.toml"
+        )))
+        .expect("example rules")
+    }
+
+    /// Members with shares of several half-lives (one that never
+    /// decays), anchored at different times, some negative.
+    fn account(members: usize) -> AccountState {
+        let t0 = Timestamp(1_764_547_200_000);
+        let half_lives = [HalfLife::days(7.0), HalfLife::days(30.0), HalfLife::Never];
+        let mut account = AccountState::new(t0);
+        for i in 0..members {
+            let engagement: Vec<(HalfLife, Decaying)> = (0..=i % 3)
+                .map(|k| {
+                    let points = ((i * 7 + k * 13) % 40) as f64 - 8.0;
+                    let at = t0.saturating_add_ms((i as i64 * 5 + k as i64) * MS_PER_DAY / 3);
+                    (half_lives[(i + k) % 3], Decaying::new(points, at))
+                })
+                .collect();
+            account.members.push(Member {
+                lead_id: format!("lead-{i}").into(),
+                fit: (i % 4) as f64 * 10.0,
+                engagement: engagement.into_boxed_slice(),
+                department: Some((i % 3) as u16),
+                seniority: Some((i % 2) as u16),
+            });
+        }
+        account.clock = t0.saturating_add_ms(40 * MS_PER_DAY);
+        account
+    }
+
+    #[test]
+    fn a_probe_evaluates_as_the_account_does() {
+        let rules = example_rules();
+        for members in [1, 5, 40] {
+            let account = account(members);
+            let probe = Probe::new(&account, &rules, account.clock);
+            if members == 40 {
+                // Both kinds: fading members summed, the others one by one.
+                assert!(
+                    !probe.active.is_empty() && probe.active.len() < members,
+                    "{} active",
+                    probe.active.len()
+                );
+            }
+            for days in [0, 1, 3, 10, 45, 200] {
+                let t = account.clock.saturating_add_ms(days * MS_PER_DAY + 1234);
+                let exact = account.evaluate(&rules, t);
+                let probed = probe.evaluate(&rules, t);
+                assert!(
+                    (exact.score - probed.score).abs() < 1e-9
+                        && (exact.engagement - probed.engagement).abs() < 1e-9,
+                    "{members} members, {days} days: {exact:?} vs {probed:?}"
+                );
+                assert_eq!(
+                    (exact.engaged_leads, exact.committee, exact.grade),
+                    (probed.engaged_leads, probed.committee, probed.grade)
+                );
+            }
+        }
+    }
 }

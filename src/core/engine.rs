@@ -6,9 +6,10 @@
 //! publishes. Given the same rules and the same events in the same order, the
 //! state and the outputs (ids included) are the same in every run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::core::account::{AccountUpdate, Member};
@@ -164,15 +165,15 @@ impl Engine {
     pub fn new(rules: Arc<Rules>) -> Self {
         Engine {
             rules,
-            leads: HashMap::new(),
+            leads: HashMap::default(),
             timers: BTreeSet::new(),
-            aliases: HashMap::new(),
+            aliases: HashMap::default(),
             watermark: None,
             changes: None,
             account_updates: Vec::new(),
             locality: None,
             handoffs: Vec::new(),
-            erased: HashMap::new(),
+            erased: HashMap::default(),
             erased_by_time: BTreeSet::new(),
         }
     }
