@@ -375,10 +375,13 @@ impl AccountState {
     /// then narrows the first change down to the second.
     pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
         let tier = usize::from(self.tier);
-        let any_negative = self
-            .members
-            .iter()
-            .any(|m| m.engagement.iter().any(|(_, sum)| sum.value < 0.0));
+        // A share that never decays is a constant, whatever its sign: it
+        // cannot make the score rise as time passes.
+        let any_negative = self.members.iter().any(|m| {
+            m.engagement
+                .iter()
+                .any(|(h, sum)| sum.value < 0.0 && h.millis().is_some())
+        });
         if tier == 0 && !any_negative {
             return None; // only falling, and there is no lower tier
         }
@@ -972,6 +975,116 @@ mod tests {
         }
         account.clock = t0.saturating_add_ms(40 * MS_PER_DAY);
         account
+    }
+
+    /// The search for the next change with every probe a full, exact
+    /// evaluation; probes walked in order when a share
+    /// can grow back, halved otherwise.
+    fn next_change_by_exact_probes(account: &AccountState, rules: &Rules) -> Option<Timestamp> {
+        let tier = usize::from(account.tier);
+        let from = account.clock;
+        let longest = account
+            .members
+            .iter()
+            .filter_map(Member::longest_half_life_ms)
+            .reduce(f64::max)?;
+        let step = ((longest * 10.0) as i64 / 64).max(1000);
+        let moved = |t: Timestamp| {
+            account.tier_at(rules, &account.evaluate(rules, t), Tiering::Held) != tier
+        };
+        let probe = |k: i64| from.saturating_add_ms(step * k);
+        let narrow = |mut lo: i64, mut hi: i64| {
+            while hi - lo > 1000 {
+                let mid = lo + (hi - lo) / 2;
+                if moved(Timestamp(mid)) {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            Timestamp(hi)
+        };
+        let rises = account.members.iter().any(|m| {
+            m.engagement
+                .iter()
+                .any(|(h, sum)| sum.value < 0.0 && h.millis().is_some())
+        });
+        if rises {
+            let first = (1..=64).find(|k| moved(probe(*k)))?;
+            return Some(narrow(probe(first - 1).millis(), probe(first).millis()));
+        }
+        if !moved(probe(64)) {
+            return None;
+        }
+        let (mut quiet, mut changed) = (0, 64);
+        while changed - quiet > 1 {
+            let mid = quiet + (changed - quiet) / 2;
+            if moved(probe(mid)) {
+                changed = mid;
+            } else {
+                quiet = mid;
+            }
+        }
+        Some(narrow(probe(quiet).millis(), probe(changed).millis()))
+    }
+
+    #[test]
+    fn the_probed_search_finds_the_change_exact_probes_find() {
+        let rules = example_rules();
+        let t0 = Timestamp(1_764_547_200_000);
+        let half_lives = [
+            HalfLife::days(7.0),
+            HalfLife::days(30.0),
+            HalfLife::days(3.0),
+        ];
+        let mut rng = fastrand::Rng::with_seed(21);
+        let (mut found, mut walked) = (0, 0);
+        // Some members also hold a share that never decays, of either sign
+        // (an unsubscribe's -20): the score still only falls.
+        for case in 0..300 {
+            let members = 1 + case % 60;
+            let mut account = AccountState::new(t0);
+            for i in 0..members {
+                let mut engagement: Vec<(HalfLife, Decaying)> = (0..rng.usize(1..=3))
+                    .map(|k| {
+                        let at = t0.saturating_add_ms(rng.i64(0..20 * MS_PER_DAY));
+                        // One in eight shares negative (a careers page).
+                        let points = if rng.u8(0..8) == 0 {
+                            -rng.f64() * 15.0
+                        } else {
+                            rng.f64() * 45.0
+                        };
+                        (half_lives[k], Decaying::new(points, at))
+                    })
+                    .collect();
+                if rng.bool() {
+                    let points = rng.f64() * 50.0 - 30.0;
+                    engagement.push((HalfLife::Never, Decaying::new(points, t0)));
+                }
+                account.members.push(Member {
+                    lead_id: format!("lead-{i}").into(),
+                    fit: rng.u8(0..5) as f64 * 10.0,
+                    engagement: engagement.into_boxed_slice(),
+                    department: Some(rng.u16(0..4)),
+                    seniority: Some(rng.u16(0..3)),
+                });
+            }
+            account.clock = t0.saturating_add_ms(20 * MS_PER_DAY);
+            let eval = account.evaluate(&rules, account.clock);
+            account.tier = account.tier_at(&rules, &eval, Tiering::Afresh) as u8;
+            let expected = next_change_by_exact_probes(&account, &rules);
+            let windowed = account.next_change_due(&rules, account.clock);
+            assert_eq!(windowed, expected, "case {case}, {members} members");
+            found += usize::from(expected.is_some());
+            let rises = account.members.iter().any(|m| {
+                m.engagement
+                    .iter()
+                    .any(|(h, sum)| sum.value < 0.0 && h.millis().is_some())
+            });
+            walked += usize::from(rises && expected.is_some());
+        }
+        assert!(found > 100, "only {found} accounts change tier");
+        assert!(walked > 30, "only {walked} changes found by the walk");
     }
 
     #[test]
