@@ -248,12 +248,10 @@ impl AccountState {
             .then(|| self.last_update.saturating_add_ms(inactive))
     }
 
-    /// The next time the account needs attention: a decay change or expiry.
-    fn next_due(&self, rules: &Rules) -> Option<Timestamp> {
-        match (
-            self.next_change_due(rules, self.clock),
-            self.expires_at(rules),
-        ) {
+    /// The next time the account needs attention: a decay change (or a
+    /// look-ahead of its search, on from `from`) or expiry.
+    fn next_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
+        match (self.next_change_due(rules, from), self.expires_at(rules)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -369,10 +367,20 @@ impl AccountState {
         all
     }
 
-    /// When decay alone next moves the account to another tier. Scores are
-    /// not monotone in time (a lead leaving the committee drops points at
-    /// once), so the search steps through ten of the longest half-lives and
-    /// then narrows the first change down to the second.
+    /// When decay alone next moves the account to another tier, or a
+    /// *look-ahead*: a time to search on from. Scores are not monotone in
+    /// time (a lead leaving the committee drops points at once), so the
+    /// search probes a grid of 64 steps from the account's clock through
+    /// ten of the longest half-lives and narrows the first change down to
+    /// the second. Accounts hear from their members far more often than a
+    /// step (days), and every update starts the search again, so it probes
+    /// one step at a time: the next grid point after `from` (the clock, or
+    /// a look-ahead reached) if the account has not moved by then, to look
+    /// again when the clock reaches it; the due time of the change within
+    /// that step if it has. A look-ahead publishes nothing
+    /// ([`fire_due`] tells it from a change: the tier has not moved); the
+    /// chain of them meets the change exactly where one search through the
+    /// whole grid would.
     pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
         let tier = usize::from(self.tier);
         // A share that never decays is a constant, whatever its sign: it
@@ -394,52 +402,42 @@ impl AccountState {
         const PRECISION_MS: i64 = 1000;
         let horizon = (longest * 10.0) as i64;
         let step = (horizon / STEPS).max(PRECISION_MS);
-        let probe = Probe::new(self, rules, from);
+        let grid = |k: i64| self.clock.saturating_add_ms(step * k);
+        let reached = (from.millis() - self.clock.millis()).max(0) / step;
+        if reached >= STEPS {
+            return None;
+        }
+        // Every share only fading, the score only falls: if the account
+        // has not left its tier by the end of the grid, it never does.
+        if !any_negative && !self.moves_at(rules, grid(STEPS)) {
+            return None;
+        }
+        let next = grid(reached + 1);
+        if !self.moves_at(rules, next) {
+            return (reached + 1 < STEPS).then_some(next);
+        }
+        // From the last probe that did not move to the one that did,
+        // narrowed to the second (due times stay deterministic) by probes
+        // that decay each half-life once, not each member's.
+        let probe = Probe::new(self, rules, from.max(self.clock));
         let moved =
             |t: Timestamp| self.tier_at(rules, &probe.evaluate(rules, t), Tiering::Held) != tier;
-        // From a probe that did not move to one that did, narrowed to the
-        // second: due times stay deterministic.
-        let narrow = |mut lo: i64, mut hi: i64| {
-            while hi - lo > PRECISION_MS {
-                let mid = lo + (hi - lo) / 2;
-                if moved(Timestamp(mid)) {
-                    hi = mid;
-                } else {
-                    lo = mid;
-                }
+        let (mut lo, mut hi) = (grid(reached).millis(), next.millis());
+        while hi - lo > PRECISION_MS {
+            let mid = lo + (hi - lo) / 2;
+            if moved(Timestamp(mid)) {
+                hi = mid;
+            } else {
+                lo = mid;
             }
-            Timestamp(hi)
-        };
-        if !any_negative {
-            // Every share only fades, so the score only falls: once the
-            // account has left its tier it stays out, and the first probe
-            // past the change is found by halving instead of walking. The
-            // answer is the walk's (the first probe that moved, then the
-            // same narrowing), in a handful of evaluations.
-            let probe = |k: i64| from.saturating_add_ms(step * k);
-            if !moved(probe(STEPS)) {
-                return None;
-            }
-            let (mut quiet, mut changed) = (0, STEPS);
-            while changed - quiet > 1 {
-                let mid = quiet + (changed - quiet) / 2;
-                if moved(probe(mid)) {
-                    changed = mid;
-                } else {
-                    quiet = mid;
-                }
-            }
-            return Some(narrow(probe(quiet).millis(), probe(changed).millis()));
         }
-        let mut before = from;
-        for k in 1..=STEPS {
-            let at = from.saturating_add_ms(step * k);
-            if moved(at) {
-                return Some(narrow(before.millis(), at.millis()));
-            }
-            before = at;
-        }
-        None
+        Some(Timestamp(hi))
+    }
+
+    /// Whether the account is in another tier at `at` than the one it
+    /// holds: a due time reached is a change, not a look-ahead.
+    fn moves_at(&self, rules: &Rules, at: Timestamp) -> bool {
+        self.tier_at(rules, &self.evaluate(rules, at), Tiering::Held) != usize::from(self.tier)
     }
 }
 
@@ -447,8 +445,9 @@ impl AccountState {
 /// that an evaluation at a later time decays once per half-life rather
 /// than once per member, and members that can only fade (no negative
 /// share, under the cap, not engaged: so never engaged later) count as
-/// one sum: [`AccountState::next_change_due`] evaluates an account a few
-/// dozen times per update, and accounts have hundreds of people. Equal to
+/// one sum: narrowing a change to the second
+/// ([`AccountState::next_change_due`]) evaluates an account some twenty
+/// times, and accounts have hundreds of people. Equal to
 /// [`AccountState::evaluate`] up to float rounding (sums in another
 /// order); due times only need to be deterministic, and the change at a
 /// due time is evaluated exactly.
@@ -713,7 +712,7 @@ impl AccountEngine {
             tiering,
             &mut outputs,
         );
-        account.due = account.next_due(rules);
+        account.due = account.next_due(rules, account.clock);
         reschedule(&mut self.timers, account_id, due_before, account.due);
         if account.members.is_empty() && account.profile.traits.is_empty() {
             // Nothing left of it (a lead passed through on its way to
@@ -761,7 +760,7 @@ impl AccountEngine {
                 Tiering::Held,
                 &mut outputs,
             );
-            account.due = account.next_due(rules);
+            account.due = account.next_due(rules, account.clock);
             reschedule(&mut self.timers, &account_id, due_before, account.due);
             if let Some(changes) = self.changes.as_mut() {
                 changes.insert(account_id);
@@ -852,10 +851,24 @@ fn fire_due(
         .accounts
         .as_deref()
         .map_or(0, |a| a.profile.tiers.len());
-    for _ in 0..=2 * tiers {
+    let mut changes = 0;
+    loop {
         let Some(due) = account.due.filter(|due| *due <= until) else {
             return;
         };
+        if !account.moves_at(rules, due) {
+            if account.expires_at(rules).is_some_and(|e| e <= due) {
+                return; // the caller drops it
+            }
+            // A look-ahead: the search goes on from there (at most one
+            // per grid step, so this ends).
+            account.due = account.next_due(rules, due);
+            continue;
+        }
+        changes += 1;
+        if changes > 2 * tiers {
+            break;
+        }
         account.clock = account.clock.max(due);
         emit(
             rules,
@@ -866,7 +879,7 @@ fn fire_due(
             Tiering::Held,
             outputs,
         );
-        account.due = account.next_due(rules);
+        account.due = account.next_due(rules, account.clock);
         if account.expires_at(rules).is_some_and(|e| e <= due) {
             return; // the caller drops it
         }
@@ -1073,7 +1086,18 @@ mod tests {
             let eval = account.evaluate(&rules, account.clock);
             account.tier = account.tier_at(&rules, &eval, Tiering::Afresh) as u8;
             let expected = next_change_by_exact_probes(&account, &rules);
-            let windowed = account.next_change_due(&rules, account.clock);
+            // Look-aheads followed as the timers would: each is a time the
+            // account has not moved by.
+            let mut from = account.clock;
+            let windowed = loop {
+                match account.next_change_due(&rules, from) {
+                    Some(at) if !account.moves_at(&rules, at) => {
+                        assert!(at > from, "case {case}: the search moves on");
+                        from = at;
+                    }
+                    due => break due,
+                }
+            };
             assert_eq!(windowed, expected, "case {case}, {members} members");
             found += usize::from(expected.is_some());
             let rises = account.members.iter().any(|m| {

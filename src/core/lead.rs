@@ -763,8 +763,13 @@ impl LeadState {
     /// when all credits share a sign); with mixed signs the answer is a due
     /// time at which the tier has changed, not necessarily the first.
     pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
-        let has_negative = self.credits.iter().any(|c| c.credit.value < 0.0)
-            || self.windows.iter().any(|w| w.raw < 0.0);
+        // Points that never fade do not move the score.
+        let fades = |rule: u16| rules.half_life_of(usize::from(rule)).millis().is_some();
+        let has_negative = self
+            .credits
+            .iter()
+            .any(|c| c.credit.value < 0.0 && fades(c.rule))
+            || self.windows.iter().any(|w| w.raw < 0.0 && fades(w.rule));
         if self.tier == 0 && !has_negative {
             return None; // decaying positive points only lower the score
         }
@@ -782,7 +787,7 @@ impl LeadState {
         let fit = rules.fit_points(&|key| self.trait_bits(rules, key));
         let changed =
             |t: Timestamp| self.tier_at(rules, &self.evaluate_with_fit(rules, fit, t)) != tier;
-        if let Some(due) = self.closed_form_due(rules, from, &changed) {
+        if let Some(due) = self.monotone_due(rules, fit, from, &changed) {
             return due;
         }
         // After 64 half-lives engagement is below 1e-19 of what it was.
@@ -802,57 +807,119 @@ impl LeadState {
         Some(hi)
     }
 
-    /// The common case solved exactly: every credit positive and decaying
-    /// with one half-life, so the score falls monotonically and leaves the
-    /// tier when `fit + E·2^(-Δt/h)` drops below the tier's minimum less the
-    /// hysteresis. `None` when the case does not apply.
-    fn closed_form_due(
+    /// The common case solved directly: the points of each half-life add
+    /// up to one sign, the same for all, so the score moves one way (down
+    /// as positive points fade, up as negative ones do) and the tier
+    /// changes when `base + fit + Σ vₕ·2^(-Δt/h)` passes one line: the
+    /// tier's minimum less the hysteresis going down, the next tier's
+    /// minimum going up. One half-life gives `Δt` in closed form; several
+    /// are solved by Newton's method. The instant is then checked against
+    /// the tier itself, to the millisecond. `None` when the case does not
+    /// apply (or the check fails): the search then decides.
+    fn monotone_due(
         &self,
         rules: &Rules,
+        fit: f64,
         from: Timestamp,
         changed: &dyn Fn(Timestamp) -> bool,
     ) -> Option<Option<Timestamp>> {
-        let tier = usize::from(self.tier);
-        if tier == 0 {
-            return None;
-        }
-        let rule_ids = self
+        const MOST_HALF_LIVES: usize = 8;
+        // (half-life, points at `from`) per distinct half-life.
+        let mut fading = [(0.0f64, 0.0f64); MOST_HALF_LIVES];
+        let mut distinct = 0;
+        let mut constant = rules.settings.base + fit;
+        let credits = self
             .credits
             .iter()
-            .map(|c| (usize::from(c.rule), c.credit.value))
-            .chain(self.windows.iter().map(|w| (usize::from(w.rule), w.raw)));
-        let mut half_life = None;
-        for (rule, value) in rule_ids {
-            if value < 0.0 {
+            .map(|c| (c.rule, c.credit.value, c.credit.anchor));
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| (w.rule, w.credit.value * w.scale(rules), w.credit.anchor));
+        for (rule, value, anchor) in credits.chain(windows) {
+            let Some(h) = rules.half_life_of(usize::from(rule)).millis() else {
+                constant += value;
+                continue;
+            };
+            let now = value * (-((from.millis() - anchor.millis()) as f64) / h).exp2();
+            match fading[..distinct].iter_mut().find(|(hl, _)| *hl == h) {
+                Some((_, points)) => *points += now,
+                None if distinct < MOST_HALF_LIVES => {
+                    fading[distinct] = (h, now);
+                    distinct += 1;
+                }
+                None => return None,
+            }
+        }
+        let fading = &mut fading[..distinct];
+        let falling = fading.iter().all(|&(_, v)| v >= 0.0);
+        let rising = fading.iter().all(|&(_, v)| v <= 0.0);
+        let tier = usize::from(self.tier);
+        // The line the score crosses, and how far the fading points must
+        // shrink (in size) for it to.
+        let target = if falling {
+            let line = rules.tiers[tier].min_score - rules.settings.hysteresis;
+            line - constant
+        } else if rising {
+            let grade = rules.grades.grade(fit);
+            let bits = |key| self.trait_bits(rules, key);
+            let next = (tier + 1..rules.tiers.len()).find(|&i| rules.gates_pass(i, grade, &bits));
+            for (_, v) in fading.iter_mut() {
+                *v = -*v;
+            }
+            next.map_or(0.0, |next| constant - rules.tiers[next].min_score)
+        } else {
+            return None;
+        };
+        if changed(from) {
+            return None; // already moving: leave it to the search
+        }
+        if target <= 0.0 || (falling && tier == 0) {
+            return Some(None); // the score never reaches a line
+        }
+        let longest = fading.iter().map(|&(h, _)| h).fold(0.0, f64::max);
+        let total: f64 = fading.iter().map(|&(_, v)| v).sum();
+        if total <= target {
+            return None; // past the line in the same tier (a gate): the search decides
+        }
+        // Σ vₕ·2^(-Δ/h) is a sum of exponentials: its log is convex, so
+        // Newton's steps on it approach the root from below.
+        let mut elapsed = 0.0f64;
+        for _ in 0..64 {
+            let (sum, rate) = fading.iter().fold((0.0, 0.0), |(sum, rate), &(h, v)| {
+                let now = v * (-elapsed / h).exp2();
+                (sum + now, rate + now / h)
+            });
+            if sum <= target || rate <= 0.0 {
+                break;
+            }
+            let step = (sum / target).log2() * sum / rate;
+            elapsed += step;
+            if !elapsed.is_finite() || elapsed > 64.0 * longest {
                 return None;
             }
-            match (half_life, rules.half_life_of(rule).millis()) {
-                (_, None) => return None,
-                (None, Some(h)) => half_life = Some(h),
-                (Some(a), Some(b)) if a != b => return None,
-                _ => {}
+            if step < 0.25 {
+                break;
             }
-        }
-        let h = half_life?;
-        let eval = self.evaluate(rules, from);
-        let hold = rules.tiers[tier].min_score - rules.settings.hysteresis;
-        // The score is `base + fit + E·2^(-Δt/h)`: without the base, a
-        // negative one (calibrate's intercept) would put the due time late.
-        let gap = hold - rules.settings.base - eval.fit;
-        if changed(from) || gap <= 0.0 || eval.engagement <= 0.0 {
-            return None; // already moving, or never: leave it to the search
-        }
-        let elapsed = h * (eval.engagement / gap).log2();
-        if !elapsed.is_finite() || elapsed < 0.0 || elapsed > 64.0 * h {
-            return None;
         }
         let mut due = from.saturating_add_ms(elapsed.ceil() as i64);
-        // Float rounding can leave the exact instant a hair early.
-        for _ in 0..1000 {
-            if changed(due) {
-                return Some(Some(due));
+        // Float rounding can leave the estimate a few milliseconds off
+        // either way: the due time is the first millisecond in another tier.
+        if changed(due) {
+            for _ in 0..1000 {
+                let before = due.saturating_sub_ms(1);
+                if before <= from || !changed(before) {
+                    return Some(Some(due));
+                }
+                due = before;
             }
-            due = due.saturating_add_ms(1);
+        } else {
+            for _ in 0..1000 {
+                due = due.saturating_add_ms(1);
+                if changed(due) {
+                    return Some(Some(due));
+                }
+            }
         }
         None
     }
@@ -996,5 +1063,118 @@ event = "Demo Requested"
                 "base {base}: still hot a millisecond before it"
             );
         }
+    }
+
+    /// Several half-lives (and points that never fade): Newton's steps on
+    /// the log of what fades find the first millisecond in another tier,
+    /// down as positive points fade and up as negative ones do, for hits
+    /// spread in many ways.
+    #[test]
+    fn decay_over_several_half_lives_is_due_when_the_tier_first_changes() {
+        let rules = parse_rules(
+            r#"
+version = "v1"
+[scoring]
+half_life = "10d"
+base = -5
+hysteresis = 3
+[grades]
+A = 40
+B = 25
+C = 10
+[[tiers]]
+name = "cold"
+min_score = 0
+[[tiers]]
+name = "warm"
+min_score = 30
+[[tiers]]
+name = "hot"
+min_score = 60
+[[engagement]]
+name = "demo"
+points = 25
+type = "track"
+event = "Demo Requested"
+[[engagement]]
+name = "visit"
+points = 6
+half_life = "36h"
+type = "page"
+[[engagement]]
+name = "webinar"
+points = 12
+half_life = "90d"
+type = "track"
+event = "Webinar Attended"
+[[engagement]]
+name = "signed_up"
+points = 40
+half_life = "none"
+type = "track"
+event = "Signed Up"
+[[engagement]]
+name = "careers_page"
+points = -12
+half_life = "5d"
+type = "track"
+event = "Careers Page Viewed"
+[[engagement]]
+name = "job_board"
+points = -7
+half_life = "12d"
+type = "track"
+event = "Job Board Visited"
+"#,
+            Path::new("rules.toml"),
+        )
+        .unwrap();
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut checked = [0; 2];
+        // Positive points fading (the score falls), then negative points
+        // fading over points that never do (it rises).
+        let falling = [0, 1, 2, 3];
+        let rising = [3, 4, 5];
+        for case in 0..600 {
+            let hits: &[usize] = if case % 2 == 0 { &falling } else { &rising };
+            let mut lead = LeadState::new(Timestamp(0));
+            let mut at = 0;
+            for _ in 0..(2 + next(12)) {
+                at += next(3 * crate::core::time::MS_PER_DAY as u64) as i64;
+                let rule = hits[next(hits.len() as u64) as usize];
+                lead.credit(&rules, rule, Timestamp(at));
+            }
+            lead.clock = Timestamp(at);
+            lead.tier = lead.tier_at(&rules, &lead.evaluate(&rules, lead.clock)) as u8;
+            let tier_at = |t: i64| lead.tier_at(&rules, &lead.evaluate(&rules, Timestamp(t)));
+            let Some(due) = lead.next_change_due(&rules, lead.clock) else {
+                for day in 0..1000 {
+                    let t = at + day * crate::core::time::MS_PER_DAY;
+                    assert_eq!(usize::from(lead.tier), tier_at(t), "never moves");
+                }
+                continue;
+            };
+            assert_ne!(
+                usize::from(lead.tier),
+                tier_at(due.millis()),
+                "moved at {due}"
+            );
+            assert_eq!(
+                usize::from(lead.tier),
+                tier_at(due.millis() - 1),
+                "not a millisecond earlier than {due}"
+            );
+            checked[case % 2] += 1;
+        }
+        assert!(
+            checked.iter().all(|&n| n > 80),
+            "{checked:?} leads with a due time"
+        );
     }
 }
