@@ -1099,6 +1099,12 @@ mod tests {
                 }
             };
             assert_eq!(windowed, expected, "case {case}, {members} members");
+            if let Some(due) = expected {
+                // To the second: moved at the due time, not a second before.
+                assert!(account.moves_at(&rules, due), "case {case}");
+                let before = due.saturating_sub_ms(1000);
+                assert!(!account.moves_at(&rules, before), "case {case}");
+            }
             found += usize::from(expected.is_some());
             let rises = account.members.iter().any(|m| {
                 m.engagement
