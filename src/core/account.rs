@@ -28,7 +28,7 @@ use std::sync::Arc;
 use foldhash::HashMap;
 
 use crate::core::decay::{Decaying, HalfLife};
-use crate::core::engine::reschedule;
+use crate::core::engine::{cancel, pop_due, reschedule};
 use crate::core::event::Fields;
 use crate::core::lead::LeadState;
 use crate::core::output::{
@@ -585,7 +585,7 @@ impl AccountEngine {
     /// Puts back an account read from a changelog.
     pub fn restore_account(&mut self, account_id: &str, state: AccountState) {
         if let Some(old) = self.accounts.get(account_id).and_then(|a| a.due) {
-            self.timers.remove(&(old, account_id.into()));
+            cancel(&mut self.timers, old, account_id);
         }
         if let Some(due) = state.due {
             self.timers.insert((due, account_id.into()));
@@ -597,7 +597,7 @@ impl AccountEngine {
     pub fn forget_account(&mut self, account_id: &str) {
         if let Some(old) = self.accounts.remove(account_id) {
             if let Some(due) = old.due {
-                self.timers.remove(&(due, account_id.into()));
+                cancel(&mut self.timers, due, account_id);
             }
         }
     }
@@ -719,7 +719,7 @@ impl AccountEngine {
             // another account): dropped, so its having existed does not
             // depend on the order events arrived in.
             if let Some(due) = account.due {
-                self.timers.remove(&(due, account_id.clone()));
+                cancel(&mut self.timers, due, account_id);
             }
             self.accounts.remove(account_id);
         }
@@ -731,7 +731,7 @@ impl AccountEngine {
     fn expire(&mut self, account_id: &str) {
         if let Some(account) = self.accounts.remove(account_id) {
             if let Some(due) = account.due {
-                self.timers.remove(&(due, account_id.into()));
+                cancel(&mut self.timers, due, account_id);
             }
             if let Some(changes) = self.changes.as_mut() {
                 changes.insert(account_id.into());
@@ -774,11 +774,7 @@ impl AccountEngine {
         let rules = self.rules.clone();
         let rules = &*rules;
         let mut outputs = Vec::new();
-        while let Some((due, account_id)) = self.timers.first().cloned() {
-            if due > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some((due, account_id)) = pop_due(&mut self.timers, now) {
             let Some(account) = self.accounts.get_mut(&account_id) else {
                 continue;
             };

@@ -237,7 +237,7 @@ impl Engine {
         self.aliases.remove(lead_id);
         if let Some(old) = self.leads.get(lead_id) {
             if let Some(due) = old.due {
-                self.timers.remove(&(due, lead_id.into()));
+                cancel(&mut self.timers, due, lead_id);
             }
         }
         if let Some(due) = state.due {
@@ -251,7 +251,7 @@ impl Engine {
     pub fn forget_lead(&mut self, lead_id: &str) {
         if let Some(old) = self.leads.remove(lead_id) {
             if let Some(due) = old.due {
-                self.timers.remove(&(due, lead_id.into()));
+                cancel(&mut self.timers, due, lead_id);
             }
         }
     }
@@ -397,7 +397,7 @@ impl Engine {
         let state = self.leads.remove(lead_id);
         if let Some(state) = &state {
             if let Some(due) = state.due {
-                self.timers.remove(&(due, lead_id.into()));
+                cancel(&mut self.timers, due, lead_id);
             }
             identities.extend(state.merged.iter().map(|m| m.identity.clone()));
             if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref())
@@ -472,7 +472,7 @@ impl Engine {
             return;
         };
         if let Some(due) = lead.due {
-            self.timers.remove(&(due, lead_id.into()));
+            cancel(&mut self.timers, due, lead_id);
         }
         if rules.settings.announce_expiry {
             outputs.push(expired_output(rules, lead_id, &lead, at));
@@ -530,7 +530,7 @@ impl Engine {
     pub fn restore_alias(&mut self, from: &str, to: &str) {
         if let Some(old) = self.leads.remove(from) {
             if let Some(due) = old.due {
-                self.timers.remove(&(due, from.into()));
+                cancel(&mut self.timers, due, from);
             }
         }
         self.aliases.insert(from.into(), to.into());
@@ -867,7 +867,7 @@ impl Engine {
         self.record_alias(identity, into);
         let state = self.leads.remove(identity)?;
         if let Some(due) = state.due {
-            self.timers.remove(&(due, identity.into()));
+            cancel(&mut self.timers, due, identity);
         }
         if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref()) {
             self.account_updates.push(AccountUpdate::Member {
@@ -1105,11 +1105,7 @@ impl Engine {
         let rules = self.rules.clone();
         let rules = &*rules;
         let mut outputs = Vec::new();
-        while let Some((due, lead_id)) = self.timers.first().cloned() {
-            if due > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some((due, lead_id)) = pop_due(&mut self.timers, now) {
             let Some(lead) = self.leads.get_mut(&lead_id) else {
                 debug_assert!(false, "timer for a lead that is gone");
                 continue;
@@ -1253,6 +1249,67 @@ fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) ->
     }
 }
 
+/// A timer's key as `(due, id)`, owned or borrowed, ordered as the owned
+/// tuple is: a timer is found and removed by a borrowed id, with no
+/// allocation for the lookup.
+trait TimerKey {
+    fn parts(&self) -> (Timestamp, &str);
+}
+
+impl TimerKey for (Timestamp, Box<str>) {
+    fn parts(&self) -> (Timestamp, &str) {
+        (self.0, &self.1)
+    }
+}
+
+impl TimerKey for (Timestamp, &str) {
+    fn parts(&self) -> (Timestamp, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn TimerKey + 'a> for (Timestamp, Box<str>) {
+    fn borrow(&self) -> &(dyn TimerKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn TimerKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn TimerKey + '_ {}
+
+impl PartialOrd for dyn TimerKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn TimerKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+/// Removes `id`'s timer at `due`, if there is one.
+pub(crate) fn cancel(timers: &mut BTreeSet<(Timestamp, Box<str>)>, due: Timestamp, id: &str) {
+    timers.remove(&(due, id) as &dyn TimerKey);
+}
+
+/// Takes the earliest timer if it is due by `now`.
+pub(crate) fn pop_due(
+    timers: &mut BTreeSet<(Timestamp, Box<str>)>,
+    now: Timestamp,
+) -> Option<(Timestamp, Box<str>)> {
+    if timers.first()?.0 > now {
+        return None;
+    }
+    timers.pop_first()
+}
+
 /// Moves `id`'s timer from `before` to `after` (either may be none).
 pub(crate) fn reschedule(
     timers: &mut BTreeSet<(Timestamp, Box<str>)>,
@@ -1264,7 +1321,7 @@ pub(crate) fn reschedule(
         return;
     }
     if let Some(due) = before {
-        timers.remove(&(due, lead_id.into()));
+        cancel(timers, due, lead_id);
     }
     if let Some(due) = after {
         timers.insert((due, lead_id.into()));
@@ -1462,5 +1519,32 @@ fn lifecycle_output(
             at,
             cause.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A borrowed `(due, id)` finds the owned key it equals, and no other:
+    /// both order by due time, then id.
+    #[test]
+    fn a_timer_is_cancelled_by_a_borrowed_id_and_popped_when_due() {
+        let mut timers: BTreeSet<(Timestamp, Box<str>)> = BTreeSet::new();
+        for (due, id) in [(5, "b"), (5, "a"), (9, "a"), (5, "c")] {
+            timers.insert((Timestamp(due), id.into()));
+        }
+        cancel(&mut timers, Timestamp(5), "b");
+        cancel(&mut timers, Timestamp(7), "a"); // none there
+        let left: Vec<(i64, &str)> = timers.iter().map(|(t, id)| (t.millis(), &**id)).collect();
+        assert_eq!(left, [(5, "a"), (5, "c"), (9, "a")]);
+        let popped = |timers: &mut BTreeSet<_>, now| {
+            pop_due(timers, Timestamp(now)).map(|(t, id): (Timestamp, Box<str>)| (t.millis(), id))
+        };
+        assert_eq!(popped(&mut timers, 5), Some((5, "a".into())));
+        assert_eq!(popped(&mut timers, 5), Some((5, "c".into())));
+        assert_eq!(popped(&mut timers, 8), None);
+        assert_eq!(popped(&mut timers, 9), Some((9, "a".into())));
+        assert!(timers.is_empty());
     }
 }
