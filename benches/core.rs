@@ -292,6 +292,24 @@ fn rescore(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // The re-scoring pass alone, over leads already restored and migrated:
+    // what a restart with new points adds to a restore.
+    group.bench_function("rescore_restored", |b| {
+        b.iter_batched(
+            || {
+                let mut engine = Engine::new(new.clone()).track_changes();
+                for (id, state) in leads.clone() {
+                    engine.restore_lead(&id, migration.lead(state));
+                }
+                engine
+            },
+            |mut engine| {
+                black_box(engine.rescore(&cause));
+                engine
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 
