@@ -10,7 +10,9 @@
 //!     of about 20 people), and (e) (b) over N plain ~300-byte `track`
 //!     events, the easy case (throughput, events/s, and leadscore's CPU
 //!     time); then event-to-output latency (p50/p99) of (a) and (b) with
-//!     plain `track` events produced at a steady rate while they run.
+//!     plain `track` events produced at a steady rate while they run, and
+//!     of (b) with those events among the realistic mix produced at 70 %
+//!     of the throughput (b) measured.
 //!
 //!     cargo build --release --bin leadscore --example bench_e2e
 //!     target/release/examples/bench_e2e [EVENTS]        (default 1,000,000)
@@ -36,6 +38,7 @@ const PARTITIONS: i32 = 4;
 const LEADS: usize = 50_000;
 const LATENCY_EVENTS: usize = 10_000;
 const LATENCY_RATE_PER_S: u64 = 2_000;
+const LOADED_SECONDS: u64 = 30;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let events: usize = std::env::args()
@@ -133,8 +136,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (p50, p99) = latency_passthrough(&broker, start_ms)?;
     println!("(a) latency event -> output: p50 {p50:.0} ms, p99 {p99:.0} ms");
-    let (p50, p99) = latency_leadscore(&broker, start_ms)?;
+    let (p50, p99) = latency_leadscore(&broker, start_ms, "bench-lat-ls", Paced::probes_only())?;
     println!("(b) latency event -> output: p50 {p50:.0} ms, p99 {p99:.0} ms");
+    // Under load: the realistic mix at 70 % of (b)'s throughput, for
+    // LOADED_SECONDS, with the timed probes among it.
+    let rate = (eos * 0.7) as u64;
+    let load = realistic_events(
+        (rate * LOADED_SECONDS).saturating_sub(LATENCY_EVENTS as u64) as usize,
+        now_ms(),
+    );
+    let (p50, p99) = latency_leadscore(&broker, start_ms, "bench-lat-load", Paced { load, rate })?;
+    println!(
+        "(b) latency at 70 % load ({rate} realistic messages/s): p50 {p50:.0} ms, p99 {p99:.0} ms"
+    );
     Ok(())
 }
 
@@ -491,16 +505,34 @@ fn cpu_text(cpu: Option<f64>, events: usize) -> String {
     }
 }
 
-/// Produces LATENCY_EVENTS at a steady rate to a fresh topic while a
-/// `read_committed` reader of `output` notes when each arrives; returns the
-/// p50 and p99 of arrival minus send time. `key_of` maps an output record
-/// to the index of the event that caused it.
+/// What the latency runs produce: LATENCY_EVENTS timed plain `track`
+/// events (probes), among `load` (untimed messages of other traffic), all
+/// at `rate` messages per second.
+struct Paced {
+    load: Vec<(String, String)>,
+    rate: u64,
+}
+
+impl Paced {
+    /// Probes alone, at LATENCY_RATE_PER_S.
+    fn probes_only() -> Self {
+        Paced {
+            load: Vec::new(),
+            rate: LATENCY_RATE_PER_S,
+        }
+    }
+}
+
+/// Produces `paced` to `input` while a `read_committed` reader of `output`
+/// notes when each probe's output arrives; returns the p50 and p99 of
+/// arrival minus send time. `key_of` maps an output record to the index of
+/// the event that caused it.
 fn latency(
     broker: &str,
-    input: &str,
-    output: &str,
+    (input, output): (&str, &str),
     start_ms: i64,
     key_of: fn(&[u8]) -> Option<usize>,
+    paced: Paced,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let reader: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
@@ -513,6 +545,8 @@ fn latency(
     let sent_at: Arc<std::sync::Mutex<HashMap<usize, Instant>>> = Arc::default();
     let (broker_owned, input_owned, sent) =
         (broker.to_string(), input.to_string(), sent_at.clone());
+    let total = LATENCY_EVENTS + paced.load.len();
+    let seconds = total as u64 / paced.rate;
     let producer = std::thread::spawn(move || {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &broker_owned)
@@ -520,22 +554,34 @@ fn latency(
             .create()
             .unwrap();
         let began = Instant::now();
-        for n in 0..LATENCY_EVENTS {
-            let due = Duration::from_micros(n as u64 * 1_000_000 / LATENCY_RATE_PER_S);
+        let mut load = paced.load.into_iter();
+        let mut probes = 0;
+        for n in 0..total {
+            let due = Duration::from_micros(n as u64 * 1_000_000 / paced.rate);
             if let Some(wait) = due.checked_sub(began.elapsed()) {
                 std::thread::sleep(wait);
             }
-            let i = base + n;
-            let (key, value) = event(i, start_ms + 3_600_000 + n as i64);
-            sent.lock().unwrap().insert(i, Instant::now());
-            let _ = producer.send(BaseRecord::to(&input_owned).key(&key).payload(&value));
+            // Probes spread evenly among the load.
+            let (key, value) = if probes * total <= n * LATENCY_EVENTS {
+                let i = base + probes;
+                probes += 1;
+                let probe = event(i, start_ms + 3_600_000 + n as i64);
+                sent.lock().unwrap().insert(i, Instant::now());
+                probe
+            } else {
+                load.next().expect("load left")
+            };
+            let mut record = BaseRecord::to(&input_owned).key(&key).payload(&value);
+            while let Err((_, back)) = producer.send(record) {
+                producer.poll(Duration::from_millis(1));
+                record = back;
+            }
             producer.poll(Duration::ZERO);
         }
         producer.flush(Duration::from_secs(30)).unwrap();
     });
     let mut latencies = Vec::new();
-    let deadline =
-        Instant::now() + Duration::from_secs(LATENCY_EVENTS as u64 / LATENCY_RATE_PER_S + 60);
+    let deadline = Instant::now() + Duration::from_secs(seconds + 60);
     let mut seen = std::collections::HashSet::new();
     while Instant::now() < deadline && seen.len() < LATENCY_EVENTS {
         let Some(m) = reader.poll(Duration::from_millis(100)) else {
@@ -592,9 +638,13 @@ fn latency_passthrough(
         .map_err(|e| e.to_string())
     });
     std::thread::sleep(Duration::from_secs(5)); // group join
-    let result = latency(broker, input, "bench-lat-pass-out", start_ms, |v| {
-        index_in(std::str::from_utf8(v).ok()?, "\"messageId\"")
-    });
+    let result = latency(
+        broker,
+        (input, "bench-lat-pass-out"),
+        start_ms,
+        |v| index_in(std::str::from_utf8(v).ok()?, "\"messageId\""),
+        Paced::probes_only(),
+    );
     stop.store(true, Ordering::SeqCst);
     runner.join().unwrap()?;
     result
@@ -603,15 +653,22 @@ fn latency_passthrough(
 fn latency_leadscore(
     broker: &str,
     start_ms: i64,
+    name: &str,
+    paced: Paced,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
-    let input = "bench-lat-ls-in";
-    create_topic(broker, input)?;
-    let mut child = leadscore_process(broker, input, "bench-lat-ls", "exactly_once", 1)?;
+    let input = format!("{name}-in");
+    let output = format!("{name}-out");
+    create_topic(broker, &input)?;
+    let mut child = leadscore_process(broker, &input, name, "exactly_once", 1)?;
     std::thread::sleep(Duration::from_secs(5)); // group join and restore
                                                 // Only events that change a score produce an output; those are timed.
-    let result = latency(broker, input, "bench-lat-ls-out", start_ms, |v| {
-        index_in(std::str::from_utf8(v).ok()?, "\"cause_event_id\"")
-    });
+    let result = latency(
+        broker,
+        (&input, &output),
+        start_ms,
+        |v| index_in(std::str::from_utf8(v).ok()?, "\"cause_event_id\""),
+        paced,
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;

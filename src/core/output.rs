@@ -25,6 +25,14 @@ pub enum OutputKind {
 }
 
 impl OutputKind {
+    pub const ALL: [OutputKind; 5] = [
+        OutputKind::ScoreChanged,
+        OutputKind::ThresholdCrossed,
+        OutputKind::LifecycleChanged,
+        OutputKind::LeadExpired,
+        OutputKind::LeadErased,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OutputKind::ScoreChanged => "score_changed",

@@ -172,6 +172,10 @@ pub(super) fn producer(
     producer_config
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        // Only failures matter to a batch (see `DeliveryContext`): a
+        // report for every record delivered cost the stream thread as
+        // much as producing it.
+        .set("delivery.report.only.error", "true")
         .set(
             "transaction.timeout.ms",
             config.processing.transaction_timeout_ms.to_string(),

@@ -440,7 +440,9 @@ impl<'c> Driver<'c> {
                 .begin_transaction()
                 .map_err(retry("cannot begin a transaction"))?;
         }
-        let mut next_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        // A few topic-partitions per batch: found by a scan, with no key
+        // allocated per message.
+        let mut next_offsets: Vec<((String, i32), i64)> = Vec::new();
         let mut out = Out {
             shared: &self.shared,
             producer: &self.producer,
@@ -456,7 +458,13 @@ impl<'c> Driver<'c> {
             let Some(task) = self.tasks.get_mut(&self.shared.topics, topic, partition) else {
                 continue; // revoked while buffered
             };
-            next_offsets.insert((topic.to_string(), partition), offset + 1);
+            match next_offsets
+                .iter_mut()
+                .find(|((t, p), _)| *p == partition && t == topic)
+            {
+                Some((_, next)) => *next = offset + 1,
+                None => next_offsets.push(((topic.to_string(), partition), offset + 1)),
+            }
             if let Some(reason) = self.retries.poison(topic, partition, offset) {
                 let reason = reason.to_string();
                 tracing::warn!(
@@ -526,18 +534,15 @@ impl<'c> Driver<'c> {
 
     /// The offsets to commit, each with its task's watermark (for a
     /// restore to resume with) and the group generation.
-    fn offset_list(
-        &mut self,
-        next: &BTreeMap<(String, i32), i64>,
-    ) -> Result<TopicPartitionList, Retry> {
+    fn offset_list(&mut self, next: &[((String, i32), i64)]) -> Result<TopicPartitionList, Retry> {
         let generation = group_generation(&self.consumer);
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), &offset) in next {
+        for &((ref topic, partition), offset) in next {
             let watermark = self
                 .tasks
-                .get_mut(&self.shared.topics, topic, *partition)
+                .get_mut(&self.shared.topics, topic, partition)
                 .and_then(|task| task.watermark());
-            let mut entry = list.add_partition(topic, *partition);
+            let mut entry = list.add_partition(topic, partition);
             entry
                 .set_offset(Offset::Offset(offset))
                 .map_err(retry("bad offset"))?;

@@ -56,8 +56,7 @@ impl Task for AccountTask {
         match self.engine.apply_from(&update, Some(message.offset())) {
             Some(outputs) => out.outputs(&outputs),
             None => {
-                out.counters.duplicates += 1;
-                metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                out.counters.duplicate();
                 Ok(())
             }
         }

@@ -57,8 +57,7 @@ impl LeadTask {
     }
 
     fn score(&mut self, message: &OwnedMessage, out: &mut Out<'_>) -> Result<(), Retry> {
-        out.counters.consumed += 1;
-        metrics::counter!(m::EVENTS_CONSUMED).increment(1);
+        out.counters.consumed();
         check_routing(out.shared, message);
         let encoding = match header_text(message.headers(), crate::kafka::headers::CONTENT_TYPE) {
             Some(value) => Encoding::from_content_type(value),
@@ -115,14 +114,11 @@ impl LeadTask {
             out.outputs(&due)?;
             match outcome {
                 Outcome::Applied(outputs) => {
-                    out.counters.scored += 1;
-                    metrics::counter!(m::EVENTS_SCORED).increment(1);
-                    metrics::histogram!(m::EVENT_LAG).record(lag_ms as f64 / 1000.0);
+                    out.counters.scored(lag_ms);
                     out.outputs(&outputs)?;
                 }
                 Outcome::Duplicate | Outcome::AlreadyApplied => {
-                    out.counters.duplicates += 1;
-                    metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                    out.counters.duplicate();
                 }
                 Outcome::HandedOff => {}
                 Outcome::Erased => metrics::counter!(m::EVENTS_ERASED).increment(1),

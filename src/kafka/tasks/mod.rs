@@ -164,7 +164,9 @@ pub(super) struct Shared<'c> {
     pub base: ClientConfig,
 }
 
-#[derive(Default)]
+/// What a stream thread counts: totals for its progress log, and the
+/// metrics counted per event or output, through handles registered once
+/// (`metrics::counter!` looks its name up in the registry at every call).
 pub(super) struct Counters {
     pub consumed: u64,
     pub scored: u64,
@@ -172,6 +174,62 @@ pub(super) struct Counters {
     pub dead_lettered: u64,
     pub outputs: u64,
     pub batches: u64,
+    meters: Meters,
+}
+
+struct Meters {
+    consumed: metrics::Counter,
+    scored: metrics::Counter,
+    duplicates: metrics::Counter,
+    event_lag: metrics::Histogram,
+    /// By [`OutputKind::ALL`]'s order.
+    outputs: [metrics::Counter; OutputKind::ALL.len()],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            consumed: 0,
+            scored: 0,
+            duplicates: 0,
+            dead_lettered: 0,
+            outputs: 0,
+            batches: 0,
+            meters: Meters {
+                consumed: metrics::counter!(m::EVENTS_CONSUMED),
+                scored: metrics::counter!(m::EVENTS_SCORED),
+                duplicates: metrics::counter!(m::EVENTS_DUPLICATE),
+                event_lag: metrics::histogram!(m::EVENT_LAG),
+                outputs: OutputKind::ALL
+                    .map(|kind| metrics::counter!(m::OUTPUTS, "type" => kind.as_str())),
+            },
+        }
+    }
+}
+
+impl Counters {
+    pub fn consumed(&mut self) {
+        self.consumed += 1;
+        self.meters.consumed.increment(1);
+    }
+
+    /// An event scored `lag_ms` after its time.
+    pub fn scored(&mut self, lag_ms: i64) {
+        self.scored += 1;
+        self.meters.scored.increment(1);
+        self.meters.event_lag.record(lag_ms as f64 / 1000.0);
+    }
+
+    pub fn duplicate(&mut self) {
+        self.duplicates += 1;
+        self.meters.duplicates.increment(1);
+    }
+
+    fn output(&mut self, kind: OutputKind) {
+        self.outputs += 1;
+        let index = OutputKind::ALL.iter().position(|k| *k == kind);
+        self.meters.outputs[index.expect("every kind is in OutputKind::ALL")].increment(1);
+    }
 }
 
 /// Where tasks write during a batch: every record goes through the
@@ -199,8 +257,7 @@ impl Out<'_> {
             )
             .payload(&value)
             .headers(output_headers(output, encoding));
-        self.counters.outputs += 1;
-        metrics::counter!(m::OUTPUTS, "type" => output.kind.as_str()).increment(1);
+        self.counters.output(output.kind);
         if output.kind == OutputKind::ThresholdCrossed {
             metrics::counter!(
                 m::CROSSINGS,
@@ -335,9 +392,7 @@ impl Out<'_> {
         key: &str,
         value: Option<&[u8]>,
     ) -> Result<(), Retry> {
-        let mut record = BaseRecord::<str, [u8]>::to(topic)
-            .key(key)
-            .headers(rdkafka::message::OwnedHeaders::new());
+        let mut record = BaseRecord::<str, [u8]>::to(topic).key(key);
         if let Some(partition) = partition {
             record = record.partition(partition);
         }
