@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::core::account::AccountSnapshot;
 use crate::core::engine::LeadSnapshot;
 use crate::core::output::{Contribution, Output};
+use crate::core::Timestamp;
 
 #[derive(Serialize)]
 struct ContributionJson<'a> {
@@ -22,76 +23,104 @@ fn contributions(list: &[Contribution]) -> Vec<ContributionJson<'_>> {
         .collect()
 }
 
+/// Fields in the order the README documents; the lead's numbers are left
+/// out of `lead_erased`, which has none. Written straight into one buffer:
+/// ids, times and reasons are not formatted into strings of their own
+/// first (`output_to_json` runs for nearly every event).
 #[derive(Serialize)]
 struct OutputJson<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    event_id: String,
+    event_id: Displayed<&'a uuid::Uuid>,
     lead_id: Option<&'a str>,
     account_id: Option<&'a str>,
-    #[serde(flatten)]
-    numbers: Option<NumbersJson<'a>>,
-    at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fit: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engagement: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grade: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_tier: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<f64>,
+    at: Displayed<Timestamp>,
     cause: &'static str,
     cause_event_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    contributions: Option<Vec<ContributionJson<'a>>>,
+    contributions: Option<Contributions<'a>>,
     rules_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     stage: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_stage: Option<Option<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasons: Option<Vec<&'a str>>,
+    reasons: Option<&'a [std::sync::Arc<str>]>,
 }
 
-/// What an output says of the lead; `lead_erased` has none of it.
-#[derive(Serialize)]
-struct NumbersJson<'a> {
-    score: f64,
-    fit: f64,
-    engagement: f64,
-    grade: &'static str,
-    tier: &'a str,
-    previous_tier: &'a str,
-    direction: &'static str,
-    delta: f64,
+/// A value written as a JSON string through its `Display`.
+struct Displayed<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Displayed<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Contributions as `[{"rule": ..., "points": ...}]`, without a list of
+/// their own.
+struct Contributions<'a>(&'a [Contribution]);
+
+impl Serialize for Contributions<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|c| ContributionJson {
+            rule: &c.rule,
+            points: c.points,
+        }))
+    }
 }
 
 pub fn output_to_json(output: &Output) -> String {
     let described = output.describes_lead();
+    let numbers = |v| described.then_some(v);
     let json = OutputJson {
         kind: output.kind.as_str(),
-        event_id: output.event_id.to_string(),
+        event_id: Displayed(&output.event_id),
         lead_id: output.lead_id.as_deref(),
         account_id: output.account_id.as_deref(),
-        numbers: described.then(|| NumbersJson {
-            score: output.score,
-            fit: output.fit,
-            engagement: output.engagement,
-            grade: output.grade.as_str(),
-            tier: &output.tier,
-            previous_tier: &output.previous_tier,
-            direction: output.direction.as_str(),
-            delta: output.delta,
-        }),
-        at: output.at.to_rfc3339(),
+        score: numbers(output.score),
+        fit: numbers(output.fit),
+        engagement: numbers(output.engagement),
+        grade: described.then(|| output.grade.as_str()),
+        tier: described.then_some(&*output.tier),
+        previous_tier: described.then_some(&*output.previous_tier),
+        direction: described.then(|| output.direction.as_str()),
+        delta: numbers(output.delta),
+        at: Displayed(output.at),
         cause: output.cause.kind(),
         cause_event_id: output.cause_event_id(),
-        contributions: described.then(|| contributions(&output.contributions)),
+        contributions: described.then_some(Contributions(&output.contributions)),
         rules_version: &output.rules_version,
         stage: output.stage.as_deref(),
         previous_stage: output
             .lifecycle
             .as_ref()
             .map(|l| l.previous_stage.as_deref()),
-        reasons: output
-            .lifecycle
-            .as_ref()
-            .map(|l| l.reasons.iter().map(|r| &**r).collect()),
+        reasons: output.lifecycle.as_ref().map(|l| &l.reasons[..]),
     };
-    serde_json::to_string(&json).expect("output JSON has only serializable fields")
+    let mut bytes = Vec::with_capacity(OUTPUT_JSON_CAPACITY);
+    serde_json::to_writer(&mut bytes, &json).expect("output JSON has only serializable fields");
+    String::from_utf8(bytes).expect("serde_json writes UTF-8")
 }
+
+/// Most outputs fit: one allocation, no regrowth.
+const OUTPUT_JSON_CAPACITY: usize = 768;
 
 #[derive(Serialize)]
 struct SnapshotJson<'a> {

@@ -2,7 +2,7 @@
 
 use prost::Message;
 
-use super::{DecodeError, Decoder};
+use super::{DecodeError, Decoder, KeptKeys};
 use crate::core::decay::Decaying;
 use crate::core::event::{Event, EventKind, Fields, Value};
 use crate::core::filters::{FilterMark, FilterState, MarkKind};
@@ -60,13 +60,9 @@ pub(crate) fn event_from_wire(
         });
     }
     let keep = decoder.keep.as_ref();
-    let properties = fields(
-        msg.properties,
-        "properties",
-        keep.map(|k| k.properties.as_slice()),
-    )?;
-    let context = fields(msg.context, "context", keep.map(|k| k.context.as_slice()))?;
-    let traits = fields(msg.traits, "traits", keep.map(|k| k.traits.as_slice()))?;
+    let properties = fields(msg.properties, "properties", keep.map(|k| &k.properties))?;
+    let context = fields(msg.context, "context", keep.map(|k| &k.context))?;
+    let traits = fields(msg.traits, "traits", keep.map(|k| &k.traits))?;
     let name = match kind {
         EventKind::Track => Some(non_empty(msg.event).ok_or(DecodeError::MissingField("event"))?),
         EventKind::Page | EventKind::Screen => non_empty(msg.name),
@@ -106,11 +102,11 @@ pub(crate) fn event_from_wire(
 pub(crate) fn fields(
     map: std::collections::HashMap<String, wire::Value>,
     field: &'static str,
-    keep: Option<&[String]>,
+    keep: Option<&KeptKeys>,
 ) -> Result<Fields, DecodeError> {
     let mut pairs: Vec<(Box<str>, Value)> = Vec::new();
     for (key, value) in map {
-        if keep.is_some_and(|list| !list.contains(&key)) {
+        if keep.is_some_and(|kept| !kept.keeps_path(&key)) {
             continue;
         }
         let value = match value.kind {

@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{keeps, keeps_below, DecodeError, Decoder, Limits};
+use super::{DecodeError, Decoder, KeptKeys, Limits};
 use crate::core::event::{Event, EventKind, Fields, Value};
 use crate::core::time::Timestamp;
 
@@ -100,9 +100,9 @@ impl WireSeed<'_> {
         let mut out = Vec::new();
         let mut trouble = None;
         let keep = self.decoder.keep.as_ref().map(|k| match field {
-            "properties" => k.properties.as_slice(),
-            "traits" => k.traits.as_slice(),
-            _ => k.context.as_slice(),
+            "properties" => &k.properties,
+            "traits" => &k.traits,
+            _ => &k.context,
         });
         let is_object = map.next_value_seed(Flattener {
             out: &mut out,
@@ -304,17 +304,14 @@ struct Flattener<'o> {
     depth: usize,
     limits: &'o Limits,
     /// Flattened keys to keep (`None`: all).
-    keep: Option<&'o [String]>,
+    keep: Option<&'o KeptKeys>,
     /// Why the flattener stopped the parse, when it did.
     trouble: &'o mut Option<String>,
 }
 
 impl Flattener<'_> {
     fn push(self, value: Value) -> bool {
-        if self
-            .keep
-            .is_none_or(|list| list.iter().any(|k| k == self.prefix))
-        {
+        if self.keep.is_none_or(|kept| kept.keeps_path(self.prefix)) {
             self.out.push((self.prefix.into(), value));
         }
         false
@@ -322,8 +319,7 @@ impl Flattener<'_> {
 
     /// Whether `key` under this prefix is kept or leads to something kept.
     fn wants(&self, key: &str) -> bool {
-        self.keep
-            .is_none_or(|list| keeps(list, self.prefix, key) || keeps_below(list, self.prefix, key))
+        self.keep.is_none_or(|kept| kept.wants(self.prefix, key))
     }
 
     fn child<'c>(&'c mut self, prefix: &'c str) -> Flattener<'c> {
