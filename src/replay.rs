@@ -278,6 +278,9 @@ impl Replayer {
             emit(&output);
         }
         self.advance_accounts(at, emit);
+        // Leads that expired by then leave their accounts, as they do
+        // before every later event.
+        self.route_account_updates(emit);
         Ok((at, self.engine.snapshot(at)))
     }
 

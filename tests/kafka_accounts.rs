@@ -14,7 +14,7 @@ use common::kafka::*;
 use common::verify::*;
 use leadscore::codec::account::decode_account_state;
 use leadscore::core::account::AccountState;
-use leadscore::core::Rules;
+use leadscore::core::{Rules, Timestamp};
 use leadscore::replay::Replayer;
 
 const ACCOUNTS: &str = r#"
@@ -233,4 +233,120 @@ fn accounts_equal_replay(broker: &Broker, test: &str, guarantee: &str) {
         "{test}: {} account outputs, {repeats} repeats",
         account_outputs.len()
     );
+}
+
+/// Leads that go quiet expire and leave their accounts. Timers follow the
+/// wall clock once the input is read. The stream ends with one event per
+/// partition from a new lead of account `acct-closing`, too cold to stay,
+/// stamped so that it expires (`inactive_after`, 9 days) 20 seconds after
+/// it is produced: a batch with nothing but that timer expires it, and
+/// nothing follows. Each departure must reach its account all the same, in
+/// the transaction that wrote the lead's tombstone: in the end the
+/// accounts list exactly the leads still held.
+#[test]
+fn leads_expired_by_wall_clock_timers_leave_their_accounts() {
+    use leadscore::config::Partitioner;
+    use leadscore::ops::partitioner::partition_of;
+    let broker = kafka();
+    let names = Names::new("accounts-expiry");
+    create_topic(&broker.bootstrap, &names.input, 4);
+    let updates = format!("{}-account-updates", names.group);
+    let account_changelog = format!("{}-account-changelog", names.group);
+    let mut lines = sample(200, 67);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let expires_soon = Timestamp(now - 9 * 86_400_000 + 20_000).to_rfc3339();
+    let mut closing: BTreeMap<i32, String> = BTreeMap::new();
+    for i in 0.. {
+        let lead = format!("closing-lead-{i}");
+        // The test config's input_partitioner, over 4 partitions.
+        let partition = partition_of(Partitioner::ConsistentRandom, lead.as_bytes(), 4);
+        closing.entry(partition).or_insert(lead);
+        if closing.len() == 4 {
+            break;
+        }
+    }
+    lines.extend(closing.values().map(|lead| {
+        format!(
+            r#"{{"type":"track","messageId":"{lead}-1","userId":"{lead}","event":"Email Opened","context":{{"groupId":"acct-closing"}},"timestamp":"{expires_soon}"}}"#
+        )
+    }));
+    let rules_text = rules_text().replace(
+        "[events]\n",
+        "[events]\ninactive_after = \"9d\"\nannounce_expiry = true\n",
+    );
+    assert!(rules_text.contains("inactive_after"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with_rules(
+        dir.path(),
+        &rules_text,
+        &broker.bootstrap,
+        &names,
+        "exactly_once",
+        "timer_clock = \"wall\"\n",
+    );
+    let env = [
+        ("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "accounts-expiry"),
+        ("LEADSCORE_KAFKA_ACCOUNT_UPDATES_TOPIC", updates.as_str()),
+        (
+            "LEADSCORE_KAFKA_ACCOUNT_CHANGELOG_TOPIC",
+            account_changelog.as_str(),
+        ),
+    ];
+    // A backlog: each partition reaches its end once, after its last event.
+    produce_lines(&broker.bootstrap, &names.input, &lines);
+    let instance = Instance::start(&config, &env);
+    wait_caught_up(&broker.bootstrap, &names, Duration::from_secs(120));
+
+    // Each lead in the changelog: held (its last record a state) or not
+    // (a tombstone).
+    let leads = || -> BTreeMap<String, bool> {
+        let mut last: BTreeMap<String, bool> = BTreeMap::new();
+        for record in read_topic(&broker.bootstrap, &names.changelog, true) {
+            let key = record.key.clone().expect("keyed by lead");
+            if !key.starts_with('\0') {
+                last.insert(key, !record.value.is_empty());
+            }
+        }
+        last
+    };
+    // The account side trails the leads by the account updates topic:
+    // wait until `acct-closing` was written (its leads joined), its leads
+    // expired, and no lead that expired is a member of any account.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let leads = leads();
+        let held = |lead: &str| leads.get(lead) == Some(&true);
+        let closing_expired = closing.values().all(|lead| leads.get(lead) == Some(&false));
+        let written = read_topic(&broker.bootstrap, &account_changelog, true)
+            .iter()
+            .any(|r| r.key.as_deref() == Some("acct-closing"));
+        let accounts = read_account_changelog(&broker.bootstrap, &account_changelog);
+        let gone: Vec<&str> = accounts
+            .values()
+            .flat_map(|a| &a.members)
+            .map(|m| &*m.lead_id)
+            .filter(|lead| !held(lead))
+            .collect();
+        if written && closing_expired && gone.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acct-closing written: {written}; its leads expired: {closing_expired}; {} \
+             expired leads still members of their accounts, e.g. {:?}",
+            gone.len(),
+            &gone[..gone.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(instance.terminate().success());
+    let expired = read_topic(&broker.bootstrap, &names.output, true)
+        .iter()
+        .map(Record::json)
+        .filter(|o| o["type"] == "lead_expired")
+        .count();
+    assert!(expired >= 100, "{expired} leads expired");
 }

@@ -246,6 +246,12 @@ impl Task for LeadTask {
         self.engine.advance(clock)
     }
 
+    /// A lead expired by a timer leaves its account: the account hears it
+    /// in the same transaction as the lead's tombstone.
+    fn send_caused(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        self.send_account_updates(out)
+    }
+
     fn has_pending(&self) -> bool {
         self.pending.is_some()
     }

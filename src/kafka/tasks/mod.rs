@@ -59,14 +59,22 @@ pub(super) trait Task {
             .is_some_and(|(due, clock)| due <= clock)
     }
 
-    /// Fires the timers due at the clock the task follows.
+    /// Fires the timers due at the clock the task follows, and sends what
+    /// they cause (in this batch's transaction, with the state they
+    /// changed).
     fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
         let (own, at_end) = self.own_time();
         let mode = out.shared.config.processing.timer_clock;
-        match timer_clock(own, at_end, out.wall, mode) {
-            Some(clock) => out.outputs(&self.advance(clock)),
-            None => Ok(()),
+        if let Some(clock) = timer_clock(own, at_end, out.wall, mode) {
+            out.outputs(&self.advance(clock))?;
         }
+        self.send_caused(out)
+    }
+
+    /// Sends the records other tasks must hear of what the task just did
+    /// (a lead task's account updates); nothing by default.
+    fn send_caused(&mut self, _out: &mut Out<'_>) -> Result<(), Retry> {
+        Ok(())
     }
 
     /// Writes the changelog records of what changed since the last call.
