@@ -253,11 +253,7 @@ fn leads_expired_by_wall_clock_timers_leave_their_accounts() {
     let updates = format!("{}-account-updates", names.group);
     let account_changelog = format!("{}-account-changelog", names.group);
     let mut lines = sample(200, 67);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let expires_soon = Timestamp(now - 9 * 86_400_000 + 20_000).to_rfc3339();
+    let expires_soon = Timestamp(now_ms() - 9 * common::DAY + 20_000).to_rfc3339();
     let mut closing: BTreeMap<i32, String> = BTreeMap::new();
     for i in 0.. {
         let lead = format!("closing-lead-{i}");
@@ -273,11 +269,7 @@ fn leads_expired_by_wall_clock_timers_leave_their_accounts() {
             r#"{{"type":"track","messageId":"{lead}-1","userId":"{lead}","event":"Email Opened","context":{{"groupId":"acct-closing"}},"timestamp":"{expires_soon}"}}"#
         )
     }));
-    let rules_text = rules_text().replace(
-        "[events]\n",
-        "[events]\ninactive_after = \"9d\"\nannounce_expiry = true\n",
-    );
-    assert!(rules_text.contains("inactive_after"));
+    let rules_text = common::with_expiry(&rules_text(), 9);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config_with_rules(
         dir.path(),

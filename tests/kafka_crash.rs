@@ -250,10 +250,7 @@ fn dispositions_erasures_and_expiry_exactly_once_across_kill_9() {
     let (lines, erased) = with_erasures(&sample(3000, 23), 20);
     assert!(erased.len() > 100, "{} leads erased", erased.len());
     let dir = tempfile::tempdir().unwrap();
-    let rules_text = common::example_lead_rules_text().replace(
-        "[events]\n",
-        "[events]\ninactive_after = \"9d\"\nannounce_expiry = true\n",
-    );
+    let rules_text = common::with_expiry(&common::example_lead_rules_text(), 9);
     let rules = common::rules(&rules_text);
     assert!(rules.settings.inactive_after_ms.is_some());
     let config = write_config_with_rules(

@@ -250,11 +250,7 @@ fn lifecycle_state_survives_the_changelog() {
 
 /// The example rules with leads expiring after `days` of inactivity.
 fn expiring_rules(days: u32) -> leadscore::core::Rules {
-    let text = example_lead_rules_text().replace(
-        "[events]\n",
-        &format!("[events]\ninactive_after = \"{days}d\"\nannounce_expiry = true\n"),
-    );
-    rules(&text)
+    rules(&with_expiry(&example_lead_rules_text(), days))
 }
 
 fn sample_events(leads: usize, seed: u64, rules: &leadscore::core::Rules) -> Vec<Event> {

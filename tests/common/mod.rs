@@ -30,6 +30,20 @@ pub fn example_lead_rules_text() -> String {
     rules.to_string()
 }
 
+/// `rules_text` with leads dropped after `days` without an event (in the
+/// lowest tier), each announced by a `lead_expired` output.
+pub fn with_expiry(rules_text: &str, days: u32) -> String {
+    let text = rules_text.replace(
+        "[events]\n",
+        &format!("[events]\ninactive_after = \"{days}d\"\nannounce_expiry = true\n"),
+    );
+    assert!(
+        text.contains("inactive_after"),
+        "the rules have an [events] section"
+    );
+    text
+}
+
 /// [`example_lead_rules_text`], parsed.
 pub fn example_rules() -> Rules {
     rules(&example_lead_rules_text())
