@@ -8,8 +8,14 @@
 //!     traits, group calls, page views, track events, a fifth of the leads
 //!     browsing anonymously before an `alias`, sales dispositions; accounts
 //!     of about 20 people), and (e) (b) over N plain ~300-byte `track`
-//!     events, the easy case (throughput, events/s, and leadscore's CPU
-//!     time); then event-to-output latency (p50/p99) of (a) and (b) with
+//!     events, the easy case (throughput, events/s, and the CPU time and
+//!     peak resident memory of each process); where Java and Maven are
+//!     present, the same job side by side over the realistic backlog: (f)
+//!     the Kafka Streams application of benches/kafka-streams with a
+//!     RocksDB store, (g) with an in-memory store, and (h) (b) under the
+//!     shipped rules without what that application leaves out (accounts,
+//!     lifecycle rules, bot filters); then event-to-output latency
+//!     (p50/p99) of (a) and (b) with
 //!     plain `track` events produced at a steady rate while they run, and
 //!     of (b) with those events among the realistic mix produced at 70 %
 //!     of the throughput (b) measured.
@@ -39,6 +45,7 @@ const LEADS: usize = 50_000;
 const LATENCY_EVENTS: usize = 10_000;
 const LATENCY_RATE_PER_S: u64 = 2_000;
 const LOADED_SECONDS: u64 = 30;
+const KAFKA_STREAMS_DIR: &str = "benches/kafka-streams";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let events: usize = std::env::args()
@@ -95,25 +102,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "(a) passthrough, exactly-once:   {:>9.0} events/s",
         passthrough
     );
-    let (eos, eos_cpu) = run_leadscore(&broker, input, "bench-eos", "exactly_once", 1, events)?;
+    let eos = run_leadscore(&broker, input, "bench-eos", "exactly_once", 1, events)?;
     println!(
         "(b) leadscore run, exactly-once: {:>9.0} events/s   {}",
-        eos,
-        cpu_text(eos_cpu, events)
+        eos.rate,
+        eos.text(events)
     );
-    let (alo, alo_cpu) = run_leadscore(&broker, input, "bench-alo", "at_least_once", 1, events)?;
+    let alo = run_leadscore(&broker, input, "bench-alo", "at_least_once", 1, events)?;
     println!(
         "(c) leadscore run, at-least-once:{:>9.0} events/s   {}",
-        alo,
-        cpu_text(alo_cpu, events)
+        alo.rate,
+        alo.text(events)
     );
-    let (two, two_cpu) = run_leadscore(&broker, input, "bench-eos2", "exactly_once", 2, events)?;
+    let two = run_leadscore(&broker, input, "bench-eos2", "exactly_once", 2, events)?;
     println!(
         "(d) as (b), threads = 2:         {:>9.0} events/s   {}",
-        two,
-        cpu_text(two_cpu, events)
+        two.rate,
+        two.text(events)
     );
-    let (track, track_cpu) = run_leadscore(
+    let track = run_leadscore(
         &broker,
         track_input,
         "bench-track",
@@ -123,16 +130,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!(
         "(e) as (b), plain track events:  {:>9.0} events/s   {}",
-        track,
-        cpu_text(track_cpu, events)
+        track.rate,
+        track.text(events)
     );
     println!(
         "(b)/(a) = {:.2}   (b)/(c) = {:.2}   (d)/(b) = {:.2}   (b)/(e) = {:.2}",
-        eos / passthrough,
-        eos / alo,
-        two / eos,
-        eos / track
+        eos.rate / passthrough,
+        eos.rate / alo.rate,
+        two.rate / eos.rate,
+        eos.rate / track.rate
     );
+
+    // The same job side by side: Kafka Streams, and leadscore without the
+    // accounts, lifecycle rules and filters the Streams application lacks.
+    if build_kafka_streams() {
+        let rocks = run_kafka_streams(&broker, input, "bench-kstreams-rocksdb", "rocksdb", events)?;
+        println!(
+            "(f) Kafka Streams, RocksDB store: {:>9.0} events/s   {}",
+            rocks.rate,
+            rocks.text(events)
+        );
+        let memory = run_kafka_streams(&broker, input, "bench-kstreams-memory", "memory", events)?;
+        println!(
+            "(g) Kafka Streams, in-memory:    {:>9.0} events/s   {}",
+            memory.rate,
+            memory.text(events)
+        );
+        let config = same_job_config()?;
+        let same = run_leadscore_with(
+            &broker,
+            input,
+            "bench-same-job",
+            ("exactly_once", 1),
+            config.path(),
+            events,
+        )?;
+        println!(
+            "(h) as (b), the same job as (f): {:>9.0} events/s   {}",
+            same.rate,
+            same.text(events)
+        );
+        println!(
+            "(h)/(f) = {:.2}   (h)/(g) = {:.2}   (b)/(f) = {:.2}   CPU per event (f)/(h) = {:.2}",
+            same.rate / rocks.rate,
+            same.rate / memory.rate,
+            eos.rate / rocks.rate,
+            rocks.cpu.unwrap_or(f64::NAN) / same.cpu.unwrap_or(f64::NAN)
+        );
+    }
 
     let (p50, p99) = latency_passthrough(&broker, start_ms)?;
     println!("(a) latency event -> output: p50 {p50:.0} ms, p99 {p99:.0} ms");
@@ -140,7 +185,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("(b) latency event -> output: p50 {p50:.0} ms, p99 {p99:.0} ms");
     // Under load: the realistic mix at 70 % of (b)'s throughput, for
     // LOADED_SECONDS, with the timed probes among it.
-    let rate = (eos * 0.7) as u64;
+    let rate = (eos.rate * 0.7) as u64;
     let load = realistic_events(
         (rate * LOADED_SECONDS).saturating_sub(LATENCY_EVENTS as u64) as usize,
         now_ms(),
@@ -417,13 +462,16 @@ fn leadscore_process(
     name: &str,
     guarantee: &str,
     threads: usize,
+    config: &Path,
 ) -> std::io::Result<std::process::Child> {
     let mut command = Command::new("target/release/leadscore");
     if threads > 1 {
         command.env("LEADSCORE_PROCESSING_THREADS", threads.to_string());
     }
     command
-        .args(["run", "--config", "config/leadscore.toml"])
+        .arg("run")
+        .arg("--config")
+        .arg(config)
         .env("RUST_LOG", "warn")
         .env("LEADSCORE_KAFKA_BOOTSTRAP_SERVERS", broker)
         .env("LEADSCORE_KAFKA_GROUP_ID", name)
@@ -454,8 +502,48 @@ fn leadscore_process(
         .spawn()
 }
 
-/// Events/s of `leadscore run` over the backlog, and the CPU seconds
-/// (user + system) its process used until it had committed all of it.
+/// What one run over the backlog measured: events/s, and the CPU seconds
+/// (user + system) and peak resident memory of the process until it had
+/// committed all of it.
+struct Measured {
+    rate: f64,
+    cpu: Option<f64>,
+    peak_rss_mb: Option<f64>,
+}
+
+impl Measured {
+    fn text(&self, events: usize) -> String {
+        let memory = self.peak_rss_mb.map_or_else(
+            || "peak RSS unknown".into(),
+            |mb| format!("peak RSS {mb:.0} MB"),
+        );
+        format!("{}   {memory}", cpu_text(self.cpu, events))
+    }
+}
+
+/// Runs `child` until `group` has committed `events` messages of `input`,
+/// then stops it with SIGTERM.
+fn measure(
+    mut child: std::process::Child,
+    broker: &str,
+    group: &str,
+    input: &str,
+    events: usize,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    let rate = wait_for(broker, group, input, events);
+    let measured = Measured {
+        rate,
+        cpu: cpu_seconds(child.id()),
+        peak_rss_mb: peak_rss_mb(child.id()),
+    };
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    Ok(measured)
+}
+
+/// `leadscore run` over the backlog under the shipped configuration.
 fn run_leadscore(
     broker: &str,
     input: &str,
@@ -463,19 +551,114 @@ fn run_leadscore(
     guarantee: &str,
     threads: usize,
     events: usize,
-) -> Result<(f64, Option<f64>), Box<dyn std::error::Error>> {
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    run_leadscore_with(
+        broker,
+        input,
+        name,
+        (guarantee, threads),
+        Path::new("config/leadscore.toml"),
+        events,
+    )
+}
+
+fn run_leadscore_with(
+    broker: &str,
+    input: &str,
+    name: &str,
+    (guarantee, threads): (&str, usize),
+    config: &Path,
+    events: usize,
+) -> Result<Measured, Box<dyn std::error::Error>> {
     assert!(
         Path::new("target/release/leadscore").exists(),
         "build target/release/leadscore first"
     );
-    let mut child = leadscore_process(broker, input, name, guarantee, threads)?;
-    let rate = wait_for(broker, name, input, events);
-    let cpu = cpu_seconds(child.id());
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    child.wait()?;
-    Ok((rate, cpu))
+    let child = leadscore_process(broker, input, name, guarantee, threads, config)?;
+    measure(child, broker, name, input, events)
+}
+
+/// The shipped configuration without what the Kafka Streams application
+/// does not do (accounts, lifecycle rules, bot filters), for a run of the
+/// same job.
+fn same_job_config() -> Result<tempfile::NamedTempFile, Box<dyn std::error::Error>> {
+    let mut config: toml_edit::DocumentMut =
+        std::fs::read_to_string("config/leadscore.toml")?.parse()?;
+    for table in ["accounts", "lifecycle", "filters"] {
+        config
+            .remove(table)
+            .ok_or("config/leadscore.toml changed shape")?;
+    }
+    let mut file = tempfile::NamedTempFile::new()?;
+    std::io::Write::write_all(&mut file, config.to_string().as_bytes())?;
+    Ok(file)
+}
+
+/// Builds benches/kafka-streams with Maven; false (and why, printed) when
+/// Java or Maven is missing or the build fails.
+fn build_kafka_streams() -> bool {
+    // Maven's output is kept for a failure: even quiet, it writes colour
+    // codes.
+    let built = Command::new("mvn")
+        .args(["-q", "-B", "-Dstyle.color=never", "package"])
+        .current_dir(KAFKA_STREAMS_DIR)
+        .output();
+    match built {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            println!(
+                "(f), (g) skipped: `mvn package` in {KAFKA_STREAMS_DIR} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            false
+        }
+        Err(e) => {
+            println!("(f), (g) skipped: cannot run Maven ({e})");
+            false
+        }
+    }
+}
+
+/// The Kafka Streams application (benches/kafka-streams) over the backlog,
+/// with a RocksDB or an in-memory store (`store`), exactly_once_v2.
+fn run_kafka_streams(
+    broker: &str,
+    input: &str,
+    name: &str,
+    store: &str,
+    events: usize,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    let output = format!("{name}-out");
+    // Kafka Streams does not create its sink topic.
+    create_topic(broker, &output)?;
+    let state = tempfile::tempdir()?;
+    let child = Command::new("java")
+        .arg("-cp")
+        .arg(format!(
+            "{KAFKA_STREAMS_DIR}/target/classes:{KAFKA_STREAMS_DIR}/target/lib/*"
+        ))
+        .arg("dev.leadscore.streams.LeadScoreStreams")
+        .args([broker, input, &output, name, store])
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .spawn()?;
+    measure(child, broker, name, input, events)
+}
+
+/// Peak resident memory (VmHWM) of a running process, from /proc (Linux).
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// User plus system CPU time of a running process, from /proc (Linux).
@@ -659,7 +842,14 @@ fn latency_leadscore(
     let input = format!("{name}-in");
     let output = format!("{name}-out");
     create_topic(broker, &input)?;
-    let mut child = leadscore_process(broker, &input, name, "exactly_once", 1)?;
+    let mut child = leadscore_process(
+        broker,
+        &input,
+        name,
+        "exactly_once",
+        1,
+        Path::new("config/leadscore.toml"),
+    )?;
     std::thread::sleep(Duration::from_secs(5)); // group join and restore
                                                 // Only events that change a score produce an output; those are timed.
     let result = latency(

@@ -64,6 +64,8 @@ cargo test --benches --locked --no-fail-fast 2>&1 | tee -a "$log" || status=$?
 
 echo "== benches and examples build"
 cargo build --release --benches --examples --locked || status=$?
+# The Kafka Streams side of the end-to-end benchmark (Java, Maven).
+(cd benches/kafka-streams && mvn -q -B -Dstyle.color=never package) || status=$?
 
 if [ -n "$skipped_names" ]; then
   echo "== skipped: $export_csv is missing (the X Education export; set LEADSCORE_X_EDUCATION_CSV)"
