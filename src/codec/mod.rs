@@ -7,6 +7,7 @@ pub mod identity;
 pub mod output;
 pub mod proto;
 pub mod segment;
+mod state_writer;
 
 use foldhash::HashMap;
 

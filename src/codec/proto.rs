@@ -247,7 +247,7 @@ pub(crate) fn trait_state_to_wire(t: &TraitState) -> wire::TraitState {
 
 /// A lead's state as a changelog record.
 pub fn encode_lead_state(state: &LeadState, rules: &RulesStamp) -> Vec<u8> {
-    lead_state_to_wire(state, rules).encode_to_vec()
+    super::state_writer::lead_state_record(state, rules)
 }
 
 pub(crate) fn lead_state_to_wire(state: &LeadState, rules: &RulesStamp) -> wire::LeadStateRecord {
@@ -323,7 +323,7 @@ pub(crate) fn lead_state_to_wire(state: &LeadState, rules: &RulesStamp) -> wire:
     }
 }
 
-fn lifecycle_to_wire(life: &Lifecycle) -> wire::LifecycleRecord {
+pub(crate) fn lifecycle_to_wire(life: &Lifecycle) -> wire::LifecycleRecord {
     use wire::lifecycle_record::Outcome;
     wire::LifecycleRecord {
         stage: life.stage.as_deref().unwrap_or_default().to_string(),
@@ -375,7 +375,7 @@ pub fn encode_changelog(
     use crate::core::engine::StateChange;
     let kind = match change {
         StateChange::Lead(state) => {
-            wire::changelog_record::Kind::Lead(lead_state_to_wire(state, rules))
+            return super::state_writer::changelog_lead_record(state, rules)
         }
         StateChange::AliasOf(target) => wire::changelog_record::Kind::AliasOf(target.to_string()),
         // A tombstone has no value: callers send none (see `is_tombstone`).
