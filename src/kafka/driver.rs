@@ -149,10 +149,8 @@ impl<'c> Driver<'c> {
             match self.consumer.poll(left) {
                 Some(Ok(message)) => {
                     let (topic, partition) = (message.topic(), message.partition());
-                    let topics = &self.shared.topics;
-                    if let Some(task) = self.tasks.get_mut(topics, topic, partition) {
-                        task.set_at_end(topics, topic, false);
-                    }
+                    self.tasks
+                        .set_at_end(&self.shared.topics, topic, partition, false);
                     batch.push(message.detach());
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => self.reached_end(partition),
@@ -177,16 +175,13 @@ impl<'c> Driver<'c> {
         let positions = self.consumer.position().ok();
         let topics = &self.shared.topics;
         for topic in topics.subscribed() {
-            let Some(task) = self.tasks.get_mut(topics, topic, partition) else {
-                continue;
-            };
             let position = positions.as_ref().and_then(|list| {
                 list.find_partition(topic, partition)
                     .and_then(|e| e.offset().to_raw())
             });
             let high = cached_high_watermark(&self.consumer, topic, partition);
             if matches!((position, high), (Some(p), Some(h)) if p >= h) {
-                task.set_at_end(topics, topic, true);
+                self.tasks.set_at_end(topics, topic, partition, true);
             }
         }
     }
@@ -448,10 +443,15 @@ impl<'c> Driver<'c> {
             producer: &self.producer,
             counters: &mut self.counters,
             wall,
+            in_place: if self.transactional {
+                self.tasks.in_place_partitions()
+            } else {
+                Vec::new()
+            },
+            local_updates: Vec::new(),
+            applied_in_place: false,
         };
-        for task in self.tasks.all_mut() {
-            task.publish_pending(&mut out)?;
-        }
+        self.tasks.publish_pending(&mut out)?;
         for message in batch {
             let (topic, partition, offset) =
                 (message.topic(), message.partition(), message.offset());
@@ -478,15 +478,25 @@ impl<'c> Driver<'c> {
                 continue;
             }
             task.apply(message, &mut out)?;
+            self.tasks.apply_local(&mut out)?;
         }
-        for task in self.tasks.all_mut() {
-            task.fire_timers(&mut out)?;
-        }
+        self.tasks.fire_timers(&mut out)?;
         // Outputs first: a changelog record a reader can see implies the
         // outputs of its batch are visible too.
         flush(&self.producer)?;
-        for task in self.tasks.all_mut() {
-            task.write_changes(&mut out)?;
+        if out.applied_in_place {
+            // Accounts that heard a lead in place before that lead's
+            // record: where a broker's transactions leak (see
+            // `weak_brokers`), a lead record a reader can see implies its
+            // accounts' are visible too, as a sent update would be (an
+            // account applying a lead's update again is unchanged by it).
+            self.tasks.write_account_changes(&mut out)?;
+            flush(&self.producer)?;
+            self.tasks.write_lead_changes(&mut out)?;
+        } else {
+            for task in self.tasks.all_mut() {
+                task.write_changes(&mut out)?;
+            }
         }
         let offsets = self.offset_list(&next_offsets)?;
         if self.transactional {

@@ -132,6 +132,17 @@ pub fn run(
              input's {input_partitions} partitions"
         ),
     }
+    let account_partitions = match config.rules.accounts {
+        Some(_) => match admin::partition_count(&base, &kafka.account_updates_topic)? {
+            Some(n) => Some(i32::try_from(n).unwrap_or(i32::MAX)),
+            None => bail!(
+                "account updates topic {} does not exist{creation_off}: create it with the \
+                 input's {input_partitions} partitions",
+                kafka.account_updates_topic
+            ),
+        },
+        None => None,
+    };
     let default_encoding = Encoding::from_content_type(&config.processing.default_content_type)
         .map_err(|e| anyhow!("{e}"))?;
     let mut decoder = Decoder::for_rules(&config.rules);
@@ -165,6 +176,7 @@ pub fn run(
                     default_encoding,
                     topics: Topics::of(config),
                     input_partitions: i32::try_from(input_partitions).unwrap_or(i32::MAX),
+                    account_partitions,
                     read_committed: transactional,
                     base: base.clone(),
                 };

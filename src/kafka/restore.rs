@@ -35,6 +35,19 @@ pub(super) fn read_to_end(
     topic: &str,
     partitions: &[i32],
     read_committed: bool,
+    each: impl FnMut(i32, &str, Option<&[u8]>, i64) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let starts: Vec<(i32, Offset)> = partitions.iter().map(|&p| (p, Offset::Beginning)).collect();
+    read_from(base, topic, &starts, read_committed, each)
+}
+
+/// Reads each of `topic`'s partitions from its start offset to its end,
+/// handing each record (partition, key, value, offset) to `each`.
+pub(super) fn read_from(
+    base: &ClientConfig,
+    topic: &str,
+    starts: &[(i32, Offset)],
+    read_committed: bool,
     mut each: impl FnMut(i32, &str, Option<&[u8]>, i64) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let mut config = base.clone();
@@ -66,15 +79,15 @@ pub(super) fn read_to_end(
         .create_with_context(QuietContext)
         .context("cannot create the restore consumer")?;
     let mut assignment = TopicPartitionList::new();
-    for &partition in partitions {
+    for &(partition, start) in starts {
         assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
+            .add_partition_offset(topic, partition, start)
             .context("bad changelog partition")?;
     }
     consumer
         .assign(&assignment)
         .context("cannot assign the changelog partitions")?;
-    let mut unfinished: BTreeSet<i32> = partitions.iter().copied().collect();
+    let mut unfinished: BTreeSet<i32> = starts.iter().map(|&(p, _)| p).collect();
     let mut records = 0u64;
     let mut last_progress = Instant::now();
     while !unfinished.is_empty() {

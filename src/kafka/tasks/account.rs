@@ -4,21 +4,22 @@
 //! changelog.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::Offset;
 
 use super::{Out, Shared, Task, Topics};
 use crate::codec::account::{decode_account_state, decode_account_update, encode_account_state};
-use crate::config::Partitioner;
 use crate::core::account::{AccountEngine, AccountUpdate};
 use crate::core::output::Cause;
 use crate::core::{Output, Timestamp};
 use crate::kafka::clients::Retry;
-use crate::kafka::restore::{read_to_end, RulesHistory};
+use crate::kafka::offsets::Committed;
+use crate::kafka::restore::{read_from, read_to_end, RulesHistory};
 use crate::ops::metrics as m;
-use crate::ops::partitioner::partition_of;
 use crate::ops::status::LeadAnswer;
 
 pub(super) struct AccountTask {
@@ -33,11 +34,42 @@ pub(super) struct AccountTask {
     pending: Option<Vec<Output>>,
     /// The changelog partition holds the running rules' outline.
     outline_recorded: bool,
+    /// The lead tasks of this thread send their updates for this
+    /// partition's accounts here directly, not through the topic: set when
+    /// the task was restored (and caught up with the topic) together with
+    /// the thread's lead partitions, in a transactional run.
+    pub(super) in_place: bool,
+    /// Whether every lead partition of this thread is read to its end:
+    /// while one catches up, account timers follow the updates' time, as
+    /// the updates applied in place come from it.
+    pub(super) leads_at_end: bool,
+    /// Updates below this offset were applied when the task was restored.
+    caught_up_to: i64,
 }
 
 impl AccountTask {
     pub fn account_count(&self) -> usize {
         self.engine.account_count()
+    }
+
+    /// Applies an update a lead task of this thread sent straight here
+    /// (see `in_place`): in the same transaction as the lead state that
+    /// caused it, so it needs no position of its own.
+    pub(super) fn apply_local(
+        &mut self,
+        update: &AccountUpdate,
+        out: &mut Out<'_>,
+    ) -> Result<(), Retry> {
+        self.note_time(update);
+        let outputs = self.engine.apply_from(update, None).unwrap_or_default();
+        out.outputs(&outputs)
+    }
+
+    fn note_time(&mut self, update: &AccountUpdate) {
+        let at = match update {
+            AccountUpdate::Member { at, .. } | AccountUpdate::Traits { at, .. } => *at,
+        };
+        self.watermark = Some(self.watermark.map_or(at, |w| w.max(at)));
     }
 }
 
@@ -49,10 +81,10 @@ impl Task for AccountTask {
                 return out.dead_letter(message, "invalid_account_update", e.to_string(), None)
             }
         };
-        let at = match &update {
-            AccountUpdate::Member { at, .. } | AccountUpdate::Traits { at, .. } => *at,
-        };
-        self.watermark = Some(self.watermark.map_or(at, |w| w.max(at)));
+        if message.offset() < self.caught_up_to {
+            return Ok(()); // applied by the restore
+        }
+        self.note_time(&update);
         match self.engine.apply_from(&update, Some(message.offset())) {
             Some(outputs) => out.outputs(&outputs),
             None => {
@@ -68,7 +100,7 @@ impl Task for AccountTask {
 
     /// Account decay follows the latest update time seen.
     fn own_time(&self) -> (Option<Timestamp>, bool) {
-        (self.watermark, self.at_end)
+        (self.watermark, self.at_end && self.leads_at_end)
     }
 
     fn next_due(&self) -> Option<Timestamp> {
@@ -111,10 +143,16 @@ impl Task for AccountTask {
     }
 }
 
-/// Rebuilds the account tasks of `partitions` from the account changelog.
+/// Rebuilds the account tasks of `partitions` from the account changelog
+/// and, in a transactional run, brings them up to the end of the account
+/// updates topic (from the group's `committed` offsets), so this thread's
+/// lead tasks can send their updates to them in place: no update from one
+/// of its leads is then left in the topic, to be applied after a newer
+/// one.
 pub(super) fn restore(
     shared: &Shared<'_>,
     partitions: &[i32],
+    committed: &BTreeMap<(String, i32), Committed>,
 ) -> anyhow::Result<BTreeMap<i32, AccountTask>> {
     if partitions.is_empty() {
         return Ok(BTreeMap::new());
@@ -167,7 +205,7 @@ pub(super) fn restore(
         "account partitions restored from changelog"
     );
     let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.clone());
-    Ok(engines
+    let mut tasks: BTreeMap<i32, AccountTask> = engines
         .into_iter()
         .map(|(partition, mut engine)| {
             // What was restored is not a change to write back.
@@ -187,10 +225,89 @@ pub(super) fn restore(
                 at_end: false,
                 pending,
                 outline_recorded: history.recorded.contains(&partition),
+                in_place: false,
+                leads_at_end: true,
+                caught_up_to: 0,
             };
             (partition, task)
         })
-        .collect())
+        .collect();
+    if shared.read_committed {
+        catch_up(shared, &mut tasks, committed)?;
+    }
+    Ok(tasks)
+}
+
+/// Applies what the account updates topic holds past the committed
+/// offsets (updates sent by lead tasks before this assignment), as the
+/// consumer would; their outputs and changelog records go out with the
+/// next transaction, and the consumer skips them when it reads them.
+///
+/// Read `read_committed`, this stops at the last stable offset: a
+/// transaction still open there belongs to a producer that holds other
+/// lead partitions now (a former holder of this thread's partitions ended
+/// its transaction when it gave them up, or was fenced, or died and its
+/// transaction is aborted), so what it commits later concerns other leads.
+fn catch_up(
+    shared: &Shared<'_>,
+    tasks: &mut BTreeMap<i32, AccountTask>,
+    committed: &BTreeMap<(String, i32), Committed>,
+) -> anyhow::Result<()> {
+    let Some(topic) = &shared.topics.account_updates else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    // Partitions with nothing past the committed offset are not read (a
+    // reader would wait a fetch for their end).
+    let probe: BaseConsumer = shared
+        .base
+        .create()
+        .context("cannot create a watermark client")?;
+    let mut starts: Vec<(i32, Offset)> = Vec::new();
+    for (&p, task) in tasks.iter_mut() {
+        let from = committed
+            .get(&(topic.clone(), p))
+            .and_then(|c| c.offset)
+            .unwrap_or(0);
+        let (low, high) = probe
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .with_context(|| format!("cannot read the watermarks of {topic}/{p}"))?;
+        if from.max(low) < high {
+            starts.push((p, Offset::Offset(from.max(low))));
+        }
+        task.in_place = true;
+    }
+    let updates = read_from(
+        &shared.base,
+        topic,
+        &starts,
+        true,
+        |partition, _, value, offset| {
+            let Some(task) = tasks.get_mut(&partition) else {
+                return Ok(());
+            };
+            // An invalid update is left to the consumer, which dead-letters it.
+            if let Ok(update) = decode_account_update(value.unwrap_or_default()) {
+                task.note_time(&update);
+                if let Some(outputs) = task.engine.apply_from(&update, Some(offset)) {
+                    task.pending.get_or_insert_default().extend(outputs);
+                }
+            }
+            task.caught_up_to = offset + 1;
+            Ok(())
+        },
+    )?;
+    for task in tasks.values_mut() {
+        task.in_place = true;
+    }
+    tracing::info!(
+        partitions = ?tasks.keys().collect::<Vec<_>>(),
+        updates,
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        "account partitions caught up with the account updates topic; this thread's \
+         lead updates now apply in place"
+    );
+    Ok(())
 }
 
 /// Answers an account query from the account tasks a thread holds.
@@ -209,19 +326,8 @@ pub(super) fn answer(
             ));
         }
     }
-    // Account updates are keyed by account and partitioned by this
-    // process's own producer: librdkafka's partitioner.
-    let partitioner = match shared
-        .config
-        .kafka
-        .properties
-        .get("partitioner")
-        .map(String::as_str)
-    {
-        Some("murmur2" | "murmur2_random") => Partitioner::Murmur2Random,
-        _ => Partitioner::ConsistentRandom,
-    };
-    let partition = partition_of(partitioner, account_id.as_bytes(), shared.input_partitions);
+    // With accounts on, the account updates topic exists (checked at start).
+    let partition = shared.account_partition(account_id).unwrap_or_default();
     if tasks.contains_key(&partition) {
         LeadAnswer::Unknown { partition }
     } else {

@@ -52,6 +52,11 @@ pub(super) struct LeadTask {
 }
 
 impl LeadTask {
+    /// Whether its input partition is read to the end.
+    pub(super) fn at_end(&self) -> bool {
+        self.at_end
+    }
+
     pub fn lead_count(&self) -> usize {
         self.engine.lead_count()
     }
@@ -200,14 +205,25 @@ impl LeadTask {
     }
 
     /// Sends the account updates scoring produced to the account updates
-    /// topic, keyed by account.
+    /// topic, keyed by account; those for an account partition this thread
+    /// applies in place wait in `out` for the thread's account task.
     fn send_account_updates(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
         let updates = self.engine.take_account_updates();
         let Some(topic) = &out.shared.topics.account_updates else {
             return Ok(());
         };
-        for update in &updates {
-            let value = encode_account_update(update);
+        for update in updates {
+            if !out.in_place.is_empty() {
+                if let Some(partition) = out
+                    .shared
+                    .account_partition(update.account_id())
+                    .filter(|p| out.in_place.contains(p))
+                {
+                    out.local_updates.push((partition, update));
+                    continue;
+                }
+            }
+            let value = encode_account_update(&update);
             out.record(topic, None, update.account_id(), Some(&value))?;
         }
         Ok(())

@@ -21,10 +21,12 @@ use super::records::{
     dead_letter_headers, fit_dead_letter, headers_bytes, output_headers, output_value, DeadLetter,
 };
 use crate::codec::{Decoder, Encoding};
-use crate::config::{Config, TimerClock};
+use crate::config::{Config, Partitioner, TimerClock};
+use crate::core::account::AccountUpdate;
 use crate::core::filters::FilterReason;
 use crate::core::{Output, OutputKind, Rules, RulesStamp, Timestamp};
 use crate::ops::metrics as m;
+use crate::ops::partitioner::partition_of;
 use crate::ops::status::{Held, LeadAnswer, Subject};
 
 use account::AccountTask;
@@ -166,10 +168,32 @@ pub(super) struct Shared<'c> {
     pub topics: Topics,
     /// Of the input topic, to name the partition of a lead held elsewhere.
     pub input_partitions: i32,
+    /// Of the account updates topic (with `[accounts]`).
+    pub account_partitions: Option<i32>,
     /// Changelogs are read `read_committed` (in `exactly_once` mode).
     pub read_committed: bool,
     /// For the changelog readers of restores.
     pub base: ClientConfig,
+}
+
+impl Shared<'_> {
+    /// The account updates partition an account's updates go to: where
+    /// this process's producer puts them (librdkafka's partitioner, unless
+    /// `[kafka.properties] partitioner` names murmur2).
+    pub fn account_partition(&self, account_id: &str) -> Option<i32> {
+        let partitioner = match self
+            .config
+            .kafka
+            .properties
+            .get("partitioner")
+            .map(String::as_str)
+        {
+            Some("murmur2" | "murmur2_random") => Partitioner::Murmur2Random,
+            _ => Partitioner::ConsistentRandom,
+        };
+        let partitions = self.account_partitions?;
+        Some(partition_of(partitioner, account_id.as_bytes(), partitions))
+    }
 }
 
 /// What a stream thread counts: totals for its progress log, and the
@@ -248,6 +272,13 @@ pub(super) struct Out<'a> {
     pub counters: &'a mut Counters,
     /// The batch's wall clock.
     pub wall: Timestamp,
+    /// The account updates partitions this thread applies its own lead
+    /// tasks' updates to in place (see [`Tasks::apply_local`]).
+    pub in_place: Vec<i32>,
+    /// Account updates for those partitions, waiting to be applied.
+    pub local_updates: Vec<(i32, AccountUpdate)>,
+    /// Whether the batch applied any.
+    pub applied_in_place: bool,
 }
 
 impl Out<'_> {
@@ -493,11 +524,103 @@ impl Tasks {
                  partition.assignment.strategy at range (the default)"
             );
         }
+        if !input.is_empty() {
+            // Account tasks kept from before may still have updates from
+            // the new lead partitions' former holders in the topic: those
+            // tasks hear this thread's leads through the topic too, in
+            // order (with the default eager assignment, every task is
+            // restored at each rebalance and this never happens).
+            for task in self.accounts.values_mut() {
+                task.in_place = false;
+            }
+        }
         self.leads.extend(lead::restore(shared, &input, committed)?);
         if let Some(topic) = &topics.account_updates {
-            self.accounts.extend(account::restore(shared, &of(topic))?);
+            self.accounts
+                .extend(account::restore(shared, &of(topic), committed)?);
+        }
+        self.note_leads_at_end();
+        Ok(())
+    }
+
+    /// The account partitions whose updates from this thread's lead tasks
+    /// are applied in place.
+    pub fn in_place_partitions(&self) -> Vec<i32> {
+        self.accounts
+            .iter()
+            .filter(|(_, t)| t.in_place)
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
+    /// Applies the account updates lead tasks left in `out` for partitions
+    /// this thread holds, in the order they were sent.
+    pub fn apply_local(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        for (partition, update) in std::mem::take(&mut out.local_updates) {
+            out.applied_in_place = true;
+            match self.accounts.get_mut(&partition) {
+                Some(task) => task.apply_local(&update, out)?,
+                None => unreachable!("in_place names held account partitions only"),
+            }
         }
         Ok(())
+    }
+
+    /// Publishes what restores left (see [`Task::publish_pending`]).
+    pub fn publish_pending(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        for task in self.leads.values_mut() {
+            task.publish_pending(out)?;
+        }
+        self.apply_local(out)?;
+        for task in self.accounts.values_mut() {
+            task.publish_pending(out)?;
+        }
+        Ok(())
+    }
+
+    /// Fires every task's due timers: leads first, so the account updates
+    /// they cause are applied before the accounts' own timers.
+    pub fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        for task in self.leads.values_mut() {
+            task.fire_timers(out)?;
+        }
+        self.apply_local(out)?;
+        for task in self.accounts.values_mut() {
+            task.fire_timers(out)?;
+        }
+        Ok(())
+    }
+
+    pub fn write_account_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        for task in self.accounts.values_mut() {
+            task.write_changes(out)?;
+        }
+        Ok(())
+    }
+
+    pub fn write_lead_changes(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        for task in self.leads.values_mut() {
+            task.write_changes(out)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the task that owns `topic`'s `partition` whether it is read
+    /// to its end.
+    pub fn set_at_end(&mut self, topics: &Topics, topic: &str, partition: i32, at_end: bool) {
+        if let Some(task) = self.get_mut(topics, topic, partition) {
+            task.set_at_end(topics, topic, at_end);
+        }
+        if topic == topics.input {
+            self.note_leads_at_end();
+        }
+    }
+
+    fn note_leads_at_end(&mut self) {
+        let at_end = self.leads.values().all(LeadTask::at_end);
+        for task in self.accounts.values_mut() {
+            task.leads_at_end = at_end;
+        }
     }
 
     /// The topic-partitions this thread's tasks read.
