@@ -64,8 +64,14 @@ cargo test --benches --locked --no-fail-fast 2>&1 | tee -a "$log" || status=$?
 
 echo "== benches and examples build"
 cargo build --release --benches --examples --locked || status=$?
-# The Kafka Streams side of the end-to-end benchmark (Java, Maven).
-(cd benches/kafka-streams && mvn -q -B -Dstyle.color=never package) || status=$?
+# The Kafka Streams side of the end-to-end benchmark (Java, Maven); its
+# output is shown on failure only (quiet Maven still writes colour codes).
+mvn_log="$(mktemp "${TMPDIR:-/tmp}/leadscore-mvn.XXXXXX")"
+if ! (cd benches/kafka-streams && mvn -q -B -Dstyle.color=never package) >"$mvn_log" 2>&1; then
+  cat "$mvn_log"
+  status=1
+fi
+rm -f "$mvn_log"
 
 if [ -n "$skipped_names" ]; then
   echo "== skipped: $export_csv is missing (the X Education export; set LEADSCORE_X_EDUCATION_CSV)"

@@ -568,25 +568,28 @@ impl Tasks {
 
     /// Publishes what restores left (see [`Task::publish_pending`]).
     pub fn publish_pending(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
-        for task in self.leads.values_mut() {
-            task.publish_pending(out)?;
-        }
-        self.apply_local(out)?;
-        for task in self.accounts.values_mut() {
-            task.publish_pending(out)?;
-        }
-        Ok(())
+        self.leads_then_accounts(out, |task, out| task.publish_pending(out))
     }
 
-    /// Fires every task's due timers: leads first, so the account updates
-    /// they cause are applied before the accounts' own timers.
+    /// Fires every task's due timers (see [`Task::fire_timers`]).
     pub fn fire_timers(&mut self, out: &mut Out<'_>) -> Result<(), Retry> {
+        self.leads_then_accounts(out, |task, out| task.fire_timers(out))
+    }
+
+    /// Runs `act` on the lead tasks, applies the account updates they left
+    /// for this thread's account tasks, then runs it on those: an account
+    /// hears its leads before it acts itself.
+    fn leads_then_accounts(
+        &mut self,
+        out: &mut Out<'_>,
+        mut act: impl FnMut(&mut dyn Task, &mut Out<'_>) -> Result<(), Retry>,
+    ) -> Result<(), Retry> {
         for task in self.leads.values_mut() {
-            task.fire_timers(out)?;
+            act(task, out)?;
         }
         self.apply_local(out)?;
         for task in self.accounts.values_mut() {
-            task.fire_timers(out)?;
+            act(task, out)?;
         }
         Ok(())
     }
