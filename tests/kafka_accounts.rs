@@ -50,6 +50,21 @@ fn rules_text() -> String {
 }
 
 /// The last state of every account in the account changelog.
+/// A test's own account topics, named after its group, as `run`'s
+/// environment names them.
+fn account_topics(names: &Names) -> [(&'static str, String); 2] {
+    [
+        (
+            "LEADSCORE_KAFKA_ACCOUNT_UPDATES_TOPIC",
+            format!("{}-account-updates", names.group),
+        ),
+        (
+            "LEADSCORE_KAFKA_ACCOUNT_CHANGELOG_TOPIC",
+            format!("{}-account-changelog", names.group),
+        ),
+    ]
+}
+
 fn read_account_changelog(bootstrap: &str, topic: &str) -> BTreeMap<String, AccountState> {
     let mut accounts = BTreeMap::new();
     for record in read_topic(bootstrap, topic, true) {
@@ -84,8 +99,8 @@ fn accounts_equal_replay(broker: &Broker, test: &str, guarantee: &str) {
     let names = Names::new(test);
     let weak = test.contains("tansu");
     create_topic(&broker.bootstrap, &names.input, 4);
-    let updates = format!("{}-account-updates", names.group);
-    let account_changelog = format!("{}-account-changelog", names.group);
+    let topics = account_topics(&names);
+    let account_changelog = topics[1].1.clone();
     let lines = sample(400, 61);
     let rules_text = rules_text();
     let rules: Rules =
@@ -101,15 +116,12 @@ fn accounts_equal_replay(broker: &Broker, test: &str, guarantee: &str) {
     );
     let ports = [common::free_port(), common::free_port()];
     let env = |id: &'static str, port: u16| {
-        vec![
+        let mut env = vec![
             ("LEADSCORE_KAFKA_TRANSACTIONAL_ID", id.to_string()),
             ("LEADSCORE_HTTP_LISTEN", format!("127.0.0.1:{port}")),
-            ("LEADSCORE_KAFKA_ACCOUNT_UPDATES_TOPIC", updates.clone()),
-            (
-                "LEADSCORE_KAFKA_ACCOUNT_CHANGELOG_TOPIC",
-                account_changelog.clone(),
-            ),
-        ]
+        ];
+        env.extend(topics.iter().cloned());
+        env
     };
     let as_refs = |v: &[(&'static str, String)]| -> Vec<(&'static str, String)> { v.to_vec() };
     let env_a = as_refs(&env("accounts-a", ports[0]));
@@ -250,8 +262,8 @@ fn leads_expired_by_wall_clock_timers_leave_their_accounts() {
     let broker = kafka();
     let names = Names::new("accounts-expiry");
     create_topic(&broker.bootstrap, &names.input, 4);
-    let updates = format!("{}-account-updates", names.group);
-    let account_changelog = format!("{}-account-changelog", names.group);
+    let topics = account_topics(&names);
+    let account_changelog = topics[1].1.clone();
     let mut lines = sample(200, 67);
     let expires_soon = Timestamp(now_ms() - 9 * common::DAY + 20_000).to_rfc3339();
     let mut closing: BTreeMap<i32, String> = BTreeMap::new();
@@ -279,14 +291,8 @@ fn leads_expired_by_wall_clock_timers_leave_their_accounts() {
         "exactly_once",
         "timer_clock = \"wall\"\n",
     );
-    let env = [
-        ("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "accounts-expiry"),
-        ("LEADSCORE_KAFKA_ACCOUNT_UPDATES_TOPIC", updates.as_str()),
-        (
-            "LEADSCORE_KAFKA_ACCOUNT_CHANGELOG_TOPIC",
-            account_changelog.as_str(),
-        ),
-    ];
+    let mut env = vec![("LEADSCORE_KAFKA_TRANSACTIONAL_ID", "accounts-expiry")];
+    env.extend(topics.iter().map(|(k, v)| (*k, v.as_str())));
     // A backlog: each partition reaches its end once, after its last event.
     produce_lines(&broker.bootstrap, &names.input, &lines);
     let instance = Instance::start(&config, &env);
