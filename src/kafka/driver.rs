@@ -443,11 +443,8 @@ impl<'c> Driver<'c> {
             producer: &self.producer,
             counters: &mut self.counters,
             wall,
-            in_place: if self.transactional {
-                self.tasks.in_place_partitions()
-            } else {
-                Vec::new()
-            },
+            // Set at restore in transactional runs only.
+            in_place: self.tasks.in_place_partitions(),
             local_updates: Vec::new(),
             applied_in_place: false,
         };

@@ -176,7 +176,8 @@ pub fn run(
                     default_encoding,
                     topics: Topics::of(config),
                     input_partitions: i32::try_from(input_partitions).unwrap_or(i32::MAX),
-                    account_partitions,
+                    account_partitioning: account_partitions
+                        .map(|n| tasks::AccountPartitioning::new(config, n)),
                     read_committed: transactional,
                     base: base.clone(),
                 };

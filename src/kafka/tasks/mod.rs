@@ -168,21 +168,27 @@ pub(super) struct Shared<'c> {
     pub topics: Topics,
     /// Of the input topic, to name the partition of a lead held elsewhere.
     pub input_partitions: i32,
-    /// Of the account updates topic (with `[accounts]`).
-    pub account_partitions: Option<i32>,
+    /// How account updates are partitioned (with `[accounts]`).
+    pub account_partitioning: Option<AccountPartitioning>,
     /// Changelogs are read `read_committed` (in `exactly_once` mode).
     pub read_committed: bool,
     /// For the changelog readers of restores.
     pub base: ClientConfig,
 }
 
-impl Shared<'_> {
-    /// The account updates partition an account's updates go to: where
-    /// this process's producer puts them (librdkafka's partitioner, unless
-    /// `[kafka.properties] partitioner` names murmur2).
-    pub fn account_partition(&self, account_id: &str) -> Option<i32> {
-        let partitioner = match self
-            .config
+/// Where this process's producer puts an account's updates: the account
+/// updates topic's partition count, and librdkafka's partitioner unless
+/// `[kafka.properties] partitioner` names murmur2. Found once, not per
+/// update.
+#[derive(Clone, Copy)]
+pub(super) struct AccountPartitioning {
+    partitioner: Partitioner,
+    partitions: i32,
+}
+
+impl AccountPartitioning {
+    pub fn new(config: &Config, partitions: i32) -> Self {
+        let partitioner = match config
             .kafka
             .properties
             .get("partitioner")
@@ -191,7 +197,20 @@ impl Shared<'_> {
             Some("murmur2" | "murmur2_random") => Partitioner::Murmur2Random,
             _ => Partitioner::ConsistentRandom,
         };
-        let partitions = self.account_partitions?;
+        AccountPartitioning {
+            partitioner,
+            partitions,
+        }
+    }
+}
+
+impl Shared<'_> {
+    /// The account updates partition an account's updates go to.
+    pub fn account_partition(&self, account_id: &str) -> Option<i32> {
+        let AccountPartitioning {
+            partitioner,
+            partitions,
+        } = self.account_partitioning?;
         Some(partition_of(partitioner, account_id.as_bytes(), partitions))
     }
 }
