@@ -91,6 +91,28 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Hand the live deployment's output topic over to its shadow (new
+    /// rules, `run --config NEW --shadow`), exactly once: stop both first.
+    /// Each side is drained to a common cut-over offset per partition; the
+    /// live one is then retired, and the configuration of the promoted
+    /// deployment is written to `--write`. Its first run publishes a
+    /// crossing for each lead whose tier differs from the old rules' last.
+    Promote {
+        /// The shadow's file (the new rules; its topics get `-shadow`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The live deployment's file.
+        #[arg(long)]
+        live: PathBuf,
+        /// Where to write the promoted deployment's configuration: the new
+        /// rules with the shadow's group and changelogs and the live output
+        /// topic.
+        #[arg(long)]
+        write: PathBuf,
+        /// How long to wait for both consumer groups to empty.
+        #[arg(long, default_value_t = 120)]
+        wait_seconds: u64,
+    },
     /// Fit weights and thresholds to a history of events and outcomes, and
     /// report how well current and suggested rules rank converted leads.
     Calibrate {
@@ -164,6 +186,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config, against } => check(&config, against.as_deref()),
         Command::Run { config, shadow } => run(&config, shadow),
+        Command::Promote {
+            config,
+            live,
+            write,
+            wait_seconds,
+        } => promote(&config, &live, &write, wait_seconds),
         Command::Replay {
             config,
             input,
@@ -434,6 +462,64 @@ fn run(path: &Path, shadow: bool) -> anyhow::Result<()> {
     // The stream threads block (librdkafka calls); they run beside the
     // runtime's.
     leadscore::kafka::run(&config, path, &shutdown, &reload, &status, answer_from)
+}
+
+fn promote(shadow: &Path, live: &Path, write: &Path, wait_seconds: u64) -> anyhow::Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let live_config = config::load(live, &env)?;
+    let mut shadow_config = config::load(shadow, &env)?;
+    shadow_config.kafka.shadow();
+    shadow_config.shadow = true;
+    let source = std::fs::read_to_string(shadow)
+        .with_context(|| format!("cannot read {}", shadow.display()))?;
+    // Written before anything changes, so a file that cannot be written
+    // stops the promotion before it starts.
+    let text = config::promoted_text(&source, &shadow_config.kafka, &live_config.kafka)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", shadow.display()))?;
+    let promotion = leadscore::kafka::promote::promote(
+        (&live_config, live),
+        (&shadow_config, shadow),
+        std::time::Duration::from_secs(wait_seconds),
+    )?;
+    std::fs::write(write, text).with_context(|| format!("cannot write {}", write.display()))?;
+    let overridden: Vec<&String> = shadow_config
+        .overridden_by_env
+        .iter()
+        .filter(|name| name.starts_with("LEADSCORE_KAFKA_"))
+        .collect();
+    println!(
+        "{} {} over to the rules of {} at input offsets {:?}.",
+        if promotion.already_done {
+            "Already promoted: the output topic was handed"
+        } else {
+            "Promoted: the output topic is handed"
+        },
+        live_config.kafka.output_topic,
+        shadow.display(),
+        promotion.cut_over
+    );
+    println!(
+        "Run the promoted deployment with: leadscore run --config {}",
+        write.display()
+    );
+    println!(
+        "Its first transaction publishes a threshold_crossed (cause rules_changed) for each lead \
+         whose tier differs from the one {} last published; {} is retired and will not start.",
+        live.display(),
+        live.display()
+    );
+    if !overridden.is_empty() {
+        println!(
+            "Environment variables set [kafka] settings ({}): the promoted deployment must not \
+             carry those that name its group, changelogs or output.",
+            overridden
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn diff(

@@ -353,3 +353,67 @@ fn changes_that_need_history_are_named() {
     let back = RulesOutline::from_json(outline.to_json().as_bytes()).unwrap();
     assert_eq!(back, outline);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The crossings of a promotion: for each lead whose tier differs from
+    /// the one the old deployment last published (none: the lowest), one
+    /// `threshold_crossed` from that tier to the lead's, in lead id order;
+    /// state is left as it is.
+    #[test]
+    fn a_handover_crosses_exactly_the_leads_whose_tier_differs(
+        seed in 0u64..1_000,
+        published_as in proptest::collection::vec(proptest::option::of(0usize..8), 64),
+    ) {
+        let rules = Arc::new(rules());
+        let mut engine = Engine::new(rules.clone()).track_changes();
+        for event in events(64, seed) {
+            let now = event.timestamp;
+            let _ = engine.apply(&event, now);
+        }
+        changelog(&mut engine);
+        let at = engine.watermark().unwrap();
+        let leads = engine.snapshot(at);
+        // Tiers of another deployment: some named as here, some gone.
+        let tiers = rules.tiers.len();
+        let published: BTreeMap<String, (Arc<str>, usize)> = leads
+            .iter()
+            .zip(published_as.iter().cycle())
+            .filter_map(|(lead, tier)| {
+                let tier = (*tier)?;
+                let name: Arc<str> = if tier < tiers {
+                    rules.tier_name(tier).clone()
+                } else {
+                    format!("old-tier-{tier}").into()
+                };
+                Some((lead.lead_id.to_string(), (name, tier.min(tiers - 1))))
+            })
+            .collect();
+        let cause = Cause::RulesChanged("fingerprint\x1fpromoted".into());
+        let crossings = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
+        let mut expected = Vec::new();
+        for lead in &leads {
+            let from = published
+                .get(lead.lead_id.as_ref() as &str)
+                .map_or(rules.tier_name(0).clone(), |(name, _)| name.clone());
+            // A snapshot's tier is the one the lead last published.
+            let tier = lead.tier.clone();
+            if *from != *tier {
+                expected.push((lead.lead_id.to_string(), from, tier));
+            }
+        }
+        let got: Vec<(String, Arc<str>, Arc<str>)> = crossings
+            .iter()
+            .map(|o| (o.lead_id.clone().unwrap(), o.previous_tier.clone(), o.tier.clone()))
+            .collect();
+        prop_assert_eq!(got, expected);
+        for output in &crossings {
+            prop_assert_eq!(output.kind, OutputKind::ThresholdCrossed);
+            prop_assert_eq!(&output.cause, &cause);
+        }
+        prop_assert!(changelog(&mut engine).is_empty(), "state is left as it is");
+        let again = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
+        prop_assert_eq!(again, crossings, "a repeat publishes the same outputs");
+    }
+}

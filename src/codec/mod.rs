@@ -285,6 +285,10 @@ impl Decoder {
 /// with this: a NUL, which no lead or account id may start with.
 pub const OUTLINE_KEY_PREFIX: &str = "\u{0}leadscore-rules\u{0}";
 
+/// The changelog key of the record `leadscore promote` writes into every
+/// partition of both deployments' changelogs (see `kafka::promote`).
+pub const HANDOVER_KEY: &str = "\u{0}leadscore-handover\u{0}";
+
 /// The changelog key of the outline of the rules with `fingerprint`.
 pub fn outline_key(fingerprint: &str) -> String {
     format!("{OUTLINE_KEY_PREFIX}{fingerprint}")

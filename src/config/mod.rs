@@ -26,6 +26,10 @@ pub struct Config {
     /// `run --shadow`: topics and ids of its own (see
     /// [`KafkaSettings::shadow`]).
     pub shadow: bool,
+    /// For `leadscore promote`: process each input partition up to (not
+    /// including) this offset, and the internal topics to their end, then
+    /// stop.
+    pub drain_to: Option<std::collections::BTreeMap<i32, i64>>,
 }
 
 /// A configuration problem, located in its file.
@@ -265,6 +269,56 @@ fn with_rules_overrides(
     Ok((doc.to_string(), applied))
 }
 
+/// The text of a configuration file after `leadscore promote`: `source`
+/// (the new rules' file) with its `[kafka]` names set to where the
+/// promoted deployment keeps its state (the shadow's group, changelogs,
+/// identity topic and explicit ids) and publishes (the live deployment's
+/// output, dead-letter and filtered topics). Comments and everything else
+/// are kept.
+pub fn promoted_text(
+    source: &str,
+    promoted: &KafkaSettings,
+    live: &KafkaSettings,
+) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = source.parse().map_err(|e| format!("{e}"))?;
+    if doc.get("kafka").is_none() {
+        doc["kafka"] = toml_edit::table();
+    }
+    let kafka = doc["kafka"]
+        .as_table_like_mut()
+        .ok_or("[kafka] is not a table")?;
+    let identity_topic = promoted.identity_topic();
+    let names: [(&str, Option<&String>); 10] = [
+        ("group_id", Some(&promoted.group_id)),
+        ("changelog_topic", Some(&promoted.changelog_topic)),
+        (
+            "account_updates_topic",
+            Some(&promoted.account_updates_topic),
+        ),
+        (
+            "account_changelog_topic",
+            Some(&promoted.account_changelog_topic),
+        ),
+        ("identity_topic", Some(&identity_topic)),
+        ("transactional_id", promoted.transactional_id.as_ref()),
+        ("group_instance_id", promoted.group_instance_id.as_ref()),
+        ("output_topic", Some(&live.output_topic)),
+        ("dead_letter_topic", Some(&live.dead_letter_topic)),
+        ("filtered_topic", live.filtered_topic.as_ref()),
+    ];
+    for (key, value) in names {
+        match value {
+            Some(value) => {
+                kafka.insert(key, toml_edit::value(value.as_str()));
+            }
+            None => {
+                kafka.remove(key);
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
 /// [`load`] over a file's text.
 pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let (source, rules_overrides) = with_rules_overrides(source, env)
@@ -429,6 +483,7 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         logging,
         overridden_by_env,
         shadow: false,
+        drain_to: None,
     })
 }
 

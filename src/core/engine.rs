@@ -1099,6 +1099,53 @@ impl Engine {
         outputs
     }
 
+    /// The crossings that hand subscribers over from another deployment
+    /// (`leadscore promote`): for each lead whose tier here differs from
+    /// the one the other deployment last published (`published`: its tier
+    /// name and, for the direction, that tier's index under these rules;
+    /// `None` for a lead it never published, which subscribers know in
+    /// the lowest tier), a `threshold_crossed` from that tier to this
+    /// one, with `cause`. State is not changed: from here on the lead's
+    /// outputs are exactly what these rules publish anyway. In lead id
+    /// order, so a repeat publishes the same outputs.
+    pub fn handover_crossings(
+        &self,
+        published: impl Fn(&str) -> Option<(Arc<str>, usize)>,
+        cause: &Cause,
+    ) -> Vec<Output> {
+        let rules = &*self.rules;
+        let mut ids: Vec<&Box<str>> = self.leads.keys().collect();
+        ids.sort_unstable();
+        let mut outputs = Vec::new();
+        for lead_id in ids {
+            let lead = &self.leads[lead_id];
+            let tier = usize::from(lead.tier);
+            let (previous_name, previous) =
+                published(lead_id).unwrap_or_else(|| (rules.tier_name(0).clone(), 0));
+            if *previous_name == **rules.tier_name(tier) {
+                continue;
+            }
+            let view = lead.view(rules);
+            let eval = view.evaluate(rules, lead.clock);
+            let mut contributions = view.contributions(rules, lead.clock);
+            contributions.truncate(rules.settings.top_contributions);
+            outputs.push(Output {
+                previous_tier: previous_name,
+                direction: direction_of(tier, previous, 0.0),
+                contributions,
+                ..lead_output(
+                    rules,
+                    OutputKind::ThresholdCrossed,
+                    lead_id,
+                    &view,
+                    &eval,
+                    lead.clock,
+                    cause.clone(),
+                )
+            });
+        }
+        outputs
+    }
     /// Publishes what decay alone changes up to `now`: tier drops (or rises,
     /// as negative points fade) of leads that saw no event, in due-time order.
     pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {

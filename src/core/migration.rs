@@ -372,17 +372,7 @@ fn profile_map(
     let tiers = old
         .tiers
         .iter()
-        .map(|tier| {
-            let by_name = new.tiers.iter().position(|t| *t.name == *tier.name);
-            // A tier gone: the highest new tier that asks no more.
-            let by_score = || {
-                new.tiers
-                    .iter()
-                    .rposition(|t| t.min_score <= tier.min_score)
-                    .unwrap_or(0)
-            };
-            by_name.unwrap_or_else(by_score) as u8
-        })
+        .map(|tier| tier_under(tier, new) as u8)
         .collect();
 
     let half_life_ms = |index: usize| match new.half_life_of(index) {
@@ -464,4 +454,17 @@ fn profile_map(
         tiers,
         engagement,
     }
+}
+
+/// Where a tier of older rules lies under `new`: the tier of the same
+/// name or, for a tier gone, the highest new tier that asks no more.
+pub fn tier_under(old: &TierOutline, new: &Rules) -> usize {
+    let by_name = new.tiers.iter().position(|t| *t.name == *old.name);
+    let by_score = || {
+        new.tiers
+            .iter()
+            .rposition(|t| t.min_score <= old.min_score)
+            .unwrap_or(0)
+    };
+    by_name.unwrap_or_else(by_score)
 }

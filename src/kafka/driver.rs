@@ -125,6 +125,10 @@ impl<'c> Driver<'c> {
                 self.report();
                 last_report = Instant::now();
             }
+            if self.drained()? {
+                tracing::info!("drained to the cut-over offsets");
+                break;
+            }
         }
         self.report();
         self.leave_group();
@@ -149,6 +153,9 @@ impl<'c> Driver<'c> {
             match self.consumer.poll(left) {
                 Some(Ok(message)) => {
                     let (topic, partition) = (message.topic(), message.partition());
+                    if self.past_drain_stop(topic, partition, message.offset()) {
+                        continue;
+                    }
                     self.tasks
                         .set_at_end(&self.shared.topics, topic, partition, false);
                     batch.push(message.detach());
@@ -165,6 +172,68 @@ impl<'c> Driver<'c> {
             self.apply_assignment_changes(&mut batch)?;
         }
         Ok(batch)
+    }
+
+    /// In a drain (`leadscore promote`): whether an input record lies at
+    /// or past its partition's stop. It is left unprocessed (and its
+    /// offset uncommitted), and the partition is paused.
+    fn past_drain_stop(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        let Some(stops) = &self.shared.config.drain_to else {
+            return false;
+        };
+        if topic != self.shared.topics.input {
+            return false;
+        }
+        let past = stops.get(&partition).is_none_or(|&stop| offset >= stop);
+        if past {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(topic, partition);
+            if let Err(e) = self.consumer.pause(&list) {
+                tracing::warn!(partition, error = %e, "cannot pause a drained partition");
+            }
+        }
+        past
+    }
+
+    /// In a drain: whether every input partition is committed up to its
+    /// stop and the identity and account-update partitions hold nothing
+    /// past their committed offsets (all that the processed input caused
+    /// is applied). Checked between batches, after a commit.
+    fn drained(&mut self) -> anyhow::Result<bool> {
+        let Some(stops) = &self.shared.config.drain_to else {
+            return Ok(false);
+        };
+        let topics = &self.shared.topics;
+        let held = self.tasks.topic_partitions(topics);
+        let inputs = held.iter().filter(|(t, _)| *t == topics.input).count();
+        if inputs < stops.len() || self.tasks.all().any(|t| t.has_pending()) {
+            return Ok(false);
+        }
+        let committed = offsets::committed(&self.consumer, &held)?;
+        let offset_of = |topic: &str, p: i32| {
+            committed
+                .get(&(topic.to_string(), p))
+                .and_then(|c| c.offset)
+        };
+        for (&p, &stop) in stops {
+            if offset_of(&topics.input, p).unwrap_or(0) < stop {
+                return Ok(false);
+            }
+        }
+        for (topic, p) in held.iter().filter(|(t, _)| *t != topics.input) {
+            let start = offset_of(topic, *p).map_or(Offset::Beginning, Offset::Offset);
+            let left = super::restore::read_from(
+                &self.shared.base,
+                topic,
+                &[(*p, start)],
+                self.shared.read_committed,
+                |_, _, _, _| Ok(()),
+            )?;
+            if left > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// librdkafka reports the end of a partition without its topic: the

@@ -32,6 +32,7 @@ mod driver;
 pub mod history;
 mod offsets;
 mod poison;
+pub mod promote;
 mod records;
 mod restore;
 mod tasks;

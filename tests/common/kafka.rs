@@ -126,6 +126,40 @@ impl Names {
     }
 }
 
+impl Names {
+    /// The shadow's topics and group (see `KafkaSettings::shadow`).
+    pub fn shadow(&self) -> Names {
+        let shadow = |name: &str| format!("{name}-shadow");
+        Names {
+            input: self.input.clone(),
+            output: shadow(&self.output),
+            dead_letter: shadow(&self.dead_letter),
+            changelog: shadow(&self.changelog),
+            group: shadow(&self.group),
+        }
+    }
+}
+
+/// `text` (a config file of the example rules) under new rules that
+/// kept state cannot answer (a new engagement rule, version
+/// b2b-saas-2026.12.0), with new points and a lower MQL line.
+pub fn rules_needing_history(text: &str) -> String {
+    let new = text
+        .replace(
+            "version = \"b2b-saas-2026.11.1\"",
+            "version = \"b2b-saas-2026.12.0\"",
+        )
+        .replacen(
+            "[[engagement]]",
+            "[[engagement]]\nname = \"any_page\"\ntype = \"page\"\npoints = 2\ncap = { points = 10, per = \"7d\" }\n\n[[engagement]]",
+            1,
+        )
+        .replacen("points = 30", "points = 24", 1)
+        .replacen("min_score = 70", "min_score = 60", 1);
+    assert_ne!(new, text);
+    new
+}
+
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -291,6 +325,7 @@ pub fn produce_all(bootstrap: &str, topic: &str, records: &[Produced]) {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
+    pub offset: i64,
     pub key: Option<String>,
     pub value: Vec<u8>,
     pub headers: BTreeMap<String, String>,
@@ -342,6 +377,7 @@ pub fn read_topic(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<Rec
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => records.push(Record {
                 partition: m.partition(),
+                offset: m.offset(),
                 key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 value: m.payload().unwrap_or_default().to_vec(),
                 headers: m

@@ -8,19 +8,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use rdkafka::message::{Message, OwnedMessage};
+use std::collections::HashMap;
 
 use super::{Out, Shared, Task, Topics};
 use crate::codec::account::encode_account_update;
 use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
-use crate::codec::{erasure_key, erasure_of_key, erasure_request, Encoding};
+use crate::codec::{
+    erasure_key, erasure_of_key, erasure_request, Encoding, HANDOVER_KEY, OUTLINE_KEY_PREFIX,
+};
 use crate::core::engine::StateChange;
+use crate::core::migration::{tier_under, RulesOutline};
 use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
+use crate::kafka::promote::Handover;
 use crate::kafka::records::{header_text, record_time};
 use crate::kafka::restore::{read_to_end, RulesHistory};
 use crate::ops::metrics as m;
@@ -49,6 +54,9 @@ pub(super) struct LeadTask {
     pending: Option<Vec<Output>>,
     /// The changelog partition holds the running rules' outline.
     outline_recorded: bool,
+    /// The handover record to write, marked done, with the cut-over
+    /// crossings of a promotion (see `kafka::promote`).
+    handover_done: Option<Vec<u8>>,
 }
 
 impl LeadTask {
@@ -298,6 +306,9 @@ impl Task for LeadTask {
         for (key, value) in &records {
             out.record(topic, Some(self.partition), key, value.as_deref())?;
         }
+        if let Some(done) = self.handover_done.take() {
+            out.record(topic, Some(self.partition), HANDOVER_KEY, Some(&done))?;
+        }
         Ok(())
     }
 
@@ -351,6 +362,7 @@ pub(super) fn restore(
         .iter()
         .map(|&p| (p, Engine::new(rules.clone()).track_changes()))
         .collect();
+    let mut handovers: BTreeMap<i32, Handover> = BTreeMap::new();
     let records = read_to_end(
         &shared.base,
         topic,
@@ -360,6 +372,15 @@ pub(super) fn restore(
             let Some(engine) = engines.get_mut(&partition) else {
                 return Ok(());
             };
+            if key == HANDOVER_KEY {
+                if let Some(value) = value {
+                    let handover = Handover::from_json(value).with_context(|| {
+                        format!("changelog {topic}/{partition} offset {offset}")
+                    })?;
+                    handovers.insert(partition, handover);
+                }
+                return Ok(());
+            }
             if history.take_outline(partition, key, value, offset)? {
                 return Ok(());
             }
@@ -397,6 +418,12 @@ pub(super) fn restore(
             Ok(())
         },
     )?;
+    for (partition, handover) in &handovers {
+        if let Some(why) = handover.refusal(&format!("{topic}/{partition}"), &shared.topics.output)
+        {
+            bail!("{why}");
+        }
+    }
     let elapsed = started.elapsed();
     let seconds = elapsed.as_secs_f64().max(1e-3);
     let leads: usize = engines.values().map(Engine::lead_count).sum();
@@ -432,7 +459,7 @@ pub(super) fn restore(
         // what moved is published in the next transaction, with the
         // changelog records. Aborted, it is all done again from the same
         // state, with the same ids.
-        let pending = if history.migrated.contains(&partition) {
+        let mut pending = if history.migrated.contains(&partition) {
             let outputs = engine.rescore(&rules_changed);
             metrics::counter!(m::RESCORED).increment(engine.lead_count() as u64);
             tracing::info!(
@@ -445,6 +472,36 @@ pub(super) fn restore(
         } else {
             None
         };
+        // The first run of a promoted deployment: subscribers know each
+        // lead at the tier the old rules last published; a crossing to the
+        // tier held here goes out with the changelog's "done" mark.
+        let mut handover_done = None;
+        if let Some(handover) = handovers.get(&partition).filter(|h| !h.done) {
+            let published = published_tiers(shared, &handover.live_changelog, partition)?;
+            let cause = Cause::RulesChanged(format!("{}\x1fpromoted", shared.stamp.fingerprint));
+            let crossings = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
+            tracing::info!(
+                partition,
+                from = %handover.live_group,
+                leads = engine.lead_count(),
+                crossings = crossings.len(),
+                "promoted: publishing the cut-over crossings"
+            );
+            pending = Some(
+                pending
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(crossings)
+                    .collect(),
+            );
+            handover_done = Some(
+                Handover {
+                    done: true,
+                    ..handover.clone()
+                }
+                .to_json(),
+            );
+        }
         engine.set_locality(Arc::new(move |id: &str| {
             partition_of(partitioner, id.as_bytes(), count) == partition
         }));
@@ -466,10 +523,71 @@ pub(super) fn restore(
                 at_end: false,
                 pending,
                 outline_recorded: history.recorded.contains(&partition),
+                handover_done,
             },
         );
     }
     Ok(tasks)
+}
+
+/// The tier the deployment whose changelog is `changelog` last published
+/// for each lead of `partition`: its name, and where it lies under the
+/// running rules. The outline records beside the state name its tiers.
+fn published_tiers(
+    shared: &Shared<'_>,
+    changelog: &str,
+    partition: i32,
+) -> anyhow::Result<HashMap<String, (Arc<str>, usize)>> {
+    let mut outlines: HashMap<String, RulesOutline> = HashMap::new();
+    let mut tiers: HashMap<String, (String, u8)> = HashMap::new();
+    read_to_end(
+        &shared.base,
+        changelog,
+        &[partition],
+        shared.read_committed,
+        |_, key, value, offset| {
+            let at = || format!("changelog {changelog}/{partition} offset {offset}");
+            if let Some(fingerprint) = key.strip_prefix(OUTLINE_KEY_PREFIX) {
+                if let Some(value) = value {
+                    let outline = RulesOutline::from_json(value).with_context(at)?;
+                    outlines.insert(fingerprint.to_string(), outline);
+                }
+                return Ok(());
+            }
+            if key.starts_with('\0') {
+                return Ok(());
+            }
+            match value.map(decode_changelog).transpose().with_context(at)? {
+                Some(ChangelogValue::Lead { state, rules }) => {
+                    tiers.insert(key.to_string(), (rules.fingerprint, state.tier));
+                }
+                Some(ChangelogValue::AliasOf(_)) | None => {
+                    tiers.remove(key);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let mut named = HashMap::with_capacity(tiers.len());
+    for (lead_id, (fingerprint, tier)) in tiers {
+        let tier = outlines
+            .get(&fingerprint)
+            .and_then(|o| o.leads.tiers.get(usize::from(tier)))
+            .with_context(|| {
+                format!(
+                    "changelog {changelog}/{partition} holds state of rules {fingerprint} with no \
+                     outline of them: the tier published for lead {lead_id} cannot be named"
+                )
+            })?;
+        named.insert(
+            lead_id,
+            (
+                Arc::from(tier.name.as_str()),
+                tier_under(tier, &shared.rules),
+            ),
+        );
+    }
+    Ok(named)
 }
 
 /// Answers a lead query from the lead tasks a thread holds.
