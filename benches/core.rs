@@ -273,7 +273,7 @@ fn rescore(c: &mut Criterion) {
     new.tiers[last].min_score -= 5.0;
     let new = Arc::new(new);
     let migration = Migration::plan(&RulesOutline::of(&old), &new).expect("in place");
-    let cause = Cause::RulesChanged(new.fingerprint());
+    let cause = Cause::RulesChanged(new.fingerprint().into());
 
     let mut group = c.benchmark_group("rules");
     group.throughput(Throughput::Elements(leads.len() as u64));

@@ -368,7 +368,7 @@ fn rescore_across_a_kill(broker: &Broker, test: &str, how: Switch) {
         engine.restore_alias(from, to);
     }
     engine.take_changes(|_, _| {});
-    let switch = engine.rescore(&Cause::RulesChanged(new_rules.fingerprint()));
+    let switch = engine.rescore(&Cause::RulesChanged(new_rules.fingerprint().into()));
     assert!(
         switch.len() > 10,
         "the change moves leads: {} outputs",

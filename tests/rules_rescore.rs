@@ -220,7 +220,7 @@ proptest! {
             }
         }
         after.take_changes(|_, _| {});
-        let cause = Cause::RulesChanged(new.fingerprint());
+        let cause = Cause::RulesChanged(new.fingerprint().into());
         let outputs = after.rescore(&cause);
 
         // The state: the new rules' numbers for the same history.

@@ -81,7 +81,7 @@ fn cause_parts(cause: &Cause) -> (String, i64, String) {
     match cause {
         Cause::Event(id) | Cause::Merge(id) => (id.clone(), 0, String::new()),
         Cause::Decay(due) => (String::new(), due.millis(), String::new()),
-        Cause::RulesChanged(fingerprint) => (String::new(), 0, fingerprint.clone()),
+        Cause::RulesChanged(fingerprint) => (String::new(), 0, fingerprint.to_string()),
     }
 }
 
@@ -134,7 +134,7 @@ pub fn decode_account_update(bytes: &[u8]) -> Result<AccountUpdate, DecodeError>
     let r = wire::AccountUpdateRecord::decode(bytes)
         .map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     let cause = if !r.cause_rules_changed.is_empty() {
-        Cause::RulesChanged(r.cause_rules_changed)
+        Cause::RulesChanged(r.cause_rules_changed.into())
     } else if r.cause_event_id.is_empty() {
         Cause::Decay(Timestamp(r.cause_due_ms))
     } else {

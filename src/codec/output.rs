@@ -385,7 +385,7 @@ mod tests {
             text().prop_map(Cause::Event),
             text().prop_map(Cause::Merge),
             Just(Cause::Decay(Timestamp(0))),
-            text().prop_map(Cause::RulesChanged),
+            text().prop_map(|t| Cause::RulesChanged(t.into())),
         ];
         let lifecycle = proptest::option::of(
             (

@@ -695,7 +695,7 @@ impl AccountEngine {
         // each share's outputs need ids of their own.
         let cause = match (update, cause) {
             (AccountUpdate::Member { lead_id, .. }, Cause::RulesChanged(fingerprint)) => {
-                Cause::RulesChanged(format!("{fingerprint}\x1f{lead_id}"))
+                Cause::RulesChanged(format!("{fingerprint}\x1f{lead_id}").into())
             }
             _ => cause.clone(),
         };

@@ -134,6 +134,8 @@ pub type Locality = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 #[derive(Default)]
 struct Changes {
     leads: BTreeSet<Box<str>>,
+    /// Every lead held changed (a re-score): `leads` is not kept then.
+    all_leads: bool,
     aliases: Vec<(Box<str>, Box<str>)>,
     /// Leads and aliases dropped from state (expired, erased): a
     /// tombstone each.
@@ -224,6 +226,14 @@ impl Engine {
             if !self.leads.contains_key(id) && !self.aliases.contains_key(id) {
                 each(id, StateChange::Gone);
             }
+        }
+        if changes.all_leads {
+            let mut leads: Vec<(&Box<str>, &Box<LeadState>)> = self.leads.iter().collect();
+            leads.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (id, lead) in leads {
+                each(id, StateChange::Lead(lead));
+            }
+            return;
         }
         for id in &changes.leads {
             if let Some(lead) = self.leads.get(id) {
@@ -1029,52 +1039,20 @@ impl Engine {
     /// After `lead_id` changed: its next due time, its timer, the changelog
     /// and its account.
     fn settle(&mut self, lead_id: &str, before: Before, cause: Cause) {
-        let rules = &*self.rules;
         let Some(lead) = self.leads.get_mut(lead_id) else {
             return;
         };
-        let view = lead.view(rules);
-        let due = match (view.next_due(rules, view.clock), lead.expires_at(rules)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let account_after = rules
-            .accounts
-            .as_ref()
-            .and_then(|_| view.account.as_ref().map(|a| a.id.clone()));
-        let member = (rules.accounts.is_some() && account_after.is_some())
-            .then(|| Member::of_lead(rules, lead_id, &view));
-        drop(view);
-        lead.due = due;
-        if let Some(changes) = self.changes.as_mut() {
-            if !changes.leads.contains(lead_id) {
-                changes.leads.insert(lead_id.into());
-            }
-        }
-        if rules.accounts.is_some() {
-            let at = lead.clock;
-            if let Some(left) = before.account.filter(|b| Some(b) != account_after.as_ref()) {
-                self.account_updates.push(AccountUpdate::Member {
-                    account_id: left,
-                    lead_id: lead_id.into(),
-                    member: None,
-                    erased: false,
-                    at,
-                    cause: cause.clone(),
-                });
-            }
-            if let (Some(account_id), Some(member)) = (account_after, member) {
-                self.account_updates.push(AccountUpdate::Member {
-                    account_id,
-                    lead_id: lead_id.into(),
-                    member: Some(member),
-                    erased: false,
-                    at,
-                    cause,
-                });
-            }
-        }
-        reschedule(&mut self.timers, lead_id, before.due, due);
+        let before_due = before.due;
+        settle_lead(
+            &self.rules,
+            (&mut self.changes, &mut self.account_updates),
+            lead_id,
+            lead,
+            before,
+            cause,
+        );
+        let due = lead.due;
+        reschedule(&mut self.timers, lead_id, before_due, due);
     }
 
     /// Re-evaluates every lead under the engine's rules after their state
@@ -1083,19 +1061,39 @@ impl Engine {
     /// every lead as changed (its changelog record names the new rules)
     /// and its account share as updated. In lead id order, so a repeat
     /// publishes the same outputs.
+    ///
+    /// Every lead is visited once, so the leads are taken out of their map
+    /// (sorted, no lookups), every one marked changed at once, and the
+    /// timers built again in one pass.
     pub fn rescore(&mut self, cause: &Cause) -> Vec<Output> {
-        let mut ids: Vec<Box<str>> = self.leads.keys().cloned().collect();
-        ids.sort_unstable();
-        let mut outputs = Vec::new();
-        for lead_id in ids {
-            let rules = &*self.rules;
-            let Some(lead) = self.leads.get_mut(&lead_id) else {
-                continue;
-            };
-            let before = Before::of(rules, lead);
-            emit(rules, &lead_id, lead, cause.clone(), &mut outputs);
-            self.settle(&lead_id, before, cause.clone());
+        let rules = self.rules.clone();
+        let rules = &*rules;
+        let mut leads: Vec<(Box<str>, Box<LeadState>)> = self.leads.drain().collect();
+        leads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(changes) = self.changes.as_mut() {
+            changes.all_leads = true;
         }
+        let mut outputs = Vec::new();
+        let mut timers = Vec::with_capacity(leads.len());
+        for (lead_id, lead) in &mut leads {
+            let before = Before::of(rules, lead);
+            emit(rules, lead_id, lead, cause.clone(), &mut outputs);
+            settle_lead(
+                rules,
+                (&mut self.changes, &mut self.account_updates),
+                lead_id,
+                lead,
+                before,
+                cause.clone(),
+            );
+            if let Some(due) = lead.due {
+                timers.push((due, lead_id.clone()));
+            }
+        }
+        timers.sort_unstable();
+        self.timers = timers.into_iter().collect();
+        self.leads.reserve(leads.len());
+        self.leads.extend(leads);
         outputs
     }
 
@@ -1185,6 +1183,59 @@ impl Engine {
         ids.into_iter()
             .map(|id| snapshot_of(&self.rules, id, &self.leads[id], at))
             .collect()
+    }
+}
+
+/// [`Engine::settle`] for a lead held apart from the engine's map (all
+/// but its timer): its next due time, the changelog and its account.
+fn settle_lead(
+    rules: &Rules,
+    (changes, account_updates): (&mut Option<Changes>, &mut Vec<AccountUpdate>),
+    lead_id: &str,
+    lead: &mut LeadState,
+    before: Before,
+    cause: Cause,
+) {
+    let view = lead.view(rules);
+    let due = match (view.next_due(rules, view.clock), lead.expires_at(rules)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let account_after = rules
+        .accounts
+        .as_ref()
+        .and_then(|_| view.account.as_ref().map(|a| a.id.clone()));
+    let member = (rules.accounts.is_some() && account_after.is_some())
+        .then(|| Member::of_lead(rules, lead_id, &view));
+    drop(view);
+    lead.due = due;
+    if let Some(changes) = changes.as_mut() {
+        if !changes.all_leads && !changes.leads.contains(lead_id) {
+            changes.leads.insert(lead_id.into());
+        }
+    }
+    if rules.accounts.is_some() {
+        let at = lead.clock;
+        if let Some(left) = before.account.filter(|b| Some(b) != account_after.as_ref()) {
+            account_updates.push(AccountUpdate::Member {
+                account_id: left,
+                lead_id: lead_id.into(),
+                member: None,
+                erased: false,
+                at,
+                cause: cause.clone(),
+            });
+        }
+        if let (Some(account_id), Some(member)) = (account_after, member) {
+            account_updates.push(AccountUpdate::Member {
+                account_id,
+                lead_id: lead_id.into(),
+                member: Some(member),
+                erased: false,
+                at,
+                cause,
+            });
+        }
     }
 }
 

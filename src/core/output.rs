@@ -108,7 +108,7 @@ pub enum Cause {
     Merge(String),
     /// The rules changed (to these, by fingerprint) and the lead or
     /// account was re-scored in place.
-    RulesChanged(String),
+    RulesChanged(Arc<str>),
 }
 
 impl Output {

@@ -204,7 +204,7 @@ pub(super) fn restore(
         seconds = format!("{:.3}", elapsed.as_secs_f64()),
         "account partitions restored from changelog"
     );
-    let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.clone());
+    let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.as_str().into());
     let mut tasks: BTreeMap<i32, AccountTask> = engines
         .into_iter()
         .map(|(partition, mut engine)| {

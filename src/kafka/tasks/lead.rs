@@ -450,7 +450,7 @@ pub(super) fn restore(
     let partitioner = shared.config.kafka.input_partitioner;
     let count = shared.input_partitions;
     let mut tasks = BTreeMap::new();
-    let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.clone());
+    let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.as_str().into());
     for (partition, mut engine) in engines {
         // What was restored is not a change to write back.
         engine.take_changes(|_, _| {});
@@ -478,7 +478,8 @@ pub(super) fn restore(
         let mut handover_done = None;
         if let Some(handover) = handovers.get(&partition).filter(|h| !h.done) {
             let published = published_tiers(shared, &handover.live_changelog, partition)?;
-            let cause = Cause::RulesChanged(format!("{}\x1fpromoted", shared.stamp.fingerprint));
+            let cause =
+                Cause::RulesChanged(format!("{}\x1fpromoted", shared.stamp.fingerprint).into());
             let crossings = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
             tracing::info!(
                 partition,
