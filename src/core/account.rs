@@ -769,6 +769,59 @@ impl AccountEngine {
         outputs
     }
 
+    /// The crossings that hand subscribers over from another deployment,
+    /// as [`crate::core::Engine::handover_crossings`] does for leads: for
+    /// each account whose tier here differs from the one the other last
+    /// published (an account it never published counts as in the lowest
+    /// tier), a `threshold_crossed` from that tier to this one, with
+    /// `cause`. State is not changed. In account id order.
+    pub fn handover_crossings(
+        &self,
+        published: impl Fn(&str) -> Option<(Arc<str>, usize)>,
+        cause: &Cause,
+    ) -> Vec<Output> {
+        let rules = &*self.rules;
+        let profile = &rules.accounts.as_deref().expect("account rules").profile;
+        let mut ids: Vec<&Box<str>> = self.accounts.keys().collect();
+        ids.sort_unstable();
+        let mut outputs = Vec::new();
+        for account_id in ids {
+            let account = &self.accounts[account_id];
+            let tier = usize::from(account.tier);
+            let (previous_name, previous) =
+                published(account_id).unwrap_or_else(|| (profile.tier_name(0).clone(), 0));
+            if *previous_name == **profile.tier_name(tier) {
+                continue;
+            }
+            let at = account.clock;
+            let eval = account.evaluate(rules, at);
+            let mut contributions = account.contributions(rules, at);
+            contributions.truncate(profile.settings.top_contributions);
+            let kind = OutputKind::ThresholdCrossed;
+            outputs.push(Output {
+                kind,
+                event_id: output_id_for(ACCOUNT, account_id, kind, cause),
+                lead_id: None,
+                account_id: Some(account_id.to_string()),
+                at,
+                cause: cause.clone(),
+                score: eval.score,
+                fit: eval.fit,
+                engagement: eval.engagement,
+                grade: eval.grade,
+                tier: profile.tier_name(tier).clone(),
+                previous_tier: previous_name,
+                direction: direction_of(tier, previous, 0.0),
+                delta: eval.score - account.last_emitted_score,
+                contributions,
+                rules_version: rules.version.clone(),
+                stage: None,
+                lifecycle: None,
+            });
+        }
+        outputs
+    }
+
     /// Publishes what decay alone changes up to `now`.
     pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {
         let rules = self.rules.clone();

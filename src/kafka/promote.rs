@@ -17,8 +17,9 @@
 //! transaction with its changelog's "done" mark: a kill -9 anywhere
 //! re-does a step from what was committed, with the same ids.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -30,8 +31,9 @@ use super::admin::partition_count;
 use super::clients::{base_config, DeliveryContext, TransactionProducer, CLIENT_TIMEOUT};
 use super::restore::read_to_end;
 use super::{offsets, Reload, Shutdown};
-use crate::codec::HANDOVER_KEY;
+use crate::codec::{HANDOVER_KEY, OUTLINE_KEY_PREFIX};
 use crate::config::Config;
+use crate::core::migration::{tier_under, RulesOutline, TierOutline};
 use crate::ops::status::Status;
 
 /// The record a promotion writes into each partition of both changelogs,
@@ -162,7 +164,7 @@ pub fn promote(
             }
         }
     }
-    let handover = |role| Handover {
+    let handover = |role, live_changelog: &String| Handover {
         role,
         live_group: live.kafka.group_id.clone(),
         live_changelog: live_changelog.clone(),
@@ -171,11 +173,32 @@ pub fn promote(
         cut_over: cut_over.clone(),
         done: false,
     };
+    let mut promoted = vec![(
+        shadow.kafka.changelog_topic.clone(),
+        handover(Role::Promoted, live_changelog),
+    )];
+    let mut retired = vec![(
+        live_changelog.clone(),
+        handover(Role::Retired, live_changelog),
+    )];
+    // Accounts too, where both score them: the promoted account tasks
+    // read the tiers the live ones last published.
+    if live.rules.accounts.is_some() && shadow.rules.accounts.is_some() {
+        let live_accounts = &live.kafka.account_changelog_topic;
+        promoted.push((
+            shadow.kafka.account_changelog_topic.clone(),
+            handover(Role::Promoted, live_accounts),
+        ));
+        retired.push((
+            live_accounts.clone(),
+            handover(Role::Retired, live_accounts),
+        ));
+    }
     write_handover(
         &base,
         &format!("{}-promote", live.kafka.group_id),
-        (&shadow.kafka.changelog_topic, &handover(Role::Promoted)),
-        (live_changelog, &handover(Role::Retired)),
+        &promoted,
+        &retired,
     )?;
     Ok(Promotion {
         cut_over,
@@ -278,15 +301,14 @@ fn drain(config: &Config, path: &Path, cut_over: &BTreeMap<i32, i64>) -> anyhow:
     )
 }
 
-/// One transaction: `promoted`'s record into every partition of its
-/// changelog, then `retired`'s into every partition of its own. Flushed in
-/// between, so that where transactions leak a visible "retired" implies a
-/// visible "promoted".
+/// One transaction: each `promoted` record into every partition of its
+/// changelog, then each `retired` one. Flushed in between, so that where
+/// transactions leak a visible "retired" implies visible "promoted"s.
 fn write_handover(
     base: &rdkafka::ClientConfig,
     transactional_id: &str,
-    promoted: (&str, &Handover),
-    retired: (&str, &Handover),
+    promoted: &[(String, Handover)],
+    retired: &[(String, Handover)],
 ) -> anyhow::Result<()> {
     let mut config = base.clone();
     config
@@ -301,26 +323,24 @@ fn write_handover(
     producer
         .begin_transaction()
         .context("cannot begin the handover transaction")?;
-    for (i, (topic, handover)) in [promoted, retired].into_iter().enumerate() {
-        let partitions = partition_count(base, topic)?
-            .with_context(|| format!("changelog {topic} does not exist"))?;
-        let value = handover.to_json();
-        for p in 0..partitions as i32 {
-            let record = BaseRecord::to(topic)
-                .partition(p)
-                .key(HANDOVER_KEY)
-                .payload(&value);
-            producer
-                .send(record)
-                .map_err(|(e, _)| e)
-                .with_context(|| format!("cannot write the handover to {topic}/{p}"))?;
+    for records in [promoted, retired] {
+        for (topic, handover) in records {
+            let partitions = partition_count(base, topic)?
+                .with_context(|| format!("changelog {topic} does not exist"))?;
+            let value = handover.to_json();
+            for p in 0..partitions as i32 {
+                let record = BaseRecord::to(topic)
+                    .partition(p)
+                    .key(HANDOVER_KEY)
+                    .payload(&value);
+                producer
+                    .send(record)
+                    .map_err(|(e, _)| e)
+                    .with_context(|| format!("cannot write the handover to {topic}/{p}"))?;
+            }
         }
-        if i == 0 {
-            super::flush_promptly(&producer, CLIENT_TIMEOUT)
-                .context("cannot write the handover")?;
-        }
+        super::flush_promptly(&producer, CLIENT_TIMEOUT).context("cannot write the handover")?;
     }
-    super::flush_promptly(&producer, CLIENT_TIMEOUT).context("cannot write the handover")?;
     let (failures, last) = producer.context().take_failures();
     if failures > 0 {
         bail!(
@@ -332,4 +352,64 @@ fn write_handover(
         .commit_transaction(CLIENT_TIMEOUT)
         .context("cannot commit the handover")?;
     Ok(())
+}
+
+/// The tier the deployment whose changelog is `changelog` last published
+/// for each lead (or account) of `partition`: its name, and where it lies
+/// under `rules` (the running lead rules or account profile). `decode`
+/// reads a state record's fingerprint and tier index (`None`: not a
+/// state); the outline records beside the state name the tiers, which
+/// `tiers_of` finds in an outline.
+pub(super) fn published_tiers(
+    (base, read_committed): (&rdkafka::ClientConfig, bool),
+    (changelog, partition): (&str, i32),
+    rules: &crate::core::Rules,
+    tiers_of: impl Fn(&RulesOutline) -> Option<&Vec<TierOutline>>,
+    decode: impl Fn(&[u8]) -> anyhow::Result<Option<(String, u8)>>,
+) -> anyhow::Result<HashMap<String, (Arc<str>, usize)>> {
+    let mut outlines: HashMap<String, RulesOutline> = HashMap::new();
+    let mut tiers: HashMap<String, (String, u8)> = HashMap::new();
+    read_to_end(
+        base,
+        changelog,
+        &[partition],
+        read_committed,
+        |_, key, value, offset| {
+            let at = || format!("changelog {changelog}/{partition} offset {offset}");
+            if let Some(fingerprint) = key.strip_prefix(OUTLINE_KEY_PREFIX) {
+                if let Some(value) = value {
+                    let outline = RulesOutline::from_json(value).with_context(at)?;
+                    outlines.insert(fingerprint.to_string(), outline);
+                }
+                return Ok(());
+            }
+            if key.starts_with('\0') {
+                return Ok(());
+            }
+            match value.map(&decode).transpose().with_context(at)?.flatten() {
+                Some(state) => {
+                    tiers.insert(key.to_string(), state);
+                }
+                None => {
+                    tiers.remove(key);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let mut named = HashMap::with_capacity(tiers.len());
+    for (id, (fingerprint, tier)) in tiers {
+        let tier = outlines
+            .get(&fingerprint)
+            .and_then(&tiers_of)
+            .and_then(|tiers| tiers.get(usize::from(tier)))
+            .with_context(|| {
+                format!(
+                    "changelog {changelog}/{partition} holds state of rules {fingerprint} with no \
+                     outline of them: the tier published for {id} cannot be named"
+                )
+            })?;
+        named.insert(id, (Arc::from(tier.name.as_str()), tier_under(tier, rules)));
+    }
+    Ok(named)
 }

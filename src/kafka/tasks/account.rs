@@ -6,18 +6,20 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
 
 use super::{Out, Shared, Task, Topics};
 use crate::codec::account::{decode_account_state, decode_account_update, encode_account_state};
+use crate::codec::HANDOVER_KEY;
 use crate::core::account::{AccountEngine, AccountUpdate};
 use crate::core::output::Cause;
 use crate::core::{Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::Committed;
+use crate::kafka::promote::{published_tiers, Handover};
 use crate::kafka::restore::{read_from, read_to_end, RulesHistory};
 use crate::ops::metrics as m;
 use crate::ops::status::LeadAnswer;
@@ -45,6 +47,9 @@ pub(super) struct AccountTask {
     pub(super) leads_at_end: bool,
     /// Updates below this offset were applied when the task was restored.
     caught_up_to: i64,
+    /// The handover record to write, marked done, with the cut-over
+    /// crossings of a promotion (see `kafka::promote`).
+    handover_done: Option<Vec<u8>>,
 }
 
 impl AccountTask {
@@ -135,6 +140,9 @@ impl Task for AccountTask {
         for (key, value) in &records {
             out.record(topic, Some(self.partition), key, value.as_deref())?;
         }
+        if let Some(done) = self.handover_done.take() {
+            out.record(topic, Some(self.partition), HANDOVER_KEY, Some(&done))?;
+        }
         Ok(())
     }
 
@@ -168,6 +176,7 @@ pub(super) fn restore(
             .track_changes();
         engines.insert(p, engine);
     }
+    let mut handovers: BTreeMap<i32, Handover> = BTreeMap::new();
     let records = read_to_end(
         &shared.base,
         topic,
@@ -177,6 +186,15 @@ pub(super) fn restore(
             let Some(engine) = engines.get_mut(&partition) else {
                 return Ok(());
             };
+            if key == HANDOVER_KEY {
+                if let Some(value) = value {
+                    let handover = Handover::from_json(value).with_context(|| {
+                        format!("changelog {topic}/{partition} offset {offset}")
+                    })?;
+                    handovers.insert(partition, handover);
+                }
+                return Ok(());
+            }
             if history.take_outline(partition, key, value, offset)? {
                 return Ok(());
             }
@@ -194,6 +212,12 @@ pub(super) fn restore(
             Ok(())
         },
     )?;
+    for (partition, handover) in &handovers {
+        if let Some(why) = handover.refusal(&format!("{topic}/{partition}"), &shared.topics.output)
+        {
+            bail!("{why}");
+        }
+    }
     let elapsed = started.elapsed();
     let accounts: usize = engines.values().map(AccountEngine::account_count).sum();
     metrics::histogram!(m::RESTORE_DURATION).record(elapsed.as_secs_f64());
@@ -205,33 +229,70 @@ pub(super) fn restore(
         "account partitions restored from changelog"
     );
     let rules_changed = Cause::RulesChanged(shared.stamp.fingerprint.as_str().into());
-    let mut tasks: BTreeMap<i32, AccountTask> = engines
-        .into_iter()
-        .map(|(partition, mut engine)| {
-            // What was restored is not a change to write back.
-            engine.take_changes(|_, _| {});
-            // Re-scored now, published with the next transaction (see the
-            // lead task); members follow as their leads send new shares.
-            let pending = if history.migrated.contains(&partition) {
-                metrics::counter!(m::RESCORED).increment(engine.account_count() as u64);
-                Some(engine.rescore(&rules_changed))
-            } else {
-                None
-            };
-            let task = AccountTask {
+    let mut tasks = BTreeMap::new();
+    for (partition, mut engine) in engines {
+        // What was restored is not a change to write back.
+        engine.take_changes(|_, _| {});
+        // Re-scored now, published with the next transaction (see the
+        // lead task); members follow as their leads send new shares.
+        let mut pending = if history.migrated.contains(&partition) {
+            metrics::counter!(m::RESCORED).increment(engine.account_count() as u64);
+            Some(engine.rescore(&rules_changed))
+        } else {
+            None
+        };
+        // A promoted deployment's first run (see the lead task).
+        let mut handover_done = None;
+        if let Some(handover) = handovers.get(&partition).filter(|h| !h.done) {
+            let profile = &rules.accounts.as_deref().expect("account rules").profile;
+            let published = published_tiers(
+                (&shared.base, shared.read_committed),
+                (&handover.live_changelog, partition),
+                profile,
+                |outline| outline.accounts.as_ref().map(|a| &a.profile.tiers),
+                |value| {
+                    let (state, stamp) = decode_account_state(value)?;
+                    Ok(Some((stamp.fingerprint, state.tier)))
+                },
+            )?;
+            let cause =
+                Cause::RulesChanged(format!("{}\x1fpromoted", shared.stamp.fingerprint).into());
+            let crossings = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
+            tracing::info!(
                 partition,
-                engine,
-                watermark: None,
-                at_end: false,
-                pending,
-                outline_recorded: history.recorded.contains(&partition),
-                in_place: false,
-                leads_at_end: true,
-                caught_up_to: 0,
-            };
-            (partition, task)
-        })
-        .collect();
+                accounts = engine.account_count(),
+                crossings = crossings.len(),
+                "promoted: publishing the accounts' cut-over crossings"
+            );
+            pending = Some(
+                pending
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(crossings)
+                    .collect(),
+            );
+            handover_done = Some(
+                Handover {
+                    done: true,
+                    ..handover.clone()
+                }
+                .to_json(),
+            );
+        }
+        let task = AccountTask {
+            partition,
+            engine,
+            watermark: None,
+            at_end: false,
+            pending,
+            outline_recorded: history.recorded.contains(&partition),
+            in_place: false,
+            leads_at_end: true,
+            caught_up_to: 0,
+            handover_done,
+        };
+        tasks.insert(partition, task);
+    }
     if shared.read_committed {
         catch_up(shared, &mut tasks, committed)?;
     }

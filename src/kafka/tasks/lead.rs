@@ -10,22 +10,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use rdkafka::message::{Message, OwnedMessage};
-use std::collections::HashMap;
 
 use super::{Out, Shared, Task, Topics};
 use crate::codec::account::encode_account_update;
 use crate::codec::identity::{decode_handoff, encode_handoff};
 use crate::codec::proto::{decode_changelog, encode_changelog, ChangelogValue};
-use crate::codec::{
-    erasure_key, erasure_of_key, erasure_request, Encoding, HANDOVER_KEY, OUTLINE_KEY_PREFIX,
-};
+use crate::codec::{erasure_key, erasure_of_key, erasure_request, Encoding, HANDOVER_KEY};
 use crate::core::engine::StateChange;
-use crate::core::migration::{tier_under, RulesOutline};
 use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
-use crate::kafka::promote::Handover;
+use crate::kafka::promote::{published_tiers, Handover};
 use crate::kafka::records::{header_text, record_time};
 use crate::kafka::restore::{read_to_end, RulesHistory};
 use crate::ops::metrics as m;
@@ -477,7 +473,20 @@ pub(super) fn restore(
         // tier held here goes out with the changelog's "done" mark.
         let mut handover_done = None;
         if let Some(handover) = handovers.get(&partition).filter(|h| !h.done) {
-            let published = published_tiers(shared, &handover.live_changelog, partition)?;
+            let published = published_tiers(
+                (&shared.base, shared.read_committed),
+                (&handover.live_changelog, partition),
+                &shared.rules,
+                |outline| Some(&outline.leads.tiers),
+                |value| {
+                    Ok(match decode_changelog(value)? {
+                        ChangelogValue::Lead { state, rules } => {
+                            Some((rules.fingerprint, state.tier))
+                        }
+                        ChangelogValue::AliasOf(_) => None,
+                    })
+                },
+            )?;
             let cause =
                 Cause::RulesChanged(format!("{}\x1fpromoted", shared.stamp.fingerprint).into());
             let crossings = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
@@ -529,66 +538,6 @@ pub(super) fn restore(
         );
     }
     Ok(tasks)
-}
-
-/// The tier the deployment whose changelog is `changelog` last published
-/// for each lead of `partition`: its name, and where it lies under the
-/// running rules. The outline records beside the state name its tiers.
-fn published_tiers(
-    shared: &Shared<'_>,
-    changelog: &str,
-    partition: i32,
-) -> anyhow::Result<HashMap<String, (Arc<str>, usize)>> {
-    let mut outlines: HashMap<String, RulesOutline> = HashMap::new();
-    let mut tiers: HashMap<String, (String, u8)> = HashMap::new();
-    read_to_end(
-        &shared.base,
-        changelog,
-        &[partition],
-        shared.read_committed,
-        |_, key, value, offset| {
-            let at = || format!("changelog {changelog}/{partition} offset {offset}");
-            if let Some(fingerprint) = key.strip_prefix(OUTLINE_KEY_PREFIX) {
-                if let Some(value) = value {
-                    let outline = RulesOutline::from_json(value).with_context(at)?;
-                    outlines.insert(fingerprint.to_string(), outline);
-                }
-                return Ok(());
-            }
-            if key.starts_with('\0') {
-                return Ok(());
-            }
-            match value.map(decode_changelog).transpose().with_context(at)? {
-                Some(ChangelogValue::Lead { state, rules }) => {
-                    tiers.insert(key.to_string(), (rules.fingerprint, state.tier));
-                }
-                Some(ChangelogValue::AliasOf(_)) | None => {
-                    tiers.remove(key);
-                }
-            }
-            Ok(())
-        },
-    )?;
-    let mut named = HashMap::with_capacity(tiers.len());
-    for (lead_id, (fingerprint, tier)) in tiers {
-        let tier = outlines
-            .get(&fingerprint)
-            .and_then(|o| o.leads.tiers.get(usize::from(tier)))
-            .with_context(|| {
-                format!(
-                    "changelog {changelog}/{partition} holds state of rules {fingerprint} with no \
-                     outline of them: the tier published for lead {lead_id} cannot be named"
-                )
-            })?;
-        named.insert(
-            lead_id,
-            (
-                Arc::from(tier.name.as_str()),
-                tier_under(tier, &shared.rules),
-            ),
-        );
-    }
-    Ok(named)
 }
 
 /// Answers a lead query from the lead tasks a thread holds.
