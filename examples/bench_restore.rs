@@ -171,7 +171,7 @@ fn restore(
             restored = Some(line);
             break;
         }
-        if line.contains("ERROR") {
+        if line.contains("ERROR") || line.contains("panicked") {
             eprintln!("{line}");
         }
     }

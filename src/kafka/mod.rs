@@ -159,6 +159,10 @@ pub fn run(
     let threads = queries.len();
     let finished = AtomicBool::new(false);
     std::thread::scope(|scope| {
+        // However this closure ends, a panic of a stream thread included
+        // (resumed below): the scope waits for the watchdog, which must
+        // stop, or the process would hang, deaf to SIGTERM.
+        let _finish = Finish(&finished);
         let watchdog = std::thread::Builder::new()
             .name("watchdog".into())
             .spawn_scoped(scope, || end_if_a_call_hangs(status, &finished));
@@ -221,9 +225,17 @@ pub fn run(
                 first_error.get_or_insert(e);
             }
         }
-        finished.store(true, Ordering::Relaxed);
         first_error.map_or(Ok(()), Err)
     })
+}
+
+/// Tells the watchdog to stop when dropped.
+struct Finish<'a>(&'a AtomicBool);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// How long past its own timeout a client call may go on before the
