@@ -34,6 +34,7 @@ use super::{offsets, Reload, Shutdown};
 use crate::codec::{HANDOVER_KEY, OUTLINE_KEY_PREFIX};
 use crate::config::Config;
 use crate::core::migration::{tier_under, RulesOutline, TierOutline};
+use crate::core::output::Cause;
 use crate::ops::status::Status;
 
 /// The record a promotion writes into each partition of both changelogs,
@@ -88,6 +89,75 @@ impl Handover {
             )),
             Role::Promoted => None,
         }
+    }
+}
+
+/// The handover records a task's restore found, by partition.
+#[derive(Default)]
+pub(super) struct Handovers(BTreeMap<i32, Handover>);
+
+impl Handovers {
+    /// Takes the record if it is a handover (`true`); other records are
+    /// state for the caller.
+    pub fn take(
+        &mut self,
+        (topic, partition, offset): (&str, i32, i64),
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<bool> {
+        if key != HANDOVER_KEY {
+            return Ok(false);
+        }
+        if let Some(value) = value {
+            let handover = Handover::from_json(value)
+                .with_context(|| format!("changelog {topic}/{partition} offset {offset}"))?;
+            self.0.insert(partition, handover);
+        }
+        Ok(true)
+    }
+
+    /// Refuses a retired changelog, and a promoted one under another
+    /// output topic.
+    pub fn check(&self, topic: &str, output_topic: &str) -> anyhow::Result<()> {
+        for (partition, handover) in &self.0 {
+            if let Some(why) = handover.refusal(&format!("{topic}/{partition}"), output_topic) {
+                bail!("{why}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The handover whose cut-over crossings `partition` still owes.
+    pub fn owed(&self, partition: i32) -> Option<&Handover> {
+        self.0.get(&partition).filter(|h| !h.done)
+    }
+}
+
+impl Handover {
+    /// Adds the cut-over crossings of `partition` (`crossings` of their
+    /// cause, under the running rules' `fingerprint`) to what a restored
+    /// task publishes first; returns this record marked done, to write
+    /// with them.
+    pub(super) fn cut_over(
+        &self,
+        (partition, fingerprint): (i32, &str),
+        pending: &mut Option<Vec<crate::core::Output>>,
+        crossings: impl FnOnce(&Cause) -> Vec<crate::core::Output>,
+    ) -> Vec<u8> {
+        let cause = Cause::RulesChanged(format!("{fingerprint}\x1fpromoted").into());
+        let crossings = crossings(&cause);
+        tracing::info!(
+            partition,
+            from = %self.live_group,
+            crossings = crossings.len(),
+            "promoted: publishing the cut-over crossings"
+        );
+        pending.get_or_insert_default().extend(crossings);
+        Handover {
+            done: true,
+            ..self.clone()
+        }
+        .to_json()
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
@@ -19,7 +19,7 @@ use crate::core::output::Cause;
 use crate::core::{Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::Committed;
-use crate::kafka::promote::{published_tiers, Handover};
+use crate::kafka::promote::{published_tiers, Handovers};
 use crate::kafka::restore::{read_from, read_to_end, RulesHistory};
 use crate::ops::metrics as m;
 use crate::ops::status::LeadAnswer;
@@ -176,7 +176,7 @@ pub(super) fn restore(
             .track_changes();
         engines.insert(p, engine);
     }
-    let mut handovers: BTreeMap<i32, Handover> = BTreeMap::new();
+    let mut handovers = Handovers::default();
     let records = read_to_end(
         &shared.base,
         topic,
@@ -186,13 +186,7 @@ pub(super) fn restore(
             let Some(engine) = engines.get_mut(&partition) else {
                 return Ok(());
             };
-            if key == HANDOVER_KEY {
-                if let Some(value) = value {
-                    let handover = Handover::from_json(value).with_context(|| {
-                        format!("changelog {topic}/{partition} offset {offset}")
-                    })?;
-                    handovers.insert(partition, handover);
-                }
+            if handovers.take((topic, partition, offset), key, value)? {
                 return Ok(());
             }
             if history.take_outline(partition, key, value, offset)? {
@@ -212,12 +206,7 @@ pub(super) fn restore(
             Ok(())
         },
     )?;
-    for (partition, handover) in &handovers {
-        if let Some(why) = handover.refusal(&format!("{topic}/{partition}"), &shared.topics.output)
-        {
-            bail!("{why}");
-        }
-    }
+    handovers.check(topic, &shared.topics.output)?;
     let elapsed = started.elapsed();
     let accounts: usize = engines.values().map(AccountEngine::account_count).sum();
     metrics::histogram!(m::RESTORE_DURATION).record(elapsed.as_secs_f64());
@@ -243,7 +232,7 @@ pub(super) fn restore(
         };
         // A promoted deployment's first run (see the lead task).
         let mut handover_done = None;
-        if let Some(handover) = handovers.get(&partition).filter(|h| !h.done) {
+        if let Some(handover) = handovers.owed(partition) {
             let profile = &rules.accounts.as_deref().expect("account rules").profile;
             let published = published_tiers(
                 (&shared.base, shared.read_committed),
@@ -255,29 +244,11 @@ pub(super) fn restore(
                     Ok(Some((stamp.fingerprint, state.tier)))
                 },
             )?;
-            let cause =
-                Cause::RulesChanged(format!("{}\x1fpromoted", shared.stamp.fingerprint).into());
-            let crossings = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
-            tracing::info!(
-                partition,
-                accounts = engine.account_count(),
-                crossings = crossings.len(),
-                "promoted: publishing the accounts' cut-over crossings"
-            );
-            pending = Some(
-                pending
-                    .unwrap_or_default()
-                    .into_iter()
-                    .chain(crossings)
-                    .collect(),
-            );
-            handover_done = Some(
-                Handover {
-                    done: true,
-                    ..handover.clone()
-                }
-                .to_json(),
-            );
+            handover_done = Some(handover.cut_over(
+                (partition, &shared.stamp.fingerprint),
+                &mut pending,
+                |cause| engine.handover_crossings(|id| published.get(id).cloned(), cause),
+            ));
         }
         let task = AccountTask {
             partition,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use rdkafka::message::{Message, OwnedMessage};
 
 use super::{Out, Shared, Task, Topics};
@@ -21,7 +21,7 @@ use crate::core::output::Cause;
 use crate::core::{Engine, Outcome, Output, Timestamp};
 use crate::kafka::clients::Retry;
 use crate::kafka::offsets::{Committed, Resume};
-use crate::kafka::promote::{published_tiers, Handover};
+use crate::kafka::promote::{published_tiers, Handovers};
 use crate::kafka::records::{header_text, record_time};
 use crate::kafka::restore::{read_to_end, RulesHistory};
 use crate::ops::metrics as m;
@@ -358,7 +358,7 @@ pub(super) fn restore(
         .iter()
         .map(|&p| (p, Engine::new(rules.clone()).track_changes()))
         .collect();
-    let mut handovers: BTreeMap<i32, Handover> = BTreeMap::new();
+    let mut handovers = Handovers::default();
     let records = read_to_end(
         &shared.base,
         topic,
@@ -368,13 +368,7 @@ pub(super) fn restore(
             let Some(engine) = engines.get_mut(&partition) else {
                 return Ok(());
             };
-            if key == HANDOVER_KEY {
-                if let Some(value) = value {
-                    let handover = Handover::from_json(value).with_context(|| {
-                        format!("changelog {topic}/{partition} offset {offset}")
-                    })?;
-                    handovers.insert(partition, handover);
-                }
+            if handovers.take((topic, partition, offset), key, value)? {
                 return Ok(());
             }
             if history.take_outline(partition, key, value, offset)? {
@@ -414,12 +408,7 @@ pub(super) fn restore(
             Ok(())
         },
     )?;
-    for (partition, handover) in &handovers {
-        if let Some(why) = handover.refusal(&format!("{topic}/{partition}"), &shared.topics.output)
-        {
-            bail!("{why}");
-        }
-    }
+    handovers.check(topic, &shared.topics.output)?;
     let elapsed = started.elapsed();
     let seconds = elapsed.as_secs_f64().max(1e-3);
     let leads: usize = engines.values().map(Engine::lead_count).sum();
@@ -472,7 +461,7 @@ pub(super) fn restore(
         // lead at the tier the old rules last published; a crossing to the
         // tier held here goes out with the changelog's "done" mark.
         let mut handover_done = None;
-        if let Some(handover) = handovers.get(&partition).filter(|h| !h.done) {
+        if let Some(handover) = handovers.owed(partition) {
             let published = published_tiers(
                 (&shared.base, shared.read_committed),
                 (&handover.live_changelog, partition),
@@ -487,30 +476,11 @@ pub(super) fn restore(
                     })
                 },
             )?;
-            let cause =
-                Cause::RulesChanged(format!("{}\x1fpromoted", shared.stamp.fingerprint).into());
-            let crossings = engine.handover_crossings(|id| published.get(id).cloned(), &cause);
-            tracing::info!(
-                partition,
-                from = %handover.live_group,
-                leads = engine.lead_count(),
-                crossings = crossings.len(),
-                "promoted: publishing the cut-over crossings"
-            );
-            pending = Some(
-                pending
-                    .unwrap_or_default()
-                    .into_iter()
-                    .chain(crossings)
-                    .collect(),
-            );
-            handover_done = Some(
-                Handover {
-                    done: true,
-                    ..handover.clone()
-                }
-                .to_json(),
-            );
+            handover_done = Some(handover.cut_over(
+                (partition, &shared.stamp.fingerprint),
+                &mut pending,
+                |cause| engine.handover_crossings(|id| published.get(id).cloned(), cause),
+            ));
         }
         engine.set_locality(Arc::new(move |id: &str| {
             partition_of(partitioner, id.as_bytes(), count) == partition
