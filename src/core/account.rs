@@ -793,30 +793,12 @@ impl AccountEngine {
             if *previous_name == **profile.tier_name(tier) {
                 continue;
             }
-            let at = account.clock;
-            let eval = account.evaluate(rules, at);
-            let mut contributions = account.contributions(rules, at);
-            contributions.truncate(profile.settings.top_contributions);
+            let eval = account.evaluate(rules, account.clock);
             let kind = OutputKind::ThresholdCrossed;
             outputs.push(Output {
-                kind,
-                event_id: output_id_for(ACCOUNT, account_id, kind, cause),
-                lead_id: None,
-                account_id: Some(account_id.to_string()),
-                at,
-                cause: cause.clone(),
-                score: eval.score,
-                fit: eval.fit,
-                engagement: eval.engagement,
-                grade: eval.grade,
-                tier: profile.tier_name(tier).clone(),
                 previous_tier: previous_name,
                 direction: direction_of(tier, previous, 0.0),
-                delta: eval.score - account.last_emitted_score,
-                contributions,
-                rules_version: rules.version.clone(),
-                stage: None,
-                lifecycle: None,
+                ..account_output(rules, (ACCOUNT, account_id), account, &eval, kind, cause)
             });
         }
         outputs
@@ -952,6 +934,45 @@ enum Tiering {
     Afresh,
 }
 
+/// An account's output of `kind`, at its clock: its numbers, its top
+/// contributions, and the tier it holds (as both tiers: the caller says
+/// what moved).
+fn account_output(
+    rules: &Rules,
+    (subject, account_id): (&str, &str),
+    account: &AccountState,
+    eval: &AccountEvaluation,
+    kind: OutputKind,
+    cause: &Cause,
+) -> Output {
+    let profile = &rules.accounts.as_deref().expect("account rules").profile;
+    let at = account.clock;
+    let mut contributions = account.contributions(rules, at);
+    contributions.truncate(profile.settings.top_contributions);
+    let tier = profile.tier_name(usize::from(account.tier)).clone();
+    let delta = eval.score - account.last_emitted_score;
+    Output {
+        kind,
+        event_id: output_id_for(subject, account_id, kind, cause),
+        lead_id: None,
+        account_id: Some(account_id.to_string()),
+        at,
+        cause: cause.clone(),
+        score: eval.score,
+        fit: eval.fit,
+        engagement: eval.engagement,
+        grade: eval.grade,
+        tier: tier.clone(),
+        previous_tier: tier,
+        direction: direction_of(0, 0, delta),
+        delta,
+        contributions,
+        rules_version: rules.version.clone(),
+        stage: None,
+        lifecycle: None,
+    }
+}
+
 fn emit(
     rules: &Rules,
     account_id: &str,
@@ -970,28 +991,18 @@ fn emit(
     if tier == previous && delta.abs() < profile.settings.step {
         return;
     }
-    let mut contributions = account.contributions(rules, at);
-    contributions.truncate(profile.settings.top_contributions);
-    let direction = direction_of(tier, previous, delta);
     let changed = Output {
-        kind: OutputKind::ScoreChanged,
-        event_id: output_id_for(subject, account_id, OutputKind::ScoreChanged, &cause),
-        lead_id: None,
-        account_id: Some(account_id.to_string()),
-        at,
-        cause: cause.clone(),
-        score: eval.score,
-        fit: eval.fit,
-        engagement: eval.engagement,
-        grade: eval.grade,
         tier: profile.tier_name(tier).clone(),
         previous_tier: profile.tier_name(previous).clone(),
-        direction,
-        delta,
-        contributions,
-        rules_version: rules.version.clone(),
-        stage: None,
-        lifecycle: None,
+        direction: direction_of(tier, previous, delta),
+        ..account_output(
+            rules,
+            (subject, account_id),
+            account,
+            &eval,
+            OutputKind::ScoreChanged,
+            &cause,
+        )
     };
     let crossed_id = (tier != previous)
         .then(|| output_id_for(subject, account_id, OutputKind::ThresholdCrossed, &cause));
