@@ -32,8 +32,8 @@ use crate::core::engine::{cancel, pop_due, reschedule};
 use crate::core::event::Fields;
 use crate::core::lead::LeadState;
 use crate::core::output::{
-    direction_of, output_id_for, push_change, sort_largest_first, Cause, Contribution, Output,
-    OutputKind,
+    direction_of, handover_moves, output_id_for, push_change, sort_largest_first, Cause,
+    Contribution, Output, OutputKind,
 };
 use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
@@ -782,26 +782,20 @@ impl AccountEngine {
     ) -> Vec<Output> {
         let rules = &*self.rules;
         let profile = &rules.accounts.as_deref().expect("account rules").profile;
-        let mut ids: Vec<&Box<str>> = self.accounts.keys().collect();
-        ids.sort_unstable();
-        let mut outputs = Vec::new();
-        for account_id in ids {
-            let account = &self.accounts[account_id];
-            let tier = usize::from(account.tier);
-            let (previous_name, previous) =
-                published(account_id).unwrap_or_else(|| (profile.tier_name(0).clone(), 0));
-            if *previous_name == **profile.tier_name(tier) {
-                continue;
-            }
-            let eval = account.evaluate(rules, account.clock);
-            let kind = OutputKind::ThresholdCrossed;
-            outputs.push(Output {
-                previous_tier: previous_name,
-                direction: direction_of(tier, previous, 0.0),
-                ..account_output(rules, (ACCOUNT, account_id), account, &eval, kind, cause)
-            });
-        }
-        outputs
+        let held = self.accounts.iter().map(|(id, a)| (&**id, a.tier));
+        handover_moves(profile, held, published)
+            .into_iter()
+            .map(|(account_id, previous_name, previous)| {
+                let account = &self.accounts[account_id];
+                let eval = account.evaluate(rules, account.clock);
+                let kind = OutputKind::ThresholdCrossed;
+                Output {
+                    previous_tier: previous_name,
+                    direction: direction_of(usize::from(account.tier), previous, 0.0),
+                    ..account_output(rules, (ACCOUNT, account_id), account, &eval, kind, cause)
+                }
+            })
+            .collect()
     }
 
     /// Publishes what decay alone changes up to `now`.

@@ -18,7 +18,7 @@ use crate::core::filters::FilterReason;
 use crate::core::handoff::{Handoff, MAX_HOPS};
 use crate::core::lead::{Evaluation, LeadState};
 use crate::core::output::{
-    direction_of, output_id, push_change, Cause, Contribution, Output, OutputKind,
+    direction_of, handover_moves, output_id, push_change, Cause, Contribution, Output, OutputKind,
 };
 use crate::core::rules::EMAIL_DOMAIN_TRAIT;
 use crate::core::rules::{Grade, Rules};
@@ -1112,38 +1112,33 @@ impl Engine {
         cause: &Cause,
     ) -> Vec<Output> {
         let rules = &*self.rules;
-        let mut ids: Vec<&Box<str>> = self.leads.keys().collect();
-        ids.sort_unstable();
-        let mut outputs = Vec::new();
-        for lead_id in ids {
-            let lead = &self.leads[lead_id];
-            let tier = usize::from(lead.tier);
-            let (previous_name, previous) =
-                published(lead_id).unwrap_or_else(|| (rules.tier_name(0).clone(), 0));
-            if *previous_name == **rules.tier_name(tier) {
-                continue;
-            }
-            let view = lead.view(rules);
-            let eval = view.evaluate(rules, lead.clock);
-            let mut contributions = view.contributions(rules, lead.clock);
-            contributions.truncate(rules.settings.top_contributions);
-            outputs.push(Output {
-                previous_tier: previous_name,
-                direction: direction_of(tier, previous, 0.0),
-                contributions,
-                ..lead_output(
-                    rules,
-                    OutputKind::ThresholdCrossed,
-                    lead_id,
-                    &view,
-                    &eval,
-                    lead.clock,
-                    cause.clone(),
-                )
-            });
-        }
-        outputs
+        let held = self.leads.iter().map(|(id, lead)| (&**id, lead.tier));
+        handover_moves(rules, held, published)
+            .into_iter()
+            .map(|(lead_id, previous_name, previous)| {
+                let lead = &self.leads[lead_id];
+                let view = lead.view(rules);
+                let eval = view.evaluate(rules, lead.clock);
+                let mut contributions = view.contributions(rules, lead.clock);
+                contributions.truncate(rules.settings.top_contributions);
+                Output {
+                    previous_tier: previous_name,
+                    direction: direction_of(usize::from(lead.tier), previous, 0.0),
+                    contributions,
+                    ..lead_output(
+                        rules,
+                        OutputKind::ThresholdCrossed,
+                        lead_id,
+                        &view,
+                        &eval,
+                        lead.clock,
+                        cause.clone(),
+                    )
+                }
+            })
+            .collect()
     }
+
     /// Publishes what decay alone changes up to `now`: tier drops (or rises,
     /// as negative points fade) of leads that saw no event, in due-time order.
     pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {

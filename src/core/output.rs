@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::core::rules::Grade;
+use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +85,27 @@ pub(crate) fn push_change(out: &mut Vec<Output>, changed: Output, crossed_id: Op
     });
     out.push(changed);
     out.extend(crossed);
+}
+
+/// Whom a handover from another deployment crosses (see
+/// [`crate::core::Engine::handover_crossings`]): of `held` (an id and the
+/// tier it holds under `rules`), in id order, each whose tier differs by
+/// name from the one subscribers were last told (`published`: its name
+/// and its index under `rules`; none: the lowest tier), with that name and
+/// index.
+pub(crate) fn handover_moves<'a>(
+    rules: &Rules,
+    held: impl Iterator<Item = (&'a str, u8)>,
+    published: impl Fn(&str) -> Option<(Arc<str>, usize)>,
+) -> Vec<(&'a str, Arc<str>, usize)> {
+    let mut held: Vec<(&str, u8)> = held.collect();
+    held.sort_unstable_by_key(|&(id, _)| id);
+    held.into_iter()
+        .filter_map(|(id, tier)| {
+            let (name, index) = published(id).unwrap_or_else(|| (rules.tier_name(0).clone(), 0));
+            (*name != **rules.tier_name(usize::from(tier))).then_some((id, name, index))
+        })
+        .collect()
 }
 
 /// Largest share first (by absolute value, then by name, so the order is
