@@ -347,19 +347,19 @@ pub fn replay_history(
                 (score, 0.0, rules.next_tier(0, score, grade, &bits))
             }
             Some(state) => {
-                let (_, matched) = state.fit(&rules);
+                let fit = state.fit(&rules);
                 let engagement = state.engagement_by_rule(&rules, decided_at);
                 for (value, feature) in values.iter_mut().zip(&features) {
                     *value = match feature.measure {
-                        Measure::Fit(i) => f64::from(u8::from(matched.contains(&i))),
+                        Measure::Fit(i) => f64::from(u8::from(fit.matched.contains(&i))),
                         Measure::Engagement(i) => engagement
                             .iter()
                             .find(|(rule, _)| *rule == i)
                             .map_or(0.0, |(_, points)| points / feature.points),
                     };
                 }
-                let eval = state.evaluate(&rules, decided_at);
-                let bits = |key: usize| state.trait_bits(&rules, key);
+                let eval = state.evaluate_with(&rules, &fit, decided_at);
+                let bits = |key: usize| fit.bits(key);
                 let tier = rules.next_tier(0, eval.score, eval.grade, &bits);
                 (eval.score, eval.fit, tier)
             }

@@ -26,11 +26,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use foldhash::HashMap;
+use smallvec::SmallVec;
 
 use crate::core::decay::{Decaying, HalfLife};
 use crate::core::engine::{cancel, pop_due, reschedule};
 use crate::core::event::Fields;
-use crate::core::lead::LeadState;
+use crate::core::lead::{Fit, LeadState};
 use crate::core::output::{
     direction_of, handover_moves, output_id_for, push_change, sort_largest_first, Cause,
     Contribution, Output, OutputKind,
@@ -91,20 +92,26 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn of_lead(rules: &Rules, lead_id: &str, lead: &LeadState) -> Member {
-        let at = lead.clock;
-        let mut engagement: Vec<(HalfLife, Decaying)> = Vec::new();
-        for (rule, points) in lead.engagement_by_rule(rules, at) {
+    /// The lead's share as an account member at `at`, from its fit and
+    /// its engagement points per rule then.
+    pub fn of_lead(
+        rules: &Rules,
+        lead_id: &str,
+        at: Timestamp,
+        fit: &Fit,
+        engagement_by_rule: &[(usize, f64)],
+    ) -> Member {
+        let mut engagement: SmallVec<[(HalfLife, Decaying); 4]> = SmallVec::new();
+        for &(rule, points) in engagement_by_rule {
             let half_life = rules.half_life_of(rule);
             match engagement.iter_mut().find(|(h, _)| *h == half_life) {
                 Some((_, sum)) => sum.value += points,
                 None => engagement.push((half_life, Decaying::new(points, at))),
             }
         }
-        let (fit, matched) = lead.fit(rules);
         let in_group = |group: Option<&Arc<str>>| -> Option<u16> {
             let group = group?;
-            matched
+            fit.matched
                 .iter()
                 .find(|&&i| rules.fit[i].group.as_ref() == Some(group))
                 .map(|&i| i as u16)
@@ -112,8 +119,8 @@ impl Member {
         let accounts = rules.accounts.as_deref();
         Member {
             lead_id: lead_id.into(),
-            fit,
-            engagement: engagement.into_boxed_slice(),
+            fit: fit.points,
+            engagement: Box::from(engagement.as_slice()),
             department: accounts.and_then(|a| in_group(a.department_group.as_ref())),
             seniority: accounts.and_then(|a| in_group(a.seniority_group.as_ref())),
         }
@@ -287,7 +294,7 @@ impl AccountState {
     ) -> AccountEvaluation {
         let accounts = rules.accounts.as_deref().expect("account rules");
         let profile = &accounts.profile;
-        let (fit, _) = self.profile.fit(profile);
+        let fit = self.profile.fit(profile).points;
         let mut engaged = 0;
         let mut departments: Vec<u16> = Vec::new();
         let mut seniorities: Vec<u16> = Vec::new();
@@ -339,11 +346,12 @@ impl AccountState {
     pub fn contributions(&self, rules: &Rules, t: Timestamp) -> Vec<Contribution> {
         let accounts = rules.accounts.as_deref().expect("account rules");
         let profile = &accounts.profile;
-        let (_, fit_rules) = self.profile.fit(profile);
+        let fit = self.profile.fit(profile);
         let eval = self.evaluate(rules, t);
-        let mut all: Vec<Contribution> = fit_rules
-            .into_iter()
-            .map(|i| Contribution {
+        let mut all: Vec<Contribution> = fit
+            .matched
+            .iter()
+            .map(|&i| Contribution {
                 rule: profile.fit[i].name.clone(),
                 points: profile.fit[i].points,
             })

@@ -6,6 +6,7 @@
 //! publishes. Given the same rules and the same events in the same order, the
 //! state and the outputs (ids included) are the same in every run.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::core::account::{AccountUpdate, Member};
 use crate::core::event::{Event, EventKind, Value};
 use crate::core::filters::FilterReason;
 use crate::core::handoff::{Handoff, MAX_HOPS};
-use crate::core::lead::{Evaluation, LeadState};
+use crate::core::lead::{EngagementByRule, Evaluation, Fit, LeadState};
 use crate::core::output::{
     direction_of, handover_moves, output_id, push_change, Cause, Contribution, Output, OutputKind,
 };
@@ -732,11 +733,13 @@ impl Engine {
         let reset_at = lead.reset_at();
         take_event(rules, lead, event, t, watermark, reset_at);
         lead.clock = lead.clock.max(t);
-        emit(rules, lead_id, lead, cause.clone(), &mut outputs);
+        let read = emit(rules, lead_id, lead, cause.clone(), &mut outputs);
         if let Some(change) = life_change {
-            outputs.push(lifecycle_output(rules, lead_id, lead, change, &cause));
+            outputs.push(lifecycle_output(
+                rules, lead_id, lead, &read, change, &cause,
+            ));
         }
-        self.settle(lead_id, before, cause.clone());
+        self.settle(lead_id, before, read, cause.clone());
         if let (EventKind::Group, Some(account_id), Some(_)) =
             (event.kind, &event.account_id, self.rules.accounts.as_ref())
         {
@@ -941,8 +944,8 @@ impl Engine {
         advance_lead(rules, &target, lead, at.max(lead.clock), &mut outputs);
         lead.take_history(&from, state);
         let cause = Cause::Merge(cause.to_string());
-        emit(rules, &target, lead, cause.clone(), &mut outputs);
-        self.settle(&target, before, cause);
+        let read = emit(rules, &target, lead, cause.clone(), &mut outputs);
+        self.settle(&target, before, read, cause);
         Outcome::Applied(outputs)
     }
 
@@ -1028,17 +1031,19 @@ impl Engine {
         take_event(rules, history, event, t, watermark, reset_at);
         lead.clock = lead.clock.max(t);
         let cause = Cause::Event(event.message_id.clone());
-        emit(rules, &target, lead, cause.clone(), &mut outputs);
+        let read = emit(rules, &target, lead, cause.clone(), &mut outputs);
         if let Some(change) = life_change {
-            outputs.push(lifecycle_output(rules, &target, lead, change, &cause));
+            outputs.push(lifecycle_output(
+                rules, &target, lead, &read, change, &cause,
+            ));
         }
-        self.settle(&target, before, cause);
+        self.settle(&target, before, read, cause);
         Outcome::Applied(outputs)
     }
 
-    /// After `lead_id` changed: its next due time, its timer, the changelog
-    /// and its account.
-    fn settle(&mut self, lead_id: &str, before: Before, cause: Cause) {
+    /// After `lead_id` changed and was emitted (`read`): its next due time,
+    /// its timer, the changelog and its account.
+    fn settle(&mut self, lead_id: &str, before: Before, read: Reading, cause: Cause) {
         let Some(lead) = self.leads.get_mut(lead_id) else {
             return;
         };
@@ -1049,6 +1054,7 @@ impl Engine {
             lead_id,
             lead,
             before,
+            &read,
             cause,
         );
         let due = lead.due;
@@ -1062,38 +1068,48 @@ impl Engine {
     /// and its account share as updated. In lead id order, so a repeat
     /// publishes the same outputs.
     ///
-    /// Every lead is visited once, so the leads are taken out of their map
-    /// (sorted, no lookups), every one marked changed at once, and the
-    /// timers built again in one pass.
+    /// Every lead is visited once, so the leads are walked in place
+    /// (sorted references, no lookups), every one marked changed at once,
+    /// and the timers built again in one pass.
     pub fn rescore(&mut self, cause: &Cause) -> Vec<Output> {
         let rules = self.rules.clone();
         let rules = &*rules;
-        let mut leads: Vec<(Box<str>, Box<LeadState>)> = self.leads.drain().collect();
-        leads.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut leads: Vec<(u128, &Box<str>, &mut Box<LeadState>)> = self
+            .leads
+            .iter_mut()
+            .map(|(id, lead)| (id_prefix(id), id, lead))
+            .collect();
+        leads.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         if let Some(changes) = self.changes.as_mut() {
             changes.all_leads = true;
         }
         let mut outputs = Vec::new();
         let mut timers = Vec::with_capacity(leads.len());
-        for (lead_id, lead) in &mut leads {
-            let before = Before::of(rules, lead);
-            emit(rules, lead_id, lead, cause.clone(), &mut outputs);
+        if rules.accounts.is_some() {
+            self.account_updates.reserve(leads.len());
+        }
+        for (_, lead_id, lead) in &mut leads {
+            // Re-scoring moves no lead between accounts.
+            let before = Before {
+                due: lead.due,
+                account: None,
+            };
+            let read = emit(rules, lead_id, lead, cause.clone(), &mut outputs);
             settle_lead(
                 rules,
                 (&mut self.changes, &mut self.account_updates),
                 lead_id,
                 lead,
                 before,
+                &read,
                 cause.clone(),
             );
             if let Some(due) = lead.due {
-                timers.push((due, lead_id.clone()));
+                timers.push((due, Box::clone(lead_id)));
             }
         }
         timers.sort_unstable();
         self.timers = timers.into_iter().collect();
-        self.leads.reserve(leads.len());
-        self.leads.extend(leads);
         outputs
     }
 
@@ -1189,10 +1205,11 @@ fn settle_lead(
     lead_id: &str,
     lead: &mut LeadState,
     before: Before,
+    read: &Reading,
     cause: Cause,
 ) {
-    let view = lead.view(rules);
-    let due = match (view.next_due(rules, view.clock), lead.expires_at(rules)) {
+    let view = read.view(lead);
+    let due = match (read.next_due(rules, view), lead.expires_at(rules)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -1200,9 +1217,15 @@ fn settle_lead(
         .accounts
         .as_ref()
         .and_then(|_| view.account.as_ref().map(|a| a.id.clone()));
-    let member = (rules.accounts.is_some() && account_after.is_some())
-        .then(|| Member::of_lead(rules, lead_id, &view));
-    drop(view);
+    let member = (rules.accounts.is_some() && account_after.is_some()).then(|| {
+        let at = view.clock;
+        if at == read.at {
+            Member::of_lead(rules, lead_id, at, &read.fit, &read.engagement_by_rule)
+        } else {
+            let engagement = view.engagement_by_rule(rules, at);
+            Member::of_lead(rules, lead_id, at, &read.fit, &engagement)
+        }
+    });
     lead.due = due;
     if let Some(changes) = changes.as_mut() {
         if !changes.all_leads && !changes.leads.contains(lead_id) {
@@ -1234,6 +1257,16 @@ fn settle_lead(
     }
 }
 
+/// The first 16 bytes of `id`, big-endian and zero-padded: comparing these
+/// first, and the whole ids only when they tie, orders ids as strings while
+/// reading most ids' bytes once.
+fn id_prefix(id: &str) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = id.len().min(16);
+    bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+    u128::from_be_bytes(bytes)
+}
+
 /// What [`Engine::settle`] compares a changed lead with.
 struct Before {
     due: Option<Timestamp>,
@@ -1248,7 +1281,7 @@ impl Before {
             account: rules
                 .accounts
                 .as_ref()
-                .and_then(|_| lead.view(rules).account.as_ref().map(|a| a.id.clone())),
+                .and_then(|_| lead.merged_account().map(|a| a.id.clone())),
         }
     }
 }
@@ -1435,20 +1468,19 @@ fn advance_lead(
     for _ in 0..=2 * rules.tiers.len() + 1 {
         let due = lead.due.filter(|due| *due <= until)?;
         lead.clock = lead.clock.max(due);
-        emit(rules, lead_id, lead, Cause::Decay(due), outputs);
+        let read = emit(rules, lead_id, lead, Cause::Decay(due), outputs);
         if let Some(at) = lead.expires_at(rules).filter(|at| *at <= due) {
             return Some(at); // the caller drops it
         }
-        lead.due = due_of(rules, lead);
+        lead.due = due_of(rules, lead, &read);
     }
     lead.due = None;
     None
 }
 
 /// The lead's next due time: decay, a hold lapsing, or expiry.
-fn due_of(rules: &Rules, lead: &LeadState) -> Option<Timestamp> {
-    let view = lead.view(rules);
-    let next = view.next_due(rules, view.clock);
+fn due_of(rules: &Rules, lead: &LeadState, read: &Reading) -> Option<Timestamp> {
+    let next = read.next_due(rules, read.view(lead));
     match (next, lead.expires_at(rules)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -1525,8 +1557,7 @@ fn erased_output(
         kind: OutputKind::LeadErased,
         event_id: output_id(lead_id, OutputKind::LeadErased, &cause),
         lead_id: Some(lead_id.to_string()),
-        account_id: lead
-            .and_then(|lead| lead.view(rules).account.as_ref().map(|a| a.id.to_string())),
+        account_id: lead.and_then(|lead| lead.merged_account().map(|a| a.id.to_string())),
         at,
         cause,
         score: 0.0,
@@ -1546,12 +1577,23 @@ fn erased_output(
 
 /// Evaluates the lead at its clock and emits `score_changed` (score moved
 /// by at least the step, or the tier changed) and `threshold_crossed`.
-fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &mut Vec<Output>) {
+///
+/// Returns what it read of the lead, for what follows (due time, account
+/// share).
+fn emit(
+    rules: &Rules,
+    lead_id: &str,
+    lead: &mut LeadState,
+    cause: Cause,
+    out: &mut Vec<Output>,
+) -> Reading {
     let at = lead.clock;
     let view = lead.view(rules);
-    let eval: Evaluation = view.evaluate(rules, at);
+    let fit = view.fit(rules);
+    let (engagement, engagement_by_rule) = view.engagement_and_rules(rules, at);
+    let eval = Evaluation::of(rules, &fit, engagement);
     let previous = usize::from(lead.tier);
-    let mut tier = view.tier_at(rules, &eval);
+    let mut tier = view.tier_with(rules, &fit, &eval);
     if tier > previous && view.suppresses_up(at) {
         // Held below until the suppression lapses (a timer is due then)
         // or for good while the stage is terminal; the score still moves.
@@ -1559,9 +1601,15 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     }
     let delta = eval.score - lead.last_emitted_score;
     if tier == previous && delta.abs() < rules.settings.step {
-        return;
+        return Reading {
+            fit,
+            at,
+            eval,
+            engagement_by_rule,
+            merged: owned(view),
+        };
     }
-    let mut contributions = view.contributions(rules, at);
+    let mut contributions = fit.contributions(rules, &engagement_by_rule);
     contributions.truncate(rules.settings.top_contributions);
     let changed = Output {
         tier: rules.tier_name(tier).clone(),
@@ -1580,10 +1628,59 @@ fn emit(rules: &Rules, lead_id: &str, lead: &mut LeadState, cause: Cause, out: &
     };
     let crossed_id =
         (tier != previous).then(|| output_id(lead_id, OutputKind::ThresholdCrossed, &cause));
-    drop(view);
+    let mut merged = owned(view);
     push_change(out, changed, crossed_id);
-    lead.tier = tier as u8;
-    lead.last_emitted_score = eval.score;
+    for lead in std::iter::once(lead).chain(merged.as_mut()) {
+        lead.tier = tier as u8;
+        lead.last_emitted_score = eval.score;
+    }
+    Reading {
+        fit,
+        at,
+        eval,
+        engagement_by_rule,
+        merged,
+    }
+}
+
+/// The view of a lead with merged histories, which is built for it.
+fn owned(view: Cow<'_, LeadState>) -> Option<LeadState> {
+    match view {
+        Cow::Owned(merged) => Some(merged),
+        Cow::Borrowed(_) => None,
+    }
+}
+
+/// What [`emit`] read of a lead, for the rest of its settling (which does
+/// not change what it read): its fit, its evaluation and engagement per
+/// rule at `at`, and its view if it has merged histories (tier and last
+/// score as the emit left them).
+struct Reading {
+    fit: Fit,
+    at: Timestamp,
+    eval: Evaluation,
+    engagement_by_rule: EngagementByRule,
+    merged: Option<LeadState>,
+}
+
+impl Reading {
+    /// The lead with its merged histories folded in (see
+    /// [`LeadState::view`]), `lead` being the one read.
+    fn view<'a>(&'a self, lead: &'a LeadState) -> &'a LeadState {
+        self.merged.as_ref().unwrap_or(lead)
+    }
+
+    /// The lead's next due time from its (merged) clock, `view` being the
+    /// lead as it is now.
+    fn next_due(&self, rules: &Rules, view: &LeadState) -> Option<Timestamp> {
+        let from = view.clock;
+        let now = if from == self.at {
+            self.eval
+        } else {
+            view.evaluate_with(rules, &self.fit, from)
+        };
+        view.next_due_with(rules, &self.fit, from, &now)
+    }
 }
 
 /// The `lifecycle_changed` output of a disposition: the lead's numbers and
@@ -1592,13 +1689,12 @@ fn lifecycle_output(
     rules: &Rules,
     lead_id: &str,
     lead: &LeadState,
+    read: &Reading,
     change: crate::core::lead::LifecycleChange,
     cause: &Cause,
 ) -> Output {
-    let at = lead.clock;
-    let view = lead.view(rules);
-    let eval = view.evaluate(rules, at);
-    let mut contributions = view.contributions(rules, at);
+    // Right after the emit: the lead is as it read it.
+    let mut contributions = read.fit.contributions(rules, &read.engagement_by_rule);
     contributions.truncate(rules.settings.top_contributions);
     Output {
         contributions,
@@ -1607,9 +1703,9 @@ fn lifecycle_output(
             rules,
             OutputKind::LifecycleChanged,
             lead_id,
-            &view,
-            &eval,
-            at,
+            read.view(lead),
+            &read.eval,
+            read.at,
             cause.clone(),
         )
     }
@@ -1618,6 +1714,36 @@ fn lifecycle_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ordering by `id_prefix`, then by the whole id on a tie, is the
+    /// ids' order as strings: short ids, shared prefixes longer than the
+    /// prefix, NUL bytes and multi-byte characters included.
+    #[test]
+    fn ids_ordered_by_prefix_then_whole_are_in_string_order() {
+        let ids = [
+            "",
+            "a",
+            "a\0",
+            "a\0\0",
+            "ab",
+            "lead-0000000000001",
+            "lead-0000000000002",
+            "lead-000000000000",
+            "lead-00000000000010",
+            "zé",
+            "z",
+            "é",
+            "\u{10ffff}",
+            "abcdefghijklmnop",
+            "abcdefghijklmnopq",
+            "abcdefghijklmno\0",
+        ];
+        let mut by_prefix: Vec<&str> = ids.to_vec();
+        by_prefix.sort_by(|a, b| id_prefix(a).cmp(&id_prefix(b)).then_with(|| a.cmp(b)));
+        let mut by_string = ids.to_vec();
+        by_string.sort();
+        assert_eq!(by_prefix, by_string);
+    }
 
     /// A borrowed `(due, id)` finds the owned key it equals, and no other:
     /// both order by due time, then id.

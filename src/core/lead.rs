@@ -10,6 +10,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::core::decay::Decaying;
 use crate::core::event::{Event, Fields};
 use crate::core::filters::FilterState;
@@ -178,6 +180,44 @@ pub struct MergedHistory {
     pub state: LeadState,
 }
 
+/// A lead's traits read against the rules: each trait key's bits (fit
+/// rules and tier gates look them up many times per evaluation), the fit
+/// points and the fit rules that gave them, in file order. None of it
+/// moves with time, so one read serves a lead's evaluation, tier, due time,
+/// contributions and account share.
+#[derive(Clone, Debug)]
+pub struct Fit {
+    bits: SmallVec<[TraitBits; 32]>,
+    pub points: f64,
+    pub matched: SmallVec<[usize; 8]>,
+}
+
+impl Fit {
+    pub fn bits(&self, key: usize) -> TraitBits {
+        self.bits[key]
+    }
+
+    /// Every fit and engagement rule's share, largest first (by absolute
+    /// value, then by name, so the order is deterministic), from these
+    /// fit rules and `engagement` points per rule.
+    pub fn contributions(&self, rules: &Rules, engagement: &[(usize, f64)]) -> Vec<Contribution> {
+        let mut all = Vec::with_capacity(self.matched.len() + engagement.len());
+        all.extend(self.matched.iter().map(|&i| Contribution {
+            rule: rules.fit[i].name.clone(),
+            points: rules.fit[i].points,
+        }));
+        all.extend(engagement.iter().map(|&(i, points)| Contribution {
+            rule: rules.engagement[i].name.clone(),
+            points,
+        }));
+        sort_largest_first(&mut all);
+        all
+    }
+}
+
+/// Engagement points per rule, in rule order; most leads hit few rules.
+pub type EngagementByRule = SmallVec<[(usize, f64); 12]>;
+
 /// A lead's numbers at one point in time.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct Evaluation {
@@ -185,6 +225,18 @@ pub struct Evaluation {
     pub engagement: f64,
     pub score: f64,
     pub grade: Grade,
+}
+
+impl Evaluation {
+    /// The numbers of a lead with `fit` and `engagement`.
+    pub fn of(rules: &Rules, fit: &Fit, engagement: f64) -> Evaluation {
+        Evaluation {
+            fit: fit.points,
+            engagement,
+            score: rules.clamp(rules.settings.base + fit.points + engagement),
+            grade: rules.grades.grade(fit.points),
+        }
+    }
 }
 
 impl LeadState {
@@ -249,7 +301,15 @@ impl LeadState {
         // (evaluation never reads it).
         let mut traits = self.traits.to_vec();
         let mut credits = self.credits.to_vec();
-        let mut windows = self.windows.to_vec();
+        let mut windows = Vec::with_capacity(
+            self.windows.len()
+                + self
+                    .merged
+                    .iter()
+                    .map(|h| h.state.windows.len())
+                    .sum::<usize>(),
+        );
+        windows.extend_from_slice(&self.windows);
         let mut combined = LeadState {
             clock: self.clock,
             tier: self.tier,
@@ -258,7 +318,7 @@ impl LeadState {
             credits: Box::default(),
             windows: Box::default(),
             seen: Vec::new(),
-            account: self.account.clone(),
+            account: self.merged_account().cloned(),
             due: self.due,
             position: self.position,
             merged: Box::default(),
@@ -279,13 +339,6 @@ impl LeadState {
             // keeping them apart makes the sum independent of when each
             // history arrived.
             windows.extend_from_slice(&other.windows);
-            if let Some(link) = &other.account {
-                if link.from_email {
-                    combined.link_account_from_email(&link.id, link.set_at);
-                } else {
-                    combined.link_account(&link.id, link.set_at);
-                }
-            }
             combined.clock = combined.clock.max(other.clock);
             if let Some(theirs) = other.life() {
                 combined.life_mut().combine(theirs);
@@ -295,6 +348,19 @@ impl LeadState {
         combined.credits = credits.into_boxed_slice();
         combined.windows = windows.into_boxed_slice();
         Cow::Owned(combined)
+    }
+
+    /// The account link of the lead with its merged histories, as
+    /// [`LeadState::view`] holds it, without building the view: as
+    /// [`LeadState::link_account`] and
+    /// [`LeadState::link_account_from_email`] decide between two links, an
+    /// explicit link wins over one from an email domain, then the later,
+    /// then the larger id.
+    pub fn merged_account(&self) -> Option<&AccountLink> {
+        std::iter::once(&self.account)
+            .chain(self.merged.iter().map(|h| &h.state.account))
+            .flatten()
+            .max_by(|a, b| (!a.from_email, a.set_at, &a.id).cmp(&(!b.from_email, b.set_at, &b.id)))
     }
 
     /// Whether an upward crossing is held back at `at`: the lead holds a
@@ -646,94 +712,112 @@ impl LeadState {
     }
 
     /// Engagement points per rule at `at` (rules with no credit left out).
-    pub fn engagement_by_rule(&self, rules: &Rules, at: Timestamp) -> Vec<(usize, f64)> {
-        let mut by_rule: Vec<(usize, f64)> = Vec::new();
-        let mut add = |rule: usize, points: f64| match by_rule.iter_mut().find(|(r, _)| *r == rule)
-        {
-            Some((_, p)) => *p += points,
-            None => by_rule.push((rule, points)),
+    pub fn engagement_by_rule(&self, rules: &Rules, at: Timestamp) -> EngagementByRule {
+        self.engagement_and_rules(rules, at).1
+    }
+
+    /// The engagement at `at` (exactly [`LeadState::engagement_at`]) and
+    /// its points per rule, from one decay of each credit and window.
+    pub fn engagement_and_rules(&self, rules: &Rules, at: Timestamp) -> (f64, EngagementByRule) {
+        let points = |list: &mut SmallVec<[(usize, f64); 16]>, rule: u16, value: f64| {
+            list.push((usize::from(rule), value));
         };
+        let mut credits = SmallVec::new();
         for c in &self.credits {
-            let rule = usize::from(c.rule);
-            add(rule, c.credit.at(at, rules.half_life_of(rule)));
+            points(&mut credits, c.rule, self.credit_at(rules, c, at));
         }
+        let mut windows = SmallVec::new();
         for w in &self.windows {
-            let rule = usize::from(w.rule);
-            add(
-                rule,
-                w.scale(rules) * w.credit.at(at, rules.half_life_of(rule)),
-            );
+            points(&mut windows, w.rule, Self::window_at(rules, w, at));
+        }
+        // Summed as `engagement_at` sums, so the two agree to the bit.
+        let total = credits.iter().map(|&(_, p)| p).sum::<f64>()
+            + windows.iter().map(|&(_, p)| p).sum::<f64>();
+        let mut by_rule = EngagementByRule::new();
+        for &(rule, points) in credits.iter().chain(&windows) {
+            match by_rule.iter_mut().find(|(r, _)| *r == rule) {
+                Some((_, p)) => *p += points,
+                None => by_rule.push((rule, points)),
+            }
         }
         by_rule.sort_unstable_by_key(|(r, _)| *r);
-        by_rule
+        (total, by_rule)
+    }
+
+    fn credit_at(&self, rules: &Rules, credit: &RuleCredit, at: Timestamp) -> f64 {
+        credit
+            .credit
+            .at(at, rules.half_life_of(usize::from(credit.rule)))
+    }
+
+    fn window_at(rules: &Rules, window: &CapWindow, at: Timestamp) -> f64 {
+        let rule = usize::from(window.rule);
+        window.scale(rules) * window.credit.at(at, rules.half_life_of(rule))
     }
 
     pub fn engagement_at(&self, rules: &Rules, at: Timestamp) -> f64 {
         let credits: f64 = self
             .credits
             .iter()
-            .map(|c| c.credit.at(at, rules.half_life_of(usize::from(c.rule))))
+            .map(|c| self.credit_at(rules, c, at))
             .sum();
         let windows: f64 = self
             .windows
             .iter()
-            .map(|w| {
-                let rule = usize::from(w.rule);
-                w.scale(rules) * w.credit.at(at, rules.half_life_of(rule))
-            })
+            .map(|w| Self::window_at(rules, w, at))
             .sum();
         credits + windows
     }
 
-    pub fn fit(&self, rules: &Rules) -> (f64, Vec<usize>) {
-        rules.fit_of(&|key| self.trait_bits(rules, key))
+    /// The lead's traits read against the rules (see [`Fit`]).
+    pub fn fit(&self, rules: &Rules) -> Fit {
+        let mut bits: SmallVec<[TraitBits; 32]> =
+            SmallVec::from_slice(rules.absent_trait_bits_all());
+        // Reversed, so that the first entry of a key wins, as in
+        // `trait_bits`.
+        for t in self.traits.iter().rev() {
+            bits[usize::from(t.key)] = t.bits;
+        }
+        let mut points = 0.0;
+        let mut matched = SmallVec::new();
+        rules.for_each_fit_match(&bits, |index| {
+            points += rules.fit[index].points;
+            matched.push(index);
+        });
+        Fit {
+            bits,
+            points,
+            matched,
+        }
     }
 
     pub fn evaluate(&self, rules: &Rules, at: Timestamp) -> Evaluation {
-        let fit = rules.fit_points(&|key| self.trait_bits(rules, key));
-        self.evaluate_with_fit(rules, fit, at)
+        self.evaluate_with(rules, &self.fit(rules), at)
     }
 
-    /// [`LeadState::evaluate`] with the fit already known (it does not
+    /// [`LeadState::evaluate`] with the fit already read (it does not
     /// change with time).
-    fn evaluate_with_fit(&self, rules: &Rules, fit: f64, at: Timestamp) -> Evaluation {
-        let engagement = self.engagement_at(rules, at);
-        Evaluation {
-            fit,
-            engagement,
-            score: rules.clamp(rules.settings.base + fit + engagement),
-            grade: rules.grades.grade(fit),
-        }
+    pub fn evaluate_with(&self, rules: &Rules, fit: &Fit, at: Timestamp) -> Evaluation {
+        Evaluation::of(rules, fit, self.engagement_at(rules, at))
     }
 
     /// The tier the lead would move to at `at` from the tier it holds.
     pub fn tier_at(&self, rules: &Rules, eval: &Evaluation) -> usize {
+        self.tier_with(rules, &self.fit(rules), eval)
+    }
+
+    /// [`LeadState::tier_at`] with the fit already read.
+    pub fn tier_with(&self, rules: &Rules, fit: &Fit, eval: &Evaluation) -> usize {
         rules.next_tier(usize::from(self.tier), eval.score, eval.grade, &|key| {
-            self.trait_bits(rules, key)
+            fit.bits(key)
         })
     }
 
     /// Every fit and engagement rule's share at `at`, largest first (by
     /// absolute value, then by name, so the order is deterministic).
     pub fn contributions(&self, rules: &Rules, at: Timestamp) -> Vec<Contribution> {
-        let (_, fit_rules) = self.fit(rules);
-        let mut all: Vec<Contribution> = fit_rules
-            .into_iter()
-            .map(|i| Contribution {
-                rule: rules.fit[i].name.clone(),
-                points: rules.fit[i].points,
-            })
-            .chain(
-                self.engagement_by_rule(rules, at)
-                    .into_iter()
-                    .map(|(i, points)| Contribution {
-                        rule: rules.engagement[i].name.clone(),
-                        points,
-                    }),
-            )
-            .collect();
-        sort_largest_first(&mut all);
-        all
+        self.fit(rules)
+            .contributions(rules, &self.engagement_by_rule(rules, at))
     }
 
     /// When the lead next needs a look without an event: decay moving it
@@ -741,16 +825,30 @@ impl LeadState {
     /// back is then published). While a crossing is held back, only the
     /// lapse counts.
     pub fn next_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
+        let fit = self.fit(rules);
+        let now = self.evaluate_with(rules, &fit, from);
+        self.next_due_with(rules, &fit, from, &now)
+    }
+
+    /// [`LeadState::next_due`] with the fit already read and the lead's
+    /// evaluation at `from`, `now`.
+    pub fn next_due_with(
+        &self,
+        rules: &Rules,
+        fit: &Fit,
+        from: Timestamp,
+        now: &Evaluation,
+    ) -> Option<Timestamp> {
         let lapse = self
             .life()
             .and_then(|l| l.suppressed_until)
             .filter(|until| *until > from);
-        let held = self.suppresses_up(from)
-            && self.tier_at(rules, &self.evaluate(rules, from)) > usize::from(self.tier);
+        let held =
+            self.suppresses_up(from) && self.tier_with(rules, fit, now) > usize::from(self.tier);
         let decay = if held {
             None
         } else {
-            self.next_change_due(rules, from)
+            self.next_change_due_with(rules, fit, from, now)
         };
         match (decay, lapse) {
             (Some(d), Some(l)) => Some(d.min(l)),
@@ -763,6 +861,20 @@ impl LeadState {
     /// when all credits share a sign); with mixed signs the answer is a due
     /// time at which the tier has changed, not necessarily the first.
     pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
+        let fit = self.fit(rules);
+        let now = self.evaluate_with(rules, &fit, from);
+        self.next_change_due_with(rules, &fit, from, &now)
+    }
+
+    /// [`LeadState::next_change_due`] with the fit already read and the
+    /// evaluation at `from`, `now`.
+    pub fn next_change_due_with(
+        &self,
+        rules: &Rules,
+        fit: &Fit,
+        from: Timestamp,
+        now: &Evaluation,
+    ) -> Option<Timestamp> {
         // Points that never fade do not move the score.
         let fades = |rule: u16| rules.half_life_of(usize::from(rule)).millis().is_some();
         let has_negative = self
@@ -784,9 +896,14 @@ impl LeadState {
             return None;
         }
         let tier = usize::from(self.tier);
-        let fit = rules.fit_points(&|key| self.trait_bits(rules, key));
-        let changed =
-            |t: Timestamp| self.tier_at(rules, &self.evaluate_with_fit(rules, fit, t)) != tier;
+        let changed = |t: Timestamp| {
+            let eval = if t == from {
+                *now
+            } else {
+                self.evaluate_with(rules, fit, t)
+            };
+            self.tier_with(rules, fit, &eval) != tier
+        };
         if let Some(due) = self.monotone_due(rules, fit, from, &changed) {
             return due;
         }
@@ -819,7 +936,7 @@ impl LeadState {
     fn monotone_due(
         &self,
         rules: &Rules,
-        fit: f64,
+        fit: &Fit,
         from: Timestamp,
         changed: &dyn Fn(Timestamp) -> bool,
     ) -> Option<Option<Timestamp>> {
@@ -827,7 +944,7 @@ impl LeadState {
         // (half-life, points at `from`) per distinct half-life.
         let mut fading = [(0.0f64, 0.0f64); MOST_HALF_LIVES];
         let mut distinct = 0;
-        let mut constant = rules.settings.base + fit;
+        let mut constant = rules.settings.base + fit.points;
         let credits = self
             .credits
             .iter()
@@ -861,8 +978,8 @@ impl LeadState {
             let line = rules.tiers[tier].min_score - rules.settings.hysteresis;
             line - constant
         } else if rising {
-            let grade = rules.grades.grade(fit);
-            let bits = |key| self.trait_bits(rules, key);
+            let grade = rules.grades.grade(fit.points);
+            let bits = |key| fit.bits(key);
             let next = (tier + 1..rules.tiers.len()).find(|&i| rules.gates_pass(i, grade, &bits));
             for (_, v) in fading.iter_mut() {
                 *v = -*v;
@@ -994,6 +1111,63 @@ mod tests {
 
     use super::*;
     use crate::config::parse_rules;
+
+    /// The merged account link is the one folding every history's link
+    /// into the lead's with `link_account` / `link_account_from_email`
+    /// gives, whatever the order of the histories.
+    #[test]
+    fn the_merged_account_link_is_the_folded_one_in_any_order() {
+        let links = [
+            None,
+            Some(("b", 5, false)),
+            Some(("a", 5, false)),
+            Some(("c", 9, true)),
+            Some(("c", 3, false)),
+            Some(("d", 9, true)),
+            Some(("a", 1, true)),
+        ];
+        let state = |link: Option<(&str, i64, bool)>| {
+            let mut lead = LeadState::new(Timestamp(0));
+            lead.account = link.map(|(id, at, from_email)| AccountLink {
+                id: id.into(),
+                set_at: Timestamp(at),
+                from_email,
+            });
+            lead
+        };
+        for own in links {
+            for rotate in 0..links.len() {
+                let mut others = links.to_vec();
+                others.rotate_left(rotate);
+                others.truncate(4);
+                let mut lead = state(own);
+                let mut folded = state(own);
+                for (i, other) in others.iter().enumerate() {
+                    lead.merged = lead
+                        .merged
+                        .iter()
+                        .cloned()
+                        .chain([MergedHistory {
+                            identity: format!("id{i}").into(),
+                            state: state(*other),
+                        }])
+                        .collect();
+                    if let Some((id, at, from_email)) = other {
+                        if *from_email {
+                            folded.link_account_from_email(id, Timestamp(*at));
+                        } else {
+                            folded.link_account(id, Timestamp(*at));
+                        }
+                    }
+                }
+                assert_eq!(
+                    lead.merged_account(),
+                    folded.account.as_ref(),
+                    "{own:?} with {others:?}"
+                );
+            }
+        }
+    }
 
     /// Every lead is one allocation of this size: past 224 bytes the
     /// allocator's next size class is 256, 32 bytes more for every lead.

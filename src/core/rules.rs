@@ -478,6 +478,11 @@ impl Rules {
         self.absent_bits[key]
     }
 
+    /// Every trait key's bits for an unknown value, by key.
+    pub fn absent_trait_bits_all(&self) -> &[TraitBits] {
+        &self.absent_bits
+    }
+
     /// Calls `hit` with the index of every engagement rule the event
     /// matches. Only rules for the event's call type and name are checked.
     pub fn for_each_matching_rule(&self, event: &Event, mut hit: impl FnMut(usize)) {
@@ -500,28 +505,10 @@ impl Rules {
         }
     }
 
-    /// Fit points and the fit rules that produced them, from the lead's
-    /// trait bits.
-    pub fn fit_of(&self, bits: &dyn Fn(usize) -> TraitBits) -> (f64, Vec<usize>) {
-        let mut total = 0.0;
-        let mut matched = Vec::new();
-        self.for_each_fit_match(bits, |index| {
-            total += self.fit[index].points;
-            matched.push(index);
-        });
-        (total, matched)
-    }
-
-    /// Fit points alone, without allocating: what evaluation needs.
-    pub fn fit_points(&self, bits: &dyn Fn(usize) -> TraitBits) -> f64 {
-        let mut total = 0.0;
-        self.for_each_fit_match(bits, |index| total += self.fit[index].points);
-        total
-    }
-
     /// Calls `hit` with each fit rule that counts, in file order: its
-    /// conditions hold and no earlier rule of its group counted.
-    fn for_each_fit_match(&self, bits: &dyn Fn(usize) -> TraitBits, mut hit: impl FnMut(usize)) {
+    /// conditions hold (`bits`: the lead's trait bits by key) and no
+    /// earlier rule of its group counted.
+    pub(crate) fn for_each_fit_match(&self, bits: &[TraitBits], mut hit: impl FnMut(usize)) {
         // Groups taken, as bits (a long list of groups spills to a vector).
         let mut taken_small = 0u64;
         let mut taken_large = vec![
@@ -532,30 +519,26 @@ impl Rules {
                 0
             }
         ];
-        let mut taken = |group: usize, take: bool| -> bool {
-            if group < 64 && taken_large.is_empty() {
-                let was = taken_small & (1 << group) != 0;
-                if take {
-                    taken_small |= 1 << group;
-                }
-                was
-            } else {
-                let was = taken_large[group];
-                if take {
-                    taken_large[group] = true;
-                }
-                was
-            }
-        };
         for (index, rule) in self.fit.iter().enumerate() {
             // Numbered by `Rules::new`, in step with `fit`.
             let group = self.fit_groups.get(index).copied().flatten();
-            if group.is_some_and(|g| taken(g, false)) {
-                continue;
+            if let Some(g) = group {
+                let taken = if taken_large.is_empty() {
+                    taken_small & (1 << g) != 0
+                } else {
+                    taken_large[g]
+                };
+                if taken {
+                    continue;
+                }
             }
-            if rule.conditions.iter().all(|c| c.holds(bits(c.key))) {
+            if rule.conditions.iter().all(|c| c.holds(bits[c.key])) {
                 if let Some(g) = group {
-                    taken(g, true);
+                    if taken_large.is_empty() {
+                        taken_small |= 1 << g;
+                    } else {
+                        taken_large[g] = true;
+                    }
                 }
                 hit(index);
             }
