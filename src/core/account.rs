@@ -233,6 +233,10 @@ impl AccountState {
     ) -> Self {
         let mut profile = LeadState::new(Timestamp(0));
         profile.traits = traits.into_boxed_slice();
+        // Kept in lead id order, each lead once (as updates keep them).
+        let mut members = members;
+        members.sort_by(|a, b| a.lead_id.cmp(&b.lead_id));
+        members.dedup_by(|a, b| a.lead_id == b.lead_id);
         AccountState {
             clock,
             tier,
@@ -344,10 +348,37 @@ impl AccountState {
     /// Account fit rules, members (capped engagement) and the committee,
     /// largest first.
     pub fn contributions(&self, rules: &Rules, t: Timestamp) -> Vec<Contribution> {
+        self.top_contributions(rules, t, &self.evaluate(rules, t), usize::MAX)
+    }
+
+    /// The first `limit` of [`AccountState::contributions`], `eval` being
+    /// the account's evaluation at `t`. Only members that can be among
+    /// them are named: an account has hundreds.
+    pub fn top_contributions(
+        &self,
+        rules: &Rules,
+        t: Timestamp,
+        eval: &AccountEvaluation,
+        limit: usize,
+    ) -> Vec<Contribution> {
         let accounts = rules.accounts.as_deref().expect("account rules");
         let profile = &accounts.profile;
         let fit = self.profile.fit(profile);
-        let eval = self.evaluate(rules, t);
+        // "lead {id}" names order as the ids do, so the members sorted by
+        // their own (size, id) hold every member of the overall first
+        // `limit` among their first `limit`.
+        let mut members: Vec<(f64, &str)> = self
+            .members
+            .iter()
+            .zip(self.member_engagement(accounts, t))
+            .map(|(m, points)| (points + 0.0, &*m.lead_id)) // no "-0" for a faded lead
+            .collect();
+        let largest_first =
+            |a: &(f64, &str), b: &(f64, &str)| b.0.abs().total_cmp(&a.0.abs()).then(a.1.cmp(b.1));
+        if members.len() > limit {
+            members.select_nth_unstable_by(limit, largest_first);
+            members.truncate(limit);
+        }
         let mut all: Vec<Contribution> = fit
             .matched
             .iter()
@@ -355,15 +386,10 @@ impl AccountState {
                 rule: profile.fit[i].name.clone(),
                 points: profile.fit[i].points,
             })
-            .chain(
-                self.members
-                    .iter()
-                    .zip(self.member_engagement(accounts, t))
-                    .map(|(m, points)| Contribution {
-                        rule: format!("lead {}", m.lead_id).into(),
-                        points: points + 0.0, // no "-0" for a faded lead
-                    }),
-            )
+            .chain(members.into_iter().map(|(points, lead_id)| Contribution {
+                rule: format!("lead {lead_id}").into(),
+                points,
+            }))
             .collect();
         if eval.committee != 0.0 {
             all.push(Contribution {
@@ -372,6 +398,7 @@ impl AccountState {
             });
         }
         sort_largest_first(&mut all);
+        all.truncate(limit);
         all
     }
 
@@ -682,10 +709,17 @@ impl AccountEngine {
             AccountUpdate::Member {
                 lead_id, member, ..
             } => {
-                account.members.retain(|m| m.lead_id != *lead_id);
-                if let Some(member) = member {
-                    account.members.push(member.clone());
-                    account.members.sort_by(|a, b| a.lead_id.cmp(&b.lead_id));
+                // Members are kept in lead id order, each lead once.
+                let found = account
+                    .members
+                    .binary_search_by(|m| m.lead_id.as_ref().cmp(lead_id.as_ref()));
+                match (found, member) {
+                    (Ok(i), Some(member)) => account.members[i] = member.clone(),
+                    (Ok(i), None) => {
+                        account.members.remove(i);
+                    }
+                    (Err(i), Some(member)) => account.members.insert(i, member.clone()),
+                    (Err(_), None) => {}
                 }
             }
             AccountUpdate::Traits { traits, .. } => {
@@ -936,9 +970,9 @@ enum Tiering {
     Afresh,
 }
 
-/// An account's output of `kind`, at its clock: its numbers, its top
-/// contributions, and the tier it holds (as both tiers: the caller says
-/// what moved).
+/// An account's output of `kind`, at its clock: its numbers (`eval`, its
+/// evaluation then), its top contributions, and the tier it holds (as both
+/// tiers: the caller says what moved).
 fn account_output(
     rules: &Rules,
     (subject, account_id): (&str, &str),
@@ -949,8 +983,8 @@ fn account_output(
 ) -> Output {
     let profile = &rules.accounts.as_deref().expect("account rules").profile;
     let at = account.clock;
-    let mut contributions = account.contributions(rules, at);
-    contributions.truncate(profile.settings.top_contributions);
+    let contributions =
+        account.top_contributions(rules, at, eval, profile.settings.top_contributions);
     let tier = profile.tier_name(usize::from(account.tier)).clone();
     let delta = eval.score - account.last_emitted_score;
     Output {
@@ -1050,6 +1084,35 @@ mod tests {
         }
         account.clock = t0.saturating_add_ms(40 * MS_PER_DAY);
         account
+    }
+
+    /// The first contributions, worked out from the members that can be
+    /// among them, are the first of the whole list, ties in size included.
+    #[test]
+    fn top_contributions_are_the_first_of_all_contributions() {
+        let rules = example_rules();
+        for members in [0, 1, 5, 40, 300] {
+            let mut account = account(members);
+            // Ties in size: members with equal shares, told apart by id.
+            for m in account.members.iter_mut().step_by(4) {
+                m.engagement = Box::new([(HalfLife::Never, Decaying::new(7.0, Timestamp(0)))]);
+            }
+            for t in [
+                account.clock,
+                account.clock.saturating_add_ms(20 * MS_PER_DAY),
+            ] {
+                let all = account.contributions(&rules, t);
+                let eval = account.evaluate(&rules, t);
+                for limit in [0, 1, 3, 5, 10, 1000] {
+                    let top = account.top_contributions(&rules, t, &eval, limit);
+                    assert_eq!(
+                        top,
+                        all[..limit.min(all.len())],
+                        "{members} members, {limit}"
+                    );
+                }
+            }
+        }
     }
 
     /// The search for the next change with every probe a full, exact
