@@ -1219,11 +1219,12 @@ fn settle_lead(
         .and_then(|_| view.account.as_ref().map(|a| a.id.clone()));
     let member = (rules.accounts.is_some() && account_after.is_some()).then(|| {
         let at = view.clock;
-        if at == read.at {
-            Member::of_lead(rules, lead_id, at, &read.fit, &read.engagement_by_rule)
-        } else {
-            let engagement = view.engagement_by_rule(rules, at);
-            Member::of_lead(rules, lead_id, at, &read.fit, &engagement)
+        match read.engagement_by_rule.as_ref().filter(|_| at == read.at) {
+            Some(engagement) => Member::of_lead(rules, lead_id, at, &read.fit, engagement),
+            None => {
+                let engagement = view.engagement_by_rule(rules, at);
+                Member::of_lead(rules, lead_id, at, &read.fit, &engagement)
+            }
         }
     });
     lead.due = due;
@@ -1590,7 +1591,16 @@ fn emit(
     let at = lead.clock;
     let view = lead.view(rules);
     let fit = view.fit(rules);
-    let (engagement, engagement_by_rule) = view.engagement_and_rules(rules, at);
+    // Per rule, the engagement is for the account share and the
+    // contributions: worked out with the total when the share will be
+    // needed, else only if there is an output.
+    let (engagement, mut engagement_by_rule) = if rules.accounts.is_some() && view.account.is_some()
+    {
+        let (total, by_rule) = view.engagement_and_rules(rules, at);
+        (total, Some(by_rule))
+    } else {
+        (view.engagement_at(rules, at), None)
+    };
     let eval = Evaluation::of(rules, &fit, engagement);
     let previous = usize::from(lead.tier);
     let mut tier = view.tier_with(rules, &fit, &eval);
@@ -1609,7 +1619,8 @@ fn emit(
             merged: owned(view),
         };
     }
-    let mut contributions = fit.contributions(rules, &engagement_by_rule);
+    let by_rule = engagement_by_rule.get_or_insert_with(|| view.engagement_by_rule(rules, at));
+    let mut contributions = fit.contributions(rules, by_rule);
     contributions.truncate(rules.settings.top_contributions);
     let changed = Output {
         tier: rules.tier_name(tier).clone(),
@@ -1630,7 +1641,7 @@ fn emit(
         (tier != previous).then(|| output_id(lead_id, OutputKind::ThresholdCrossed, &cause));
     let mut merged = owned(view);
     push_change(out, changed, crossed_id);
-    for lead in std::iter::once(lead).chain(merged.as_mut()) {
+    for lead in std::iter::once(lead).chain(merged.as_deref_mut()) {
         lead.tier = tier as u8;
         lead.last_emitted_score = eval.score;
     }
@@ -1644,30 +1655,32 @@ fn emit(
 }
 
 /// The view of a lead with merged histories, which is built for it.
-fn owned(view: Cow<'_, LeadState>) -> Option<LeadState> {
+fn owned(view: Cow<'_, LeadState>) -> Option<Box<LeadState>> {
     match view {
-        Cow::Owned(merged) => Some(merged),
+        Cow::Owned(merged) => Some(Box::new(merged)),
         Cow::Borrowed(_) => None,
     }
 }
 
 /// What [`emit`] read of a lead, for the rest of its settling (which does
-/// not change what it read): its fit, its evaluation and engagement per
-/// rule at `at`, and its view if it has merged histories (tier and last
-/// score as the emit left them).
+/// not change what it read): its fit, its evaluation and (if worked out)
+/// engagement per rule at `at`, and its view if it has merged histories
+/// (tier and last score as the emit left them).
 struct Reading {
     fit: Fit,
     at: Timestamp,
     eval: Evaluation,
-    engagement_by_rule: EngagementByRule,
-    merged: Option<LeadState>,
+    engagement_by_rule: Option<EngagementByRule>,
+    /// Boxed: a reading is passed along by value, and most leads have no
+    /// merged histories.
+    merged: Option<Box<LeadState>>,
 }
 
 impl Reading {
     /// The lead with its merged histories folded in (see
     /// [`LeadState::view`]), `lead` being the one read.
     fn view<'a>(&'a self, lead: &'a LeadState) -> &'a LeadState {
-        self.merged.as_ref().unwrap_or(lead)
+        self.merged.as_deref().unwrap_or(lead)
     }
 
     /// The lead's next due time from its (merged) clock, `view` being the
@@ -1694,7 +1707,12 @@ fn lifecycle_output(
     cause: &Cause,
 ) -> Output {
     // Right after the emit: the lead is as it read it.
-    let mut contributions = read.fit.contributions(rules, &read.engagement_by_rule);
+    let mut contributions = match &read.engagement_by_rule {
+        Some(engagement) => read.fit.contributions(rules, engagement),
+        None => read
+            .fit
+            .contributions(rules, &read.view(lead).engagement_by_rule(rules, read.at)),
+    };
     contributions.truncate(rules.settings.top_contributions);
     Output {
         contributions,

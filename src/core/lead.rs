@@ -216,7 +216,7 @@ impl Fit {
 }
 
 /// Engagement points per rule, in rule order; most leads hit few rules.
-pub type EngagementByRule = SmallVec<[(usize, f64); 12]>;
+pub type EngagementByRule = SmallVec<[(usize, f64); 8]>;
 
 /// A lead's numbers at one point in time.
 #[derive(Copy, Clone, Debug, PartialEq)]
