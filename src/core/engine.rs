@@ -1692,7 +1692,7 @@ impl Reading {
         } else {
             view.evaluate_with(rules, &self.fit, from)
         };
-        view.next_due_with(rules, &self.fit, from, &now)
+        view.next_due(rules, &self.fit, from, &now)
     }
 }
 

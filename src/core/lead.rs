@@ -823,16 +823,8 @@ impl LeadState {
     /// When the lead next needs a look without an event: decay moving it
     /// out of its tier, or a suppression lapsing (an upward crossing held
     /// back is then published). While a crossing is held back, only the
-    /// lapse counts.
-    pub fn next_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
-        let fit = self.fit(rules);
-        let now = self.evaluate_with(rules, &fit, from);
-        self.next_due_with(rules, &fit, from, &now)
-    }
-
-    /// [`LeadState::next_due`] with the fit already read and the lead's
-    /// evaluation at `from`, `now`.
-    pub fn next_due_with(
+    /// lapse counts. `fit` is the lead's, `now` its evaluation at `from`.
+    pub fn next_due(
         &self,
         rules: &Rules,
         fit: &Fit,
