@@ -379,18 +379,13 @@ impl AccountState {
             members.select_nth_unstable_by(limit, largest_first);
             members.truncate(limit);
         }
-        let mut all: Vec<Contribution> = fit
-            .matched
-            .iter()
-            .map(|&i| Contribution {
-                rule: profile.fit[i].name.clone(),
-                points: profile.fit[i].points,
-            })
-            .chain(members.into_iter().map(|(points, lead_id)| Contribution {
-                rule: format!("lead {lead_id}").into(),
-                points,
-            }))
-            .collect();
+        // The account's fit rules, as a lead's (its profile has no
+        // engagement rules).
+        let mut all = fit.contributions(profile, &[]);
+        all.extend(members.into_iter().map(|(points, lead_id)| Contribution {
+            rule: format!("lead {lead_id}").into(),
+            points,
+        }));
         if eval.committee != 0.0 {
             all.push(Contribution {
                 rule: "buying_committee".into(),

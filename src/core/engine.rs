@@ -1208,24 +1208,16 @@ fn settle_lead(
     read: &Reading,
     cause: Cause,
 ) {
+    let due = due_of(rules, lead, read);
     let view = read.view(lead);
-    let due = match (read.next_due(rules, view), lead.expires_at(rules)) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
     let account_after = rules
         .accounts
         .as_ref()
         .and_then(|_| view.account.as_ref().map(|a| a.id.clone()));
     let member = (rules.accounts.is_some() && account_after.is_some()).then(|| {
         let at = view.clock;
-        match read.engagement_by_rule.as_ref().filter(|_| at == read.at) {
-            Some(engagement) => Member::of_lead(rules, lead_id, at, &read.fit, engagement),
-            None => {
-                let engagement = view.engagement_by_rule(rules, at);
-                Member::of_lead(rules, lead_id, at, &read.fit, &engagement)
-            }
-        }
+        let engagement = read.engagement_by_rule(rules, view, at);
+        Member::of_lead(rules, lead_id, at, &read.fit, &engagement)
     });
     lead.due = due;
     if let Some(changes) = changes.as_mut() {
@@ -1683,6 +1675,20 @@ impl Reading {
         self.merged.as_deref().unwrap_or(lead)
     }
 
+    /// The engagement points per rule of `view` (the lead as it is now) at
+    /// `at`: the ones read, if they were worked out for that time.
+    fn engagement_by_rule<'a>(
+        &'a self,
+        rules: &Rules,
+        view: &LeadState,
+        at: Timestamp,
+    ) -> Cow<'a, [(usize, f64)]> {
+        match self.engagement_by_rule.as_ref().filter(|_| at == self.at) {
+            Some(read) => Cow::Borrowed(read),
+            None => Cow::Owned(view.engagement_by_rule(rules, at).to_vec()),
+        }
+    }
+
     /// The lead's next due time from its (merged) clock, `view` being the
     /// lead as it is now.
     fn next_due(&self, rules: &Rules, view: &LeadState) -> Option<Timestamp> {
@@ -1707,12 +1713,8 @@ fn lifecycle_output(
     cause: &Cause,
 ) -> Output {
     // Right after the emit: the lead is as it read it.
-    let mut contributions = match &read.engagement_by_rule {
-        Some(engagement) => read.fit.contributions(rules, engagement),
-        None => read
-            .fit
-            .contributions(rules, &read.view(lead).engagement_by_rule(rules, read.at)),
-    };
+    let engagement = read.engagement_by_rule(rules, read.view(lead), read.at);
+    let mut contributions = read.fit.contributions(rules, &engagement);
     contributions.truncate(rules.settings.top_contributions);
     Output {
         contributions,

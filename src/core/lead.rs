@@ -719,17 +719,16 @@ impl LeadState {
     /// The engagement at `at` (exactly [`LeadState::engagement_at`]) and
     /// its points per rule, from one decay of each credit and window.
     pub fn engagement_and_rules(&self, rules: &Rules, at: Timestamp) -> (f64, EngagementByRule) {
-        let points = |list: &mut SmallVec<[(usize, f64); 16]>, rule: u16, value: f64| {
-            list.push((usize::from(rule), value));
-        };
-        let mut credits = SmallVec::new();
-        for c in &self.credits {
-            points(&mut credits, c.rule, self.credit_at(rules, c, at));
-        }
-        let mut windows = SmallVec::new();
-        for w in &self.windows {
-            points(&mut windows, w.rule, Self::window_at(rules, w, at));
-        }
+        let credits: SmallVec<[(usize, f64); 16]> = self
+            .credits
+            .iter()
+            .map(|c| (usize::from(c.rule), Self::credit_at(rules, c, at)))
+            .collect();
+        let windows: SmallVec<[(usize, f64); 16]> = self
+            .windows
+            .iter()
+            .map(|w| (usize::from(w.rule), Self::window_at(rules, w, at)))
+            .collect();
         // Summed as `engagement_at` sums, so the two agree to the bit.
         let total = credits.iter().map(|&(_, p)| p).sum::<f64>()
             + windows.iter().map(|&(_, p)| p).sum::<f64>();
@@ -744,7 +743,7 @@ impl LeadState {
         (total, by_rule)
     }
 
-    fn credit_at(&self, rules: &Rules, credit: &RuleCredit, at: Timestamp) -> f64 {
+    fn credit_at(rules: &Rules, credit: &RuleCredit, at: Timestamp) -> f64 {
         credit
             .credit
             .at(at, rules.half_life_of(usize::from(credit.rule)))
@@ -759,7 +758,7 @@ impl LeadState {
         let credits: f64 = self
             .credits
             .iter()
-            .map(|c| self.credit_at(rules, c, at))
+            .map(|c| Self::credit_at(rules, c, at))
             .sum();
         let windows: f64 = self
             .windows
