@@ -49,6 +49,13 @@ enum Command {
         /// new rules can be compared with `leadscore diff` first.
         #[arg(long)]
         shadow: bool,
+        /// With a rules file of several scores (`[[scores]]`): the one this
+        /// process scores. Its group, changelogs, account and identity
+        /// topics and transactional id get `-NAME`; it reads the file's
+        /// input and publishes to its output topic, each output naming its
+        /// score. Run one process per score.
+        #[arg(long, value_name = "NAME")]
+        score: Option<String>,
     },
     /// Run the engine over a file of JSON events, event time as the clock.
     Replay {
@@ -159,6 +166,11 @@ enum Command {
         /// Version of the suggested rules (default: `<current>-calibrated`).
         #[arg(long = "rules-version")]
         rules_version: Option<String>,
+        /// With a rules file of several scores (`[[scores]]`): the one to
+        /// calibrate, against the outcomes given for it. The others are
+        /// written back as they were.
+        #[arg(long, value_name = "NAME")]
+        score: Option<String>,
     },
 }
 
@@ -185,7 +197,11 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { config, against } => check(&config, against.as_deref()),
-        Command::Run { config, shadow } => run(&config, shadow),
+        Command::Run {
+            config,
+            shadow,
+            score,
+        } => run(&config, shadow, score.as_deref()),
         Command::Promote {
             config,
             live,
@@ -227,6 +243,7 @@ fn main() -> ExitCode {
             target_precision,
             capacity,
             rules_version,
+            score,
         } => calibrate(CalibrateArgs {
             config,
             events,
@@ -240,6 +257,7 @@ fn main() -> ExitCode {
             target_precision,
             capacity,
             rules_version,
+            score,
         }),
     };
     match result {
@@ -257,12 +275,17 @@ fn check(path: &Path, against: Option<&Path>) -> anyhow::Result<()> {
     if let Some(old_path) = against {
         let text = std::fs::read_to_string(old_path)
             .with_context(|| format!("cannot read {}", old_path.display()))?;
-        let old = config::parse_rules(&text, old_path)?;
-        print_rules_change(&old, &config.rules, old_path, path);
+        let old = config::parse_scores(&text, old_path)?;
+        print_scores_change(&old, &config, old_path, path);
     }
     leadscore::kafka::check_properties(&config.kafka)
         .map_err(|(key, message)| config::setting_error(path, "kafka.properties", &key, message))?;
-    print!("{}", config::summarize(&config.rules));
+    for (index, rules) in config.scores().enumerate() {
+        if index > 0 {
+            println!();
+        }
+        print!("{}", config::summarize(rules));
+    }
     let k = &config.kafka;
     println!(
         "kafka: {} -> {} (dead letters {}, changelog {}), group {}, {:?}",
@@ -294,6 +317,38 @@ fn check(path: &Path, against: Option<&Path>) -> anyhow::Result<()> {
     }
     println!("ok: {} is valid", path.display());
     Ok(())
+}
+
+/// What changes from the scores of `old` to those of `new`: score by
+/// score, matched by name, and which were added or removed.
+fn print_scores_change(
+    old: &[leadscore::core::Rules],
+    new: &config::Config,
+    old_path: &Path,
+    new_path: &Path,
+) {
+    for rules in new.scores() {
+        match old.iter().find(|o| o.score_name == rules.score_name) {
+            Some(was) => {
+                if let Some(name) = &rules.score_name {
+                    println!("score {name}:");
+                }
+                print_rules_change(was, rules, old_path, new_path);
+            }
+            None => println!(
+                "score {} is new: its state starts empty (a shadow run gives it history)",
+                rules.score_name.as_deref().unwrap_or("(unnamed)")
+            ),
+        }
+    }
+    for was in old {
+        if !new.scores().any(|rules| rules.score_name == was.score_name) {
+            println!(
+                "score {} is removed: its state is no longer read",
+                was.score_name.as_deref().unwrap_or("(unnamed)")
+            );
+        }
+    }
 }
 
 /// What changes in the rules from `old` to `new`, and what it means for
@@ -357,10 +412,37 @@ fn print_rules_change(
     }
 }
 
-fn run(path: &Path, shadow: bool) -> anyhow::Result<()> {
+/// `diff` and `promote` compare and hand over deployments of one score.
+fn one_score(config: &config::Config, path: &Path, command: &str) -> anyhow::Result<()> {
+    if config.more_scores.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} holds {} scores ([[scores]]); `leadscore {command}` takes a file with one for now",
+        path.display(),
+        config.scores().count()
+    )
+}
+
+fn run(path: &Path, shadow: bool, score: Option<&str>) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let mut config = config::load(path, &env)?;
     init_logging(&config.logging);
+    config.run_score(score).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (a `leadscore run` process scores one)",
+            path.display()
+        )
+    })?;
+    if let Some(score) = &config.running_score {
+        tracing::info!(
+            score = %score.name,
+            group = %config.kafka.group_id,
+            changelog = %config.kafka.changelog_topic,
+            publishes_rejects = score.publishes_rejects,
+            "scoring one score of the file"
+        );
+    }
     if shadow {
         config.kafka.shadow();
         config.shadow = true;
@@ -468,6 +550,8 @@ fn promote(shadow: &Path, live: &Path, write: &Path, wait_seconds: u64) -> anyho
     let env: Vec<(String, String)> = std::env::vars().collect();
     let live_config = config::load(live, &env)?;
     let mut shadow_config = config::load(shadow, &env)?;
+    one_score(&live_config, live, "promote")?;
+    one_score(&shadow_config, shadow, "promote")?;
     shadow_config.kafka.shadow();
     shadow_config.shadow = true;
     let source = std::fs::read_to_string(shadow)
@@ -535,6 +619,8 @@ fn diff(
     let env: Vec<(String, String)> = std::env::vars().collect();
     let live_config = config::load(live, &env)?;
     let mut shadow_config = config::load(shadow, &env)?;
+    one_score(&live_config, live, "diff")?;
+    one_score(&shadow_config, shadow, "diff")?;
     shadow_config.kafka.shadow();
     let at = leadscore::kafka::wall_clock();
     let live_side = leadscore::kafka::diff::read_side(&live_config, at)
@@ -607,6 +693,7 @@ struct CalibrateArgs {
     target_precision: Option<f64>,
     capacity: Option<usize>,
     rules_version: Option<String>,
+    score: Option<String>,
 }
 
 fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
@@ -672,7 +759,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
                 .with_context(|| path.display().to_string())?
         }
         None => {
-            let rules = config::parse_rules(&source, &args.config)?;
+            let rules = calibrate::score_of(&source, &args.config, args.score.as_deref())?;
             let outcomes = history::outcomes_from_events(&rules, &mut *events, &mut |done| {
                 show("reading outcomes", done)
             })
@@ -695,6 +782,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
         at: parse_at(args.at.as_deref())?,
         target_precision: args.target_precision,
         capacity: args.capacity,
+        score: args.score.clone(),
     };
 
     let events_size = events.size().max(1);
@@ -780,7 +868,7 @@ fn replay(
     at: Option<&str>,
     enforce_lateness: bool,
 ) -> anyhow::Result<()> {
-    let rules = config::load_rules(config_path)?;
+    let scores = config::load_scores(config_path)?;
     let at = parse_at(at)?;
     let reader: Box<dyn BufRead> = if input == Path::new("-") {
         Box::new(BufReader::new(io::stdin()))
@@ -802,7 +890,7 @@ fn replay(
     };
     let mut reject = |r: leadscore::replay::RejectedLine| eprintln!("rejected: {r}");
 
-    let mut replayer = Replayer::new(&rules, enforce_lateness);
+    let mut replayer = Replayer::of_scores(&scores, enforce_lateness);
     if let Some(at) = at {
         replayer = replayer.until(at);
     }

@@ -52,10 +52,9 @@ impl std::fmt::Display for RejectedLine {
 }
 
 pub struct Replayer {
-    engine: Engine,
-    /// When the rules score accounts: fed the lead engine's updates at once
-    /// (the stream processor will route them through a topic instead).
-    accounts: Option<AccountEngine>,
+    /// One per score of the rules file, in file order; each sees every
+    /// event and answers to its own rules alone.
+    scorers: Vec<Scorer>,
     watermark: Option<Timestamp>,
     /// `--at`: the replay's "now". Events further past it than the rules'
     /// `max_future_skew` are rejected, as the live processor rejects events
@@ -66,26 +65,80 @@ pub struct Replayer {
     pub stats: ReplayStats,
 }
 
+/// One score's engines.
+struct Scorer {
+    engine: Engine,
+    /// When the rules score accounts: fed the lead engine's updates at once
+    /// (the stream processor will route them through a topic instead).
+    accounts: Option<AccountEngine>,
+}
+
+impl Scorer {
+    /// Hands the lead engine's account updates to the account engine.
+    fn route_account_updates(&mut self, stats: &mut ReplayStats, emit: &mut dyn FnMut(&Output)) {
+        let updates = self.engine.take_account_updates();
+        let Some(accounts) = self.accounts.as_mut() else {
+            return;
+        };
+        for update in &updates {
+            for output in accounts.apply(update) {
+                stats.count(&output);
+                emit(&output);
+            }
+        }
+    }
+
+    /// Fires lead and account decay due by `now`.
+    fn advance(&mut self, now: Timestamp, stats: &mut ReplayStats, emit: &mut dyn FnMut(&Output)) {
+        let accounts = self.accounts.as_mut().map(|a| a.advance(now));
+        for output in self
+            .engine
+            .advance(now)
+            .iter()
+            .chain(accounts.iter().flatten())
+        {
+            stats.count(output);
+            emit(output);
+        }
+    }
+}
+
 impl Replayer {
     /// `enforce_lateness`: reject events older than the rules' allowed
     /// lateness behind the watermark, as the live processor would.
     pub fn new(rules: &Rules, enforce_lateness: bool) -> Self {
-        let decoder = Decoder::for_rules(rules);
-        let mut rules = rules.clone();
-        if !enforce_lateness {
-            // Any age is accepted, so every message id must be remembered
-            // for a late copy to be recognised: offline, memory allows it.
-            rules.settings.allowed_lateness_ms = None;
-            rules.settings.dedup_window_ms = i64::MAX;
-            rules.settings.dedup_max_ids = usize::MAX;
-        }
-        let rules = Arc::new(rules);
+        Replayer::of_scores(std::slice::from_ref(rules), enforce_lateness)
+    }
+
+    /// A replay of every score of a rules file (`[[scores]]`), each as a
+    /// replay of a file holding only it would score it: outputs of one
+    /// event come score by score, in file order.
+    pub fn of_scores(scores: &[Rules], enforce_lateness: bool) -> Self {
+        assert!(!scores.is_empty(), "a rules file holds at least one score");
+        let scorers = scores
+            .iter()
+            .map(|rules| {
+                let mut rules = rules.clone();
+                if !enforce_lateness {
+                    // Any age is accepted, so every message id must be
+                    // remembered for a late copy to be recognised: offline,
+                    // memory allows it.
+                    rules.settings.allowed_lateness_ms = None;
+                    rules.settings.dedup_window_ms = i64::MAX;
+                    rules.settings.dedup_max_ids = usize::MAX;
+                }
+                let rules = Arc::new(rules);
+                Scorer {
+                    accounts: AccountEngine::new(rules.clone()),
+                    engine: Engine::new(rules),
+                }
+            })
+            .collect();
         Replayer {
-            accounts: AccountEngine::new(rules.clone()),
-            engine: Engine::new(rules),
+            scorers,
             watermark: None,
             until: None,
-            decoder,
+            decoder: Decoder::for_scores(scores),
             stats: ReplayStats::default(),
         }
     }
@@ -98,44 +151,25 @@ impl Replayer {
         self
     }
 
+    /// The lead engine of the file's first score.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.scorers[0].engine
     }
 
+    /// The account engine of the file's first score.
     pub fn accounts(&self) -> Option<&AccountEngine> {
-        self.accounts.as_ref()
+        self.scorers[0].accounts.as_ref()
     }
 
-    /// Every account's state at `at` (none without account rules); call
-    /// after [`Replayer::finish`] for tiers that include decay up to `at`.
+    /// Every account's state at `at`, score by score (none without account
+    /// rules); call after [`Replayer::finish`] for tiers that include
+    /// decay up to `at`.
     pub fn account_snapshot(&self, at: Timestamp) -> Vec<AccountSnapshot> {
-        self.accounts
-            .as_ref()
-            .map_or_else(Vec::new, |a| a.snapshot(at))
-    }
-
-    /// Hands the lead engine's account updates to the account engine.
-    fn route_account_updates(&mut self, emit: &mut dyn FnMut(&Output)) {
-        let updates = self.engine.take_account_updates();
-        let Some(accounts) = self.accounts.as_mut() else {
-            return;
-        };
-        for update in &updates {
-            for output in accounts.apply(update) {
-                self.stats.count(&output);
-                emit(&output);
-            }
-        }
-    }
-
-    fn advance_accounts(&mut self, now: Timestamp, emit: &mut dyn FnMut(&Output)) {
-        let Some(accounts) = self.accounts.as_mut() else {
-            return;
-        };
-        for output in accounts.advance(now) {
-            self.stats.count(&output);
-            emit(&output);
-        }
+        self.scorers
+            .iter()
+            .filter_map(|s| s.accounts.as_ref())
+            .flat_map(|a| a.snapshot(at))
+            .collect()
     }
 
     pub fn watermark(&self) -> Option<Timestamp> {
@@ -190,10 +224,13 @@ impl Replayer {
     }
 
     /// Applies one event at the watermark; `Err` carries a rejection reason.
+    /// The event counts in the statistics as the first score took it (the
+    /// others share its identity, dedup and lateness settings, so take it
+    /// alike, unless a velocity filter watches rules they score apart).
     pub fn feed(&mut self, event: &Event, emit: &mut dyn FnMut(&Output)) -> Result<(), String> {
         self.stats.events += 1;
         if let Some(until) = self.until {
-            let allowed_ms = self.engine.rules().settings.max_future_skew_ms;
+            let allowed_ms = self.engine().rules().settings.max_future_skew_ms;
             let ahead_ms = event.timestamp.millis().saturating_sub(until.millis());
             if ahead_ms > allowed_ms {
                 self.stats.rejected += 1;
@@ -210,19 +247,24 @@ impl Replayer {
             .watermark
             .map_or(event.timestamp, |w| w.max(event.timestamp));
         self.watermark = Some(now);
-        for output in self.engine.advance(now) {
-            self.count(&output);
-            emit(&output);
+        let mut first = None;
+        for scorer in &mut self.scorers {
+            scorer.advance(now, &mut self.stats, emit);
+            let outcome = scorer.engine.apply(event, now);
+            let outputs = match &outcome {
+                Outcome::Applied(outputs) | Outcome::Filtered { outputs, .. } => &outputs[..],
+                _ => &[],
+            };
+            for output in outputs {
+                self.stats.count(output);
+                emit(output);
+            }
+            scorer.route_account_updates(&mut self.stats, emit);
+            first.get_or_insert(outcome);
         }
-        self.advance_accounts(now, emit);
-        match self.engine.apply(event, now) {
-            Outcome::Applied(outputs) => {
+        match first.expect("at least one score") {
+            Outcome::Applied(_) => {
                 self.stats.applied += 1;
-                for output in &outputs {
-                    self.count(output);
-                    emit(output);
-                }
-                self.route_account_updates(emit);
                 Ok(())
             }
             Outcome::Duplicate | Outcome::AlreadyApplied => {
@@ -233,13 +275,8 @@ impl Replayer {
                 self.stats.dropped_erased += 1;
                 Ok(())
             }
-            Outcome::Filtered { reason, outputs } => {
+            Outcome::Filtered { reason, .. } => {
                 *self.stats.filtered.entry(reason.as_str()).or_default() += 1;
-                for output in &outputs {
-                    self.count(output);
-                    emit(output);
-                }
-                self.route_account_updates(emit);
                 Ok(())
             }
             Outcome::HandedOff => unreachable!("one engine holds every lead in a replay"),
@@ -251,8 +288,8 @@ impl Replayer {
     }
 
     /// Fires decay up to `at` (default: the watermark) and returns every
-    /// lead's state as of then. `at` before the watermark is an error: the
-    /// state already includes later events.
+    /// lead's state as of then, score by score. `at` before the watermark
+    /// is an error: the state already includes later events.
     pub fn finish(
         &mut self,
         at: Option<Timestamp>,
@@ -273,19 +310,15 @@ impl Replayer {
             (None, Some(w)) => w,
             (None, None) => return Ok((Timestamp(0), Vec::new())),
         };
-        for output in self.engine.advance(at) {
-            self.count(&output);
-            emit(&output);
+        let mut leads = Vec::new();
+        for scorer in &mut self.scorers {
+            scorer.advance(at, &mut self.stats, emit);
+            // Leads that expired by then leave their accounts, as they do
+            // before every later event.
+            scorer.route_account_updates(&mut self.stats, emit);
+            leads.extend(scorer.engine.snapshot(at));
         }
-        self.advance_accounts(at, emit);
-        // Leads that expired by then leave their accounts, as they do
-        // before every later event.
-        self.route_account_updates(emit);
-        Ok((at, self.engine.snapshot(at)))
-    }
-
-    fn count(&mut self, output: &Output) {
-        self.stats.count(output);
+        Ok((at, leads))
     }
 }
 

@@ -506,3 +506,89 @@ fn without_a_csv_calibrate_takes_outcomes_from_lifecycle_rules_or_says_what_is_m
         "{stderr}"
     );
 }
+
+/// [`SYNTHETIC_RULES`] as the score `trial` of a file of two, beside a
+/// score `other` with engagement of its own; both share the fit rule.
+fn two_synthetic_scores() -> String {
+    let (shared, own) = SYNTHETIC_RULES.split_once("[[tiers]]").unwrap();
+    let (before_engagement, _) = own.split_once("[[engagement]]").unwrap();
+    let (tiers, fit) = before_engagement.split_once("[[fit]]").unwrap();
+    let tiers = format!("[[tiers]]{tiers}");
+    let fit = format!("[[fit]]{fit}");
+    let engagement = format!(
+        "[[engagement]]{}",
+        own.split_once("[[engagement]]").unwrap().1
+    );
+    let scoped = |text: &str| {
+        text.replace("[[tiers]]", "[[scores.tiers]]")
+            .replace("[[engagement]]", "[[scores.engagement]]")
+    };
+    format!(
+        "{shared}{fit}\n[[scores]]\nname = \"trial\"\n{}\n[[scores]]\nname = \"other\"\n{}\
+         [[scores.engagement]]\nname = \"noise\"\ntype = \"page\"\nevent = \"Noise\"\npoints = 3\n",
+        scoped(&(tiers.clone() + &engagement)),
+        scoped(&tiers),
+    )
+}
+
+/// Calibrating one score of a file of several suggests what calibrating a
+/// file of that score alone suggests; the other scores are left as they
+/// were, the shared fit rules too (the calibrated score gets its own).
+#[test]
+fn calibrating_one_score_of_several_leaves_the_others_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, outcomes) = synthetic_history(dir.path());
+    let events = std::fs::read_to_string(events).unwrap();
+    let outcomes = read_outcomes(std::fs::File::open(outcomes).unwrap()).unwrap();
+    let two = two_synthetic_scores();
+    let path = Path::new("two.toml");
+    let scores = leadscore::config::parse_scores(&two, path).unwrap();
+    assert_eq!(scores.len(), 2);
+    let run = |text: &str, score: Option<&str>| {
+        let options = Options {
+            score: score.map(str::to_string),
+            ..Options::default()
+        };
+        calibrate::calibrate(
+            text,
+            path,
+            &mut lines_of(&events),
+            &outcomes,
+            options,
+            &mut |_| {},
+        )
+    };
+    let alone = run(SYNTHETIC_RULES, None).unwrap();
+    let within = run(&two, Some("trial")).unwrap();
+    assert_eq!(alone.suggestion.points, within.suggestion.points);
+    assert_eq!(alone.suggestion.base, within.suggestion.base);
+
+    let suggested = leadscore::config::parse_scores(&within.suggested_rules, path).unwrap();
+    let alone_rules = parse_rules(&alone.suggested_rules, path).unwrap();
+    let trial = &suggested[0];
+    assert_eq!(trial.score_name.as_deref(), Some("trial"));
+    let points = |rules: &leadscore::core::Rules| {
+        let fit = rules.fit.iter().map(|r| (r.name.to_string(), r.points));
+        let engagement = rules
+            .engagement
+            .iter()
+            .map(|r| (r.name.to_string(), r.points));
+        fit.chain(engagement).collect::<Vec<_>>()
+    };
+    assert_eq!(points(trial), points(&alone_rules));
+    assert_eq!(trial.settings.base, alone_rules.settings.base);
+    assert_eq!(trial.grades, alone_rules.grades);
+    let minimums = |rules: &leadscore::core::Rules| {
+        rules.tiers.iter().map(|t| t.min_score).collect::<Vec<_>>()
+    };
+    assert_eq!(minimums(trial), minimums(&alone_rules));
+    // The other score, shared fit rule included, is as it was.
+    assert_eq!(suggested[1].fingerprint(), scores[1].fingerprint());
+    assert_ne!(trial.fingerprint(), scores[0].fingerprint());
+    assert!(within
+        .suggested_rules
+        .contains("(score `trial`; the others are as they were)"));
+
+    let error = run(&two, None).map(|_| ()).unwrap_err().to_string();
+    assert!(error.contains("choose one with --score"), "{error}");
+}

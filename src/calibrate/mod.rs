@@ -14,8 +14,8 @@ pub mod suggest;
 
 use std::path::Path;
 
-use crate::config::parse_rules;
 use crate::config::ConfigError;
+use crate::config::{parse_scores, score_named};
 use crate::core::{Rules, Timestamp};
 use history::{replay_history, EventSource, History, HistoryError, Measure, Outcome};
 use logistic::FitOptions;
@@ -31,6 +31,8 @@ pub struct Options {
     pub at: Option<Timestamp>,
     pub target_precision: Option<f64>,
     pub capacity: Option<usize>,
+    /// The score to calibrate, of a file with several (`[[scores]]`).
+    pub score: Option<String>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             at: None,
             target_precision: None,
             capacity: None,
+            score: None,
         }
     }
 }
@@ -50,6 +53,8 @@ impl Default for Options {
 pub enum CalibrateError {
     #[error(transparent)]
     Rules(#[from] ConfigError),
+    #[error("{0}")]
+    Score(String),
     #[error(transparent)]
     History(#[from] HistoryError),
     #[error("cannot write the suggested rules: {0}")]
@@ -117,6 +122,17 @@ pub enum Progress {
     Folds { done: usize, of: usize },
 }
 
+/// The rules of the score to calibrate: the file's only one, or the one
+/// `score` names.
+pub fn score_of(
+    rules_source: &str,
+    rules_path: &Path,
+    score: Option<&str>,
+) -> Result<Rules, CalibrateError> {
+    let scores = parse_scores(rules_source, rules_path)?;
+    Ok(score_named(scores, score).map_err(CalibrateError::Score)?.1)
+}
+
 pub fn calibrate(
     rules_source: &str,
     rules_path: &Path,
@@ -125,7 +141,7 @@ pub fn calibrate(
     options: Options,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Calibration, CalibrateError> {
-    let rules = parse_rules(rules_source, rules_path)?;
+    let rules = score_of(rules_source, rules_path, options.score.as_deref())?;
     let converted = outcomes.iter().filter(|o| o.converted).count();
     let smaller_class = converted.min(outcomes.len() - converted);
     if smaller_class == 0 {
@@ -184,24 +200,37 @@ pub fn calibrate(
     let (cv_mean, _) = suggest::mean_and_sd(&cross_validation.rules_auc);
     let note = format!(
         "# Weights, base, grade and tier minimums suggested by `leadscore calibrate`\n\
-         # from {} decided leads ({} converted), starting from `{}`.\n\
+         # from {} decided leads ({} converted), starting from `{}`{}.\n\
          # AUC {:.3} on those leads; {}-fold cross-validated AUC {:.3}.\n\n",
         history.leads.len(),
         converted,
         rules.version,
+        options
+            .score
+            .as_deref()
+            .map(|name| format!(" (score `{name}`; the others are as they were)"))
+            .unwrap_or_default(),
         measure::auc(&predicted, &labels).unwrap_or(0.5),
         folds,
         cv_mean
     );
     let suggested_rules = suggest::rewrite_rules(
         rules_source,
+        options.score.as_deref(),
         &history.features,
         &suggestion,
         &thresholds,
         &version,
         &note,
     )?;
-    let new_rules = parse_rules(&suggested_rules, rules_path).map_err(CalibrateError::Suggested)?;
+    let new_rules = match parse_scores(&suggested_rules, rules_path) {
+        Ok(scores) => {
+            score_named(scores, options.score.as_deref())
+                .map_err(CalibrateError::Score)?
+                .1
+        }
+        Err(e) => return Err(CalibrateError::Suggested(e)),
+    };
     let replayed = replay_history(&new_rules, events, outcomes, options.at, &mut |done| {
         progress(Progress::Replay { pass: 2, done })
     })?;

@@ -235,9 +235,14 @@ pub enum WriteError {
 }
 
 /// The rules file `source` with the suggested points, base, grade and tier
-/// minimums and version; comments and layout are kept.
+/// minimums and version; comments and layout are kept. With `score`, the
+/// suggestions go to that `[[scores]]` entry: its `[scores.scoring]` base,
+/// grades, tiers, engagement and fit rules. A score that shares the file's
+/// fit rules gets copies of them with its suggested points
+/// (`shared_fit = false`), so the other scores keep theirs.
 pub fn rewrite_rules(
     source: &str,
+    score: Option<&str>,
     features: &[Feature],
     suggestion: &Suggestion,
     thresholds: &Thresholds,
@@ -246,24 +251,31 @@ pub fn rewrite_rules(
 ) -> Result<String, WriteError> {
     let mut doc: DocumentMut = source.parse()?;
     doc["version"] = value(version);
-    if doc.get("scoring").is_none() {
-        doc["scoring"] = toml_edit::table();
+    let rules = match score {
+        None => doc.as_table_mut(),
+        Some(name) => score_entry(&mut doc, name, features)?,
+    };
+    if rules.get("scoring").is_none() {
+        rules["scoring"] = toml_edit::table();
     }
-    doc["scoring"]["base"] = value(suggestion.base);
-    doc["grades"]["A"] = value(thresholds.grades[0]);
-    doc["grades"]["B"] = value(thresholds.grades[1]);
-    doc["grades"]["C"] = value(thresholds.grades[2]);
-    if let Some(tiers) = doc.get_mut("tiers").and_then(Item::as_array_of_tables_mut) {
+    rules["scoring"]["base"] = value(suggestion.base);
+    if rules.get("grades").is_none() {
+        rules["grades"] = toml_edit::table();
+    }
+    rules["grades"]["A"] = value(thresholds.grades[0]);
+    rules["grades"]["B"] = value(thresholds.grades[1]);
+    rules["grades"]["C"] = value(thresholds.grades[2]);
+    if let Some(tiers) = rules
+        .get_mut("tiers")
+        .and_then(Item::as_array_of_tables_mut)
+    {
         for (tier, min) in tiers.iter_mut().zip(&thresholds.tiers) {
             tier["min_score"] = value(*min);
         }
     }
     for (feature, &points) in features.iter().zip(&suggestion.points) {
-        let section = match feature.measure {
-            Measure::Fit(_) => "fit",
-            Measure::Engagement(_) => "engagement",
-        };
-        let rule = doc
+        let section = section_of(feature);
+        let rule = rules
             .get_mut(section)
             .and_then(Item::as_array_of_tables_mut)
             .and_then(|rules| {
@@ -300,6 +312,67 @@ pub fn rewrite_rules(
     let mut text = doc.to_string();
     text.insert_str(0, note);
     Ok(text)
+}
+
+fn section_of(feature: &Feature) -> &'static str {
+    match feature.measure {
+        Measure::Fit(_) => "fit",
+        Measure::Engagement(_) => "engagement",
+    }
+}
+
+/// The `[[scores]]` entry named `name`, its shared fit rules made its own
+/// when a suggestion changes their points.
+fn score_entry<'d>(
+    doc: &'d mut DocumentMut,
+    name: &str,
+    features: &[Feature],
+) -> Result<&'d mut toml_edit::Table, WriteError> {
+    let shared_fit = doc
+        .get("fit")
+        .and_then(Item::as_array_of_tables)
+        .cloned()
+        .unwrap_or_default();
+    let missing = || WriteError::Missing {
+        what: "score",
+        name: name.to_string(),
+    };
+    let entry = doc
+        .get_mut("scores")
+        .and_then(Item::as_array_of_tables_mut)
+        .and_then(|scores| {
+            scores
+                .iter_mut()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+        })
+        .ok_or_else(missing)?;
+    let shares_fit = entry
+        .get("shared_fit")
+        .and_then(Item::as_bool)
+        .unwrap_or(true);
+    let calibrates_shared = features.iter().any(|f| {
+        section_of(f) == "fit"
+            && shared_fit
+                .iter()
+                .any(|t| t.get("name").and_then(|n| n.as_str()) == Some(&*f.rule))
+    });
+    if shares_fit && calibrates_shared {
+        let mut own = toml_edit::ArrayOfTables::new();
+        for rule in shared_fit.iter() {
+            let mut rule = rule.clone();
+            // Written where the score is, not where the shared rule was.
+            rule.set_position(None);
+            own.push(rule);
+        }
+        if let Some(mine) = entry.get("fit").and_then(Item::as_array_of_tables) {
+            for rule in mine.iter() {
+                own.push(rule.clone());
+            }
+        }
+        entry["shared_fit"] = value(false);
+        entry["fit"] = Item::ArrayOfTables(own);
+    }
+    Ok(entry)
 }
 
 fn value_as_f64(v: &toml_edit::Value) -> Option<f64> {

@@ -250,9 +250,27 @@ impl Decoder {
 
     /// Keeps what `rules` read.
     pub fn for_rules(rules: &crate::core::Rules) -> Decoder {
+        Decoder::for_scores(std::slice::from_ref(rules))
+    }
+
+    /// A decoder that keeps what any of a file's scores reads.
+    pub fn for_scores(scores: &[crate::core::Rules]) -> Decoder {
+        let mut keep = FieldFilter::default();
+        for rules in scores {
+            let one = FieldFilter::for_rules(rules);
+            for (mine, theirs) in [
+                (&mut keep.properties, &one.properties),
+                (&mut keep.context, &one.context),
+                (&mut keep.traits, &one.traits),
+            ] {
+                for key in &theirs.list {
+                    mine.add(key);
+                }
+            }
+        }
         Decoder {
             limits: Limits::default(),
-            keep: Some(FieldFilter::for_rules(rules)),
+            keep: Some(keep),
         }
     }
 

@@ -66,6 +66,9 @@ pub fn output_to_json(output: &Output) -> String {
         json.buf.push(b']');
     }
     json.str("rules_version", &output.rules_version);
+    if let Some(score_name) = output.score_name.as_deref() {
+        json.str("score_name", score_name);
+    }
     if let Some(stage) = output.stage.as_deref() {
         json.str("stage", stage);
     }
@@ -163,6 +166,8 @@ impl JsonObject {
 #[derive(Serialize)]
 struct SnapshotJson<'a> {
     lead_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_name: Option<&'a str>,
     account_id: Option<&'a str>,
     score: f64,
     fit: f64,
@@ -194,6 +199,7 @@ pub fn lifecycle_json(life: &crate::core::lead::Lifecycle) -> serde_json::Value 
 pub fn snapshot_to_json(s: &LeadSnapshot) -> String {
     let json = SnapshotJson {
         lead_id: &s.lead_id,
+        score_name: s.score_name.as_deref(),
         account_id: s.account_id.as_deref(),
         score: s.score,
         fit: s.fit,
@@ -211,6 +217,8 @@ pub fn snapshot_to_json(s: &LeadSnapshot) -> String {
 #[derive(Serialize)]
 struct AccountSnapshotJson<'a> {
     account_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score_name: Option<&'a str>,
     score: f64,
     fit: f64,
     engagement: f64,
@@ -228,6 +236,7 @@ struct AccountSnapshotJson<'a> {
 pub fn account_snapshot_to_json(s: &AccountSnapshot) -> String {
     let json = AccountSnapshotJson {
         account_id: &s.account_id,
+        score_name: s.score_name.as_deref(),
         score: s.score,
         fit: s.fit,
         engagement: s.engagement,
@@ -273,6 +282,8 @@ mod tests {
         #[serde(skip_serializing_if = "Option::is_none")]
         contributions: Option<Vec<ReferenceContribution<'a>>>,
         rules_version: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        score_name: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         stage: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -330,6 +341,7 @@ mod tests {
                     .collect()
             }),
             rules_version: &output.rules_version,
+            score_name: output.score_name.as_deref(),
             stage: output.stage.as_deref(),
             previous_stage: output
                 .lifecycle
@@ -410,7 +422,12 @@ mod tests {
             (number(), number(), number(), number()),
             (text(), text(), any::<bool>()),
             proptest::collection::vec((text(), number()), 0..6),
-            (text(), proptest::option::of(text()), lifecycle),
+            (
+                text(),
+                proptest::option::of(text()),
+                proptest::option::of(text()),
+                lifecycle,
+            ),
         )
             .prop_map(
                 |(
@@ -419,7 +436,7 @@ mod tests {
                     (score, fit, engagement, delta),
                     (tier, previous_tier, up),
                     contributions,
-                    (rules_version, stage, lifecycle),
+                    (rules_version, score_name, stage, lifecycle),
                 )| Output {
                     kind,
                     event_id: uuid::Uuid::from_u128(id),
@@ -443,6 +460,7 @@ mod tests {
                         })
                         .collect(),
                     rules_version: rules_version.into(),
+                    score_name: score_name.map(Arc::from),
                     stage: stage.map(Arc::from),
                     lifecycle,
                 },

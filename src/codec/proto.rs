@@ -220,6 +220,7 @@ pub fn encode_output(output: &Output) -> Vec<u8> {
             })
             .collect(),
         rules_version: output.rules_version.to_string(),
+        score_name: output.score_name.as_deref().unwrap_or_default().to_string(),
         cause: output.cause.kind().to_string(),
         stage: output.stage.as_deref().unwrap_or_default().to_string(),
         previous_stage: output

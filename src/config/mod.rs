@@ -7,7 +7,7 @@ mod runtime;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use rules::{parse_rules, summarize};
+pub use rules::{parse_rules, parse_scores, summarize};
 pub use runtime::{
     Guarantee, HttpSettings, KafkaSettings, LogFormat, LoggingSettings, OutputEncoding,
     Partitioner, ProcessingSettings, TimerClock,
@@ -16,7 +16,10 @@ pub use runtime::{
 /// Everything one configuration file holds.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file's first score (its only one, without `[[scores]]`).
     pub rules: crate::core::Rules,
+    /// The second and later `[[scores]]` entries, each scored on its own.
+    pub more_scores: Vec<crate::core::Rules>,
     pub kafka: KafkaSettings,
     pub processing: ProcessingSettings,
     pub http: HttpSettings,
@@ -30,6 +33,19 @@ pub struct Config {
     /// including) this offset, and the internal topics to their end, then
     /// stop.
     pub drain_to: Option<std::collections::BTreeMap<i32, i64>>,
+    /// `run --score NAME`: the one score of the file this process runs
+    /// (see [`Config::run_score`]).
+    pub running_score: Option<RunningScore>,
+}
+
+/// The score a `run --score` process scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningScore {
+    pub name: String,
+    /// The file's first score publishes the dead letters and filtered
+    /// events of the input; the others, reading the same input, count them
+    /// only, so each is published once.
+    pub publishes_rejects: bool,
 }
 
 /// A configuration problem, located in its file.
@@ -84,9 +100,89 @@ fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Reads and validates the rules of a configuration file.
+impl Config {
+    /// The file's scores, in file order.
+    pub fn scores(&self) -> impl Iterator<Item = &crate::core::Rules> {
+        std::iter::once(&self.rules).chain(&self.more_scores)
+    }
+
+    /// Keeps the one score a `leadscore run` process scores: `name`'s, with
+    /// a group, changelogs, account and identity topics and transactional
+    /// id of its own (each gets `-NAME`; the input and output topics stay
+    /// the file's: outputs say which score they are about); none: the
+    /// file's only score, under the file's names.
+    pub fn run_score(&mut self, name: Option<&str>) -> Result<(), String> {
+        let scores = std::iter::once(self.rules.clone())
+            .chain(std::mem::take(&mut self.more_scores))
+            .collect();
+        let (index, rules) = score_named(scores, name)?;
+        self.rules = rules;
+        if let Some(name) = name {
+            self.kafka.for_score(name);
+            self.running_score = Some(RunningScore {
+                name: name.to_string(),
+                publishes_rejects: index == 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this process publishes dead letters and filtered events
+    /// (see [`RunningScore::publishes_rejects`]).
+    pub fn publishes_rejects(&self) -> bool {
+        self.running_score
+            .as_ref()
+            .is_none_or(|score| score.publishes_rejects)
+    }
+}
+
+/// The score of a file's `scores` (in file order) that `name` names, with
+/// its place; no name: the file's only score. The error says which names
+/// the file has.
+pub fn score_named(
+    mut scores: Vec<crate::core::Rules>,
+    name: Option<&str>,
+) -> Result<(usize, crate::core::Rules), String> {
+    let names = |scores: &[crate::core::Rules]| {
+        scores
+            .iter()
+            .filter_map(|rules| rules.score_name.as_deref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(name) = name else {
+        if scores.len() == 1 {
+            return Ok((0, scores.remove(0)));
+        }
+        return Err(format!(
+            "the file holds {} scores ({}): choose one with --score NAME",
+            scores.len(),
+            names(&scores)
+        ));
+    };
+    match scores
+        .iter()
+        .position(|rules| rules.score_name.as_deref() == Some(name))
+    {
+        Some(index) => Ok((index, scores.swap_remove(index))),
+        None => Err(match names(&scores) {
+            known if known.is_empty() => {
+                format!("--score {name}: the file names no scores ([[scores]]); leave --score out")
+            }
+            known => format!("--score {name}: the file's scores are {known}"),
+        }),
+    }
+}
+
+/// Reads and validates the rules of a configuration file that holds one
+/// score.
 pub fn load_rules(path: &Path) -> Result<crate::core::Rules, ConfigError> {
     parse_rules(&read(path)?, path)
+}
+
+/// Reads and validates the scores of a configuration file, in file order.
+pub fn load_scores(path: &Path) -> Result<Vec<crate::core::Rules>, ConfigError> {
+    parse_scores(&read(path)?, path)
 }
 
 /// Reads and validates a whole configuration file, applying environment
@@ -324,7 +420,7 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
     let (source, rules_overrides) = with_rules_overrides(source, env)
         .map_err(|message| ConfigError::at(file, source, None, message))?;
     let source = source.as_str();
-    let (rules, sections) = rules::parse_file(source, file).map_err(|mut e| {
+    let (scores, sections) = rules::parse_file(source, file).map_err(|mut e| {
         if !rules_overrides.is_empty() {
             e.message = format!("{} (with {})", e.message, rules_overrides.join(", "));
         }
@@ -475,8 +571,13 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
             "[kafka] partitions must be at least 1".into(),
         );
     }
+    let mut scores = scores.into_iter();
+    let rules = scores
+        .next()
+        .expect("a rules file holds at least one score");
     Ok(Config {
         rules,
+        more_scores: scores.collect(),
         kafka,
         processing,
         http,
@@ -484,6 +585,7 @@ pub fn parse(source: &str, file: &Path, env: &[(String, String)]) -> Result<Conf
         overridden_by_env,
         shadow: false,
         drain_to: None,
+        running_score: None,
     })
 }
 

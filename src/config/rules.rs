@@ -30,12 +30,18 @@ struct RawRulesFile {
     scoring: RawScoring,
     #[serde(default)]
     events: RawEvents,
-    grades: Spanned<RawGrades>,
+    /// Required unless every `[[scores]]` entry has its own.
+    grades: Option<Spanned<RawGrades>>,
+    #[serde(default)]
     tiers: Vec<Spanned<RawTier>>,
     #[serde(default)]
     fit: Vec<Spanned<RawFitRule>>,
     #[serde(default)]
     engagement: Vec<Spanned<RawEngagementRule>>,
+    /// Several scores, each with engagement rules, tiers and grades of its
+    /// own; absent: the file is one score.
+    #[serde(default)]
+    scores: Vec<Spanned<RawScore>>,
     /// Account scoring; absent: leads only.
     accounts: Option<Spanned<RawAccounts>>,
     /// Dispositions from sales and the CRM.
@@ -62,7 +68,61 @@ pub(super) struct RuntimeSections {
     pub logging: Option<(usize, toml::Table)>,
 }
 
+/// One `[[scores]]` entry: what its score has of its own. The rest of the
+/// file (`[scoring]` defaults, `[events]`, shared `[[fit]]` rules,
+/// `[accounts]`, `[[lifecycle]]`, `[filters]`) applies to every score.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScore {
+    name: Spanned<String>,
+    /// Whether the file's top-level `[[fit]]` rules count in this score.
+    #[serde(default = "default_shared_fit")]
+    shared_fit: bool,
+    /// Overrides of `[scoring]` for this score.
+    #[serde(default)]
+    scoring: RawScoringOverrides,
+    grades: Option<Spanned<RawGrades>>,
+    #[serde(default)]
+    tiers: Vec<Spanned<RawTier>>,
+    #[serde(default)]
+    fit: Vec<Spanned<RawFitRule>>,
+    #[serde(default)]
+    engagement: Vec<Spanned<RawEngagementRule>>,
+    /// Dispositions for this score alone, after the file's: say, the
+    /// outcome (`won`/`lost`) calibration fits this score against.
+    #[serde(default)]
+    lifecycle: Vec<Spanned<RawLifecycleRule>>,
+}
+
+fn default_shared_fit() -> bool {
+    true
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScoringOverrides {
+    half_life: Option<Spanned<String>>,
+    base: Option<Spanned<f64>>,
+    clamp: Option<Spanned<RawClamp>>,
+    step: Option<Spanned<f64>>,
+    hysteresis: Option<Spanned<f64>>,
+    top_contributions: Option<usize>,
+}
+
+impl RawScoringOverrides {
+    fn over(self, shared: &RawScoring) -> RawScoring {
+        RawScoring {
+            half_life: self.half_life.unwrap_or_else(|| shared.half_life.clone()),
+            base: self.base.unwrap_or_else(|| shared.base.clone()),
+            clamp: self.clamp.or_else(|| shared.clamp.clone()),
+            step: self.step.unwrap_or_else(|| shared.step.clone()),
+            hysteresis: self.hysteresis.unwrap_or_else(|| shared.hysteresis.clone()),
+            top_contributions: self.top_contributions.unwrap_or(shared.top_contributions),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawScoring {
     /// Global engagement half-life ("30d", "2w", "none").
@@ -110,14 +170,14 @@ fn default_top_contributions() -> usize {
     5
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClamp {
     min: f64,
     max: f64,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEvents {
     /// Events further behind the latest event time seen are rejected.
@@ -165,7 +225,7 @@ fn default_dedup_max_ids() -> usize {
     1000
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGrades {
     #[serde(rename = "A")]
@@ -176,7 +236,7 @@ struct RawGrades {
     c: f64,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccounts {
     /// Leads with a business email join the account named by its domain
@@ -232,7 +292,7 @@ fn default_per_seniority() -> f64 {
     3.0
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTier {
     name: String,
@@ -244,7 +304,7 @@ struct RawTier {
     require_any_trait: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFitRule {
     name: String,
@@ -253,7 +313,7 @@ struct RawFitRule {
     when: Vec<Spanned<RawCondition>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEngagementRule {
     name: String,
@@ -269,7 +329,7 @@ struct RawEngagementRule {
     half_life: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLifecycleRule {
     name: String,
@@ -287,7 +347,7 @@ struct RawLifecycleRule {
     outcome: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -303,7 +363,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFilters {
     /// The bot and scanner signatures kept in `config/bot-user-agents.txt`.
@@ -321,7 +381,7 @@ struct RawFilters {
     after_send: Vec<RawAfterSend>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBurst {
     rule: String,
@@ -329,7 +389,7 @@ struct RawBurst {
     within: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAfterSend {
     send: OneOrMany,
@@ -337,14 +397,14 @@ struct RawAfterSend {
     within: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCap {
     points: f64,
     per: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCondition {
     field: String,
@@ -360,7 +420,7 @@ struct RawCondition {
     not: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRange {
     at_least: Option<f64>,
@@ -380,15 +440,39 @@ impl Ctx<'_> {
     }
 }
 
-/// Parses and validates a rules file's text. `file` is only used in errors.
+/// Parses and validates the text of a rules file that holds one score
+/// (no `[[scores]]`, or one entry). `file` is only used in errors.
 pub fn parse_rules(source: &str, file: &Path) -> Result<Rules, ConfigError> {
-    parse_file(source, file).map(|(rules, _)| rules)
+    let mut scores = parse_scores(source, file)?;
+    if scores.len() > 1 {
+        let names: Vec<&str> = scores
+            .iter()
+            .filter_map(|rules| rules.score_name.as_deref())
+            .collect();
+        return Err(ConfigError::at(
+            file,
+            source,
+            None,
+            format!(
+                "the file holds {} scores ([[scores]]: {}); this command reads a file with one",
+                scores.len(),
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(scores.remove(0))
+}
+
+/// Parses and validates a rules file's text: its scores, in file order
+/// (one, unnamed, for a file without `[[scores]]`).
+pub fn parse_scores(source: &str, file: &Path) -> Result<Vec<Rules>, ConfigError> {
+    parse_file(source, file).map(|(scores, _)| scores)
 }
 
 pub(super) fn parse_file(
     source: &str,
     file: &Path,
-) -> Result<(Rules, RuntimeSections), ConfigError> {
+) -> Result<(Vec<Rules>, RuntimeSections), ConfigError> {
     let mut raw: RawRulesFile = toml::from_str(source).map_err(|e| {
         ConfigError::at(
             file,
@@ -407,7 +491,105 @@ pub(super) fn parse_file(
         http: raw.http.take().map(|t| (t.span().start, t.into_inner())),
         logging: raw.logging.take().map(|t| (t.span().start, t.into_inner())),
     };
-    compile(&ctx, raw).map(|rules| (rules, runtime))
+    compile_scores(&ctx, raw).map(|scores| (scores, runtime))
+}
+
+/// A file without `[[scores]]` is one score; with it, each entry is
+/// compiled as the file it stands for: the shared sections plus its own.
+fn compile_scores(ctx: &Ctx, mut raw: RawRulesFile) -> Result<Vec<Rules>, ConfigError> {
+    let scores = std::mem::take(&mut raw.scores);
+    if scores.is_empty() {
+        return compile(ctx, raw).map(|rules| vec![rules]);
+    }
+    if let Some(rule) = raw.engagement.first() {
+        return Err(ctx.err(
+            &rule.span(),
+            "with [[scores]], engagement rules belong to a score: move [[engagement]] into \
+             [[scores.engagement]] of each score it is for",
+        ));
+    }
+    if let Some(tier) = raw.tiers.first() {
+        return Err(ctx.err(
+            &tier.span(),
+            "with [[scores]], tiers belong to a score: move [[tiers]] into [[scores.tiers]] of \
+             each score",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut compiled = Vec::new();
+    for spanned in scores {
+        let span = spanned.span();
+        let score = spanned.into_inner();
+        let name_span = score.name.span();
+        let name = score.name.into_inner().trim().to_string();
+        if !is_score_name(&name) {
+            return Err(ctx.err(
+                &name_span,
+                format!(
+                    "score name {name:?}: use letters, digits, `_` and `-` (at most \
+                     {MAX_SCORE_NAME} characters); it goes into every output and metric"
+                ),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(ctx.err(&name_span, format!("score `{name}` is defined twice")));
+        }
+        if score.tiers.is_empty() {
+            return Err(ctx.err(
+                &span,
+                format!("score `{name}`: at least one tier is needed ([[scores.tiers]])"),
+            ));
+        }
+        let Some(grades) = score.grades.or_else(|| raw.grades.clone()) else {
+            return Err(ctx.err(
+                &span,
+                format!("score `{name}`: no grades: give it [scores.grades] or the file [grades]"),
+            ));
+        };
+        let mut fit = if score.shared_fit {
+            raw.fit.clone()
+        } else {
+            Vec::new()
+        };
+        fit.extend(score.fit);
+        let mut lifecycle = raw.lifecycle.clone();
+        lifecycle.extend(score.lifecycle);
+        let file_of_one = RawRulesFile {
+            version: raw.version.clone(),
+            scoring: score.scoring.over(&raw.scoring),
+            events: raw.events.clone(),
+            grades: Some(grades),
+            tiers: score.tiers,
+            fit,
+            engagement: score.engagement,
+            scores: Vec::new(),
+            accounts: raw.accounts.clone(),
+            lifecycle,
+            filters: raw.filters.clone(),
+            kafka: None,
+            processing: None,
+            http: None,
+            logging: None,
+        };
+        let mut rules = compile(ctx, file_of_one).map_err(|mut e| {
+            e.message = format!("score `{name}`: {}", e.message);
+            e
+        })?;
+        rules.score_name = Some(name.into());
+        compiled.push(rules);
+    }
+    Ok(compiled)
+}
+
+/// Score names go into outputs, metric labels and changelog keys.
+const MAX_SCORE_NAME: usize = 64;
+
+fn is_score_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SCORE_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
@@ -417,7 +599,10 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
     }
     let settings = compile_settings(ctx, &raw.scoring, &raw.events)?;
 
-    let grades = compile_grades(ctx, raw.grades)?;
+    let Some(grades) = raw.grades else {
+        return Err(ctx.err(&(0..0), "[grades] is missing: give A, B and C minimums"));
+    };
+    let grades = compile_grades(ctx, grades)?;
 
     let mut trait_keys: Vec<TraitKey> = Vec::new();
     let mut rule_names = HashSet::new();
@@ -1314,6 +1499,9 @@ pub fn summarize(rules: &Rules) -> String {
     let mut out = String::new();
     let s = &rules.settings;
     let days = |ms: f64| ms / crate::core::time::MS_PER_DAY as f64;
+    if let Some(name) = &rules.score_name {
+        let _ = writeln!(out, "score: {name}");
+    }
     let _ = writeln!(
         out,
         "rules version: {} (fingerprint {})",

@@ -131,6 +131,29 @@ impl KafkaSettings {
         }
     }
 
+    /// `run --score NAME`: the group, changelogs, account and identity
+    /// topics, transactional and instance ids get `-NAME` (the defaults
+    /// follow the group); input, output, dead-letter and filtered topics
+    /// are the file's.
+    pub fn for_score(&mut self, name: &str) {
+        let own = |id: &mut String| {
+            id.push('-');
+            id.push_str(name);
+        };
+        own(&mut self.group_id);
+        own(&mut self.changelog_topic);
+        own(&mut self.account_updates_topic);
+        own(&mut self.account_changelog_topic);
+        for id in [&mut self.transactional_id, &mut self.identity_topic] {
+            if let Some(id) = id.as_mut() {
+                own(id);
+            }
+        }
+        if let Some(id) = self.group_instance_id.as_mut().filter(|id| !id.is_empty()) {
+            own(id);
+        }
+    }
+
     /// The consumer's `group.instance.id`; `None` for dynamic membership.
     pub fn group_instance_id(&self) -> Option<String> {
         match &self.group_instance_id {

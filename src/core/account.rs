@@ -560,6 +560,8 @@ impl<'a> Probe<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccountSnapshot {
     pub account_id: String,
+    /// The score's name when the rules file holds several.
+    pub score_name: Option<Arc<str>>,
     pub as_of: Timestamp,
     pub fit: f64,
     pub engagement: f64,
@@ -887,6 +889,7 @@ fn snapshot_of(
     let profile = &rules.accounts.as_deref().expect("account rules").profile;
     AccountSnapshot {
         account_id: account_id.to_string(),
+        score_name: rules.score_name.clone(),
         as_of: at,
         fit: eval.fit,
         engagement: eval.engagement,
@@ -984,7 +987,13 @@ fn account_output(
     let delta = eval.score - account.last_emitted_score;
     Output {
         kind,
-        event_id: output_id_for(subject, account_id, kind, cause),
+        event_id: output_id_for(
+            rules.score_name.as_deref(),
+            subject,
+            account_id,
+            kind,
+            cause,
+        ),
         lead_id: None,
         account_id: Some(account_id.to_string()),
         at,
@@ -999,6 +1008,7 @@ fn account_output(
         delta,
         contributions,
         rules_version: rules.version.clone(),
+        score_name: rules.score_name.clone(),
         stage: None,
         lifecycle: None,
     }
@@ -1035,8 +1045,15 @@ fn emit(
             &cause,
         )
     };
-    let crossed_id = (tier != previous)
-        .then(|| output_id_for(subject, account_id, OutputKind::ThresholdCrossed, &cause));
+    let crossed_id = (tier != previous).then(|| {
+        output_id_for(
+            rules.score_name.as_deref(),
+            subject,
+            account_id,
+            OutputKind::ThresholdCrossed,
+            &cause,
+        )
+    });
     push_change(out, changed, crossed_id);
     account.tier = tier as u8;
     account.last_emitted_score = eval.score;

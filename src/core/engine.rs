@@ -80,6 +80,8 @@ impl Rejection {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeadSnapshot {
     pub lead_id: String,
+    /// The score's name when the rules file holds several.
+    pub score_name: Option<Arc<str>>,
     pub account_id: Option<String>,
     pub as_of: Timestamp,
     pub fit: f64,
@@ -1355,6 +1357,7 @@ fn snapshot_of(rules: &Rules, lead_id: &str, lead: &LeadState, at: Timestamp) ->
     let eval = lead.evaluate(rules, at);
     LeadSnapshot {
         lead_id: lead_id.to_string(),
+        score_name: rules.score_name.clone(),
         account_id: lead.account.as_ref().map(|a| a.id.to_string()),
         as_of: at,
         fit: eval.fit,
@@ -1515,7 +1518,7 @@ fn lead_output(
     let delta = eval.score - view.last_emitted_score;
     Output {
         kind,
-        event_id: output_id(lead_id, kind, &cause),
+        event_id: output_id(rules.score_name.as_deref(), lead_id, kind, &cause),
         lead_id: Some(lead_id.to_string()),
         account_id: view.account.as_ref().map(|a| a.id.to_string()),
         at,
@@ -1530,6 +1533,7 @@ fn lead_output(
         delta,
         contributions: Vec::new(),
         rules_version: rules.version.clone(),
+        score_name: rules.score_name.clone(),
         stage: view.life().and_then(|l| l.stage.clone()),
         lifecycle: None,
     }
@@ -1548,7 +1552,12 @@ fn erased_output(
     let lowest = rules.tier_name(0).clone();
     Output {
         kind: OutputKind::LeadErased,
-        event_id: output_id(lead_id, OutputKind::LeadErased, &cause),
+        event_id: output_id(
+            rules.score_name.as_deref(),
+            lead_id,
+            OutputKind::LeadErased,
+            &cause,
+        ),
         lead_id: Some(lead_id.to_string()),
         account_id: lead.and_then(|lead| lead.merged_account().map(|a| a.id.to_string())),
         at,
@@ -1563,6 +1572,7 @@ fn erased_output(
         delta: 0.0,
         contributions: Vec::new(),
         rules_version: rules.version.clone(),
+        score_name: rules.score_name.clone(),
         stage: None,
         lifecycle: None,
     }
@@ -1629,8 +1639,14 @@ fn emit(
             cause.clone(),
         )
     };
-    let crossed_id =
-        (tier != previous).then(|| output_id(lead_id, OutputKind::ThresholdCrossed, &cause));
+    let crossed_id = (tier != previous).then(|| {
+        output_id(
+            rules.score_name.as_deref(),
+            lead_id,
+            OutputKind::ThresholdCrossed,
+            &cause,
+        )
+    });
     let mut merged = owned(view);
     push_change(out, changed, crossed_id);
     for lead in std::iter::once(lead).chain(merged.as_deref_mut()) {

@@ -147,6 +147,11 @@ fn item_key(line: &str) -> String {
 }
 
 fn describe_into(rules: &Rules, out: &mut String) {
+    if let Some(name) = &rules.score_name {
+        // Only named scores get this line: a file with one score keeps
+        // its fingerprint.
+        let _ = writeln!(out, "score {name:?}");
+    }
     let s = &rules.settings;
     let _ = writeln!(
         out,

@@ -174,6 +174,9 @@ pub struct Output {
     pub delta: f64,
     pub contributions: Vec<Contribution>,
     pub rules_version: Arc<str>,
+    /// Which score of the rules file (`[[scores]]`) the output is about;
+    /// `None` for a file with one unnamed score.
+    pub score_name: Option<Arc<str>>,
     /// The lead's lifecycle stage, if a disposition set one.
     pub stage: Option<Arc<str>>,
     /// For `lifecycle_changed`: the stage before and the rules that acted.
@@ -190,18 +193,32 @@ impl Output {
 }
 
 /// The id of an output: a name-based UUID (version 8, the 128-bit xxh3
-/// hash of what identifies the output: the lead, the output type, the
-/// cause), so every run that sees the same input derives the same id.
-/// xxh3 rather than version 5's SHA-1: ids need determinism, not secrecy,
-/// and an id is derived for every output on the hot path.
-pub fn output_id(lead_id: &str, kind: OutputKind, cause: &Cause) -> Uuid {
-    output_id_for("lead", lead_id, kind, cause)
+/// hash of what identifies the output: the score when the rules name
+/// several, the lead, the output type, the cause), so every run that sees
+/// the same input derives the same id. xxh3 rather than version 5's SHA-1:
+/// ids need determinism, not secrecy, and an id is derived for every
+/// output on the hot path.
+pub fn output_id(score: Option<&str>, lead_id: &str, kind: OutputKind, cause: &Cause) -> Uuid {
+    output_id_for(score, "lead", lead_id, kind, cause)
 }
 
 /// [`output_id`] for what `subject` (`lead` or `account`) names by `id`.
-pub fn output_id_for(subject: &str, id: &str, kind: OutputKind, cause: &Cause) -> Uuid {
+pub fn output_id_for(
+    score: Option<&str>,
+    subject: &str,
+    id: &str,
+    kind: OutputKind,
+    cause: &Cause,
+) -> Uuid {
     let mut hasher = Xxh3::new();
     hasher.update(b"leadscore.output.v1\x1f");
+    if let Some(score) = score {
+        // Only named scores: the ids of a file with one score stay what
+        // they were before files could hold several.
+        hasher.update(b"score\x1f");
+        hasher.update(score.as_bytes());
+        hasher.update(b"\x1f");
+    }
     hasher.update(subject.as_bytes());
     hasher.update(b"\x1f");
     hasher.update(id.as_bytes());
@@ -237,17 +254,30 @@ mod tests {
     #[test]
     fn output_ids_are_stable_and_distinct() {
         let cause = Cause::Event("m1".into());
-        let a = output_id("lead-1", OutputKind::ScoreChanged, &cause);
-        assert_eq!(a, output_id("lead-1", OutputKind::ScoreChanged, &cause));
-        assert_ne!(a, output_id("lead-1", OutputKind::ThresholdCrossed, &cause));
-        assert_ne!(a, output_id("lead-2", OutputKind::ScoreChanged, &cause));
-        assert_ne!(
+        let a = output_id(None, "lead-1", OutputKind::ScoreChanged, &cause);
+        assert_eq!(
             a,
-            output_id_for("account", "lead-1", OutputKind::ScoreChanged, &cause)
+            output_id(None, "lead-1", OutputKind::ScoreChanged, &cause)
         );
         assert_ne!(
             a,
+            output_id(None, "lead-1", OutputKind::ThresholdCrossed, &cause)
+        );
+        assert_ne!(
+            a,
+            output_id(None, "lead-2", OutputKind::ScoreChanged, &cause)
+        );
+        assert_ne!(
+            a,
+            output_id_for(None, "account", "lead-1", OutputKind::ScoreChanged, &cause)
+        );
+        let scored = |name| output_id(Some(name), "lead-1", OutputKind::ScoreChanged, &cause);
+        assert_ne!(a, scored("self_serve"));
+        assert_ne!(scored("self_serve"), scored("enterprise"));
+        assert_ne!(
+            a,
             output_id(
+                None,
                 "lead-1",
                 OutputKind::ScoreChanged,
                 &Cause::Decay(Timestamp(1))

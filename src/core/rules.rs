@@ -364,6 +364,9 @@ pub const EMAIL_DOMAIN_TRAIT: &str = "email_domain";
 #[derive(Clone, Debug)]
 pub struct Rules {
     pub version: Arc<str>,
+    /// The score's name when the file holds several (`[[scores]]`): each
+    /// is scored by rules of its own, and its outputs say which it is.
+    pub score_name: Option<Arc<str>>,
     pub settings: Settings,
     pub grades: GradeThresholds,
     pub tiers: Vec<Tier>,
@@ -448,6 +451,7 @@ impl Rules {
         let group_count = group_names.len();
         Rules {
             version: version.into(),
+            score_name: None,
             settings,
             grades,
             tiers,

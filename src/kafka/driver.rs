@@ -426,8 +426,15 @@ impl<'c> Driver<'c> {
     fn reload_rules(&mut self, config_path: &Path) -> anyhow::Result<()> {
         use crate::core::migration::{Migration, RulesOutline};
         let env: Vec<(String, String)> = std::env::vars().collect();
+        let running_score = self.shared.config.running_score.as_ref();
         let new = match crate::config::load(config_path, &env) {
-            Ok(config) => config.rules,
+            Ok(mut config) => match config.run_score(running_score.map(|s| s.name.as_str())) {
+                Ok(()) => config.rules,
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: the running rules stay");
+                    return Ok(());
+                }
+            },
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: the configuration does not load; the running rules stay");
                 return Ok(());
@@ -441,14 +448,16 @@ impl<'c> Driver<'c> {
         }
         if new.accounts.is_some() != running.accounts.is_some() {
             tracing::error!(
-                "SIGHUP: adding or removing [accounts] takes a restart (it adds or drops                  topics and tasks); the running rules stay"
+                "SIGHUP: adding or removing [accounts] takes a restart (it adds or drops \
+                 topics and tasks); the running rules stay"
             );
             return Ok(());
         }
         if let Err(reasons) = Migration::plan(&RulesOutline::of(running), &new) {
             tracing::error!(
                 reasons = %reasons.join("; "),
-                "SIGHUP: these rules need history (see README, Changing the rules); the                  running rules stay"
+                "SIGHUP: these rules need history (see README, Changing the rules); the \
+                 running rules stay"
             );
             return Ok(());
         }

@@ -291,7 +291,7 @@ pub fn lead_json(
             .map(|c| json!({"rule": &*c.rule, "points": c.points}))
             .collect()
     };
-    json!({
+    let mut answer = json!({
         "lead_id": s.lead_id,
         "account_id": s.account_id,
         "score": s.score,
@@ -306,7 +306,16 @@ pub fn lead_json(
         "partition": partition,
         "why": {"fit": list(true), "engagement": list(false)},
         "lifecycle": s.lifecycle.as_ref().map(crate::codec::output::lifecycle_json),
-    })
+    });
+    name_score(&mut answer, rules);
+    answer
+}
+
+/// A named score's answers say which score they are about.
+fn name_score(answer: &mut serde_json::Value, rules: &crate::core::Rules) {
+    if let Some(name) = rules.score_name.as_deref() {
+        answer["score_name"] = json!(name);
+    }
 }
 
 /// An account's current state as the query API returns it.
@@ -320,7 +329,7 @@ pub fn account_json(
         .iter()
         .map(|c| json!({"rule": &*c.rule, "points": c.points}))
         .collect();
-    json!({
+    let mut answer = json!({
         "account_id": s.account_id,
         "score": s.score,
         "fit": s.fit,
@@ -335,5 +344,7 @@ pub fn account_json(
         "rules_version": &*rules.version,
         "partition": partition,
         "why": why,
-    })
+    });
+    name_score(&mut answer, rules);
+    answer
 }

@@ -127,6 +127,16 @@ impl Names {
 }
 
 impl Names {
+    /// The topics and group of `run --score NAME` (see
+    /// `KafkaSettings::for_score`): input, output and dead letters shared.
+    pub fn for_score(&self, score: &str) -> Names {
+        Names {
+            changelog: format!("{}-{score}", self.changelog),
+            group: format!("{}-{score}", self.group),
+            ..self.clone()
+        }
+    }
+
     /// The shadow's topics and group (see `KafkaSettings::shadow`).
     pub fn shadow(&self) -> Names {
         let shadow = |name: &str| format!("{name}-shadow");
@@ -446,8 +456,21 @@ pub fn kill_five_times_mid_stream(
     total: usize,
     seed: u64,
 ) -> Instance {
+    kill_five_times_mid_stream_with(broker, names, (config, &[]), env, total, seed)
+}
+
+/// [`kill_five_times_mid_stream`] of `run --config CONFIG ARGS...`.
+pub fn kill_five_times_mid_stream_with(
+    broker: &Broker,
+    names: &Names,
+    (config, args): (&Path, &[&str]),
+    env: &[(&str, &str)],
+    total: usize,
+    seed: u64,
+) -> Instance {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut instance = Instance::start(config, env);
+    let start = || Instance::spawn_with(config, env, Stdio::inherit(), args);
+    let mut instance = start();
     for stage in 1..=5 {
         let target = (total as f64 * (0.12 * stage as f64 + rng.f64() * 0.05)) as i64;
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -460,7 +483,7 @@ pub fn kill_five_times_mid_stream(
         }
         std::thread::sleep(Duration::from_millis(rng.u64(0..150)));
         instance.kill9();
-        instance = Instance::start(config, env);
+        instance = start();
     }
     instance
 }
@@ -615,7 +638,13 @@ impl Instance {
         Instance::spawn_with(config, env, stderr, &[])
     }
 
-    fn spawn_with(config: &Path, env: &[(&str, &str)], stderr: Stdio, args: &[&str]) -> Instance {
+    /// `run --config CONFIG ARGS...`.
+    pub fn spawn_with(
+        config: &Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        args: &[&str],
+    ) -> Instance {
         let mut command = Command::new(env!("CARGO_BIN_EXE_leadscore"));
         command
             .args(["run", "--config", config.to_str().unwrap()])

@@ -121,8 +121,11 @@ pub(super) struct Topics {
     /// go with the input's.
     pub identities: String,
     pub output: String,
-    pub dead_letter: String,
-    /// `[kafka] filtered_topic`, if set.
+    /// `None` for a `run --score` process other than the file's first
+    /// score: the first publishes them.
+    pub dead_letter: Option<String>,
+    /// `[kafka] filtered_topic`, if set (and published here, as dead
+    /// letters are).
     pub filtered: Option<String>,
     pub changelog: String,
     /// With `[accounts]`.
@@ -137,8 +140,13 @@ impl Topics {
             input: kafka.input_topic.clone(),
             identities: kafka.identity_topic(),
             output: kafka.output_topic.clone(),
-            dead_letter: kafka.dead_letter_topic.clone(),
-            filtered: kafka.filtered_topic.clone(),
+            dead_letter: config
+                .publishes_rejects()
+                .then(|| kafka.dead_letter_topic.clone()),
+            filtered: kafka
+                .filtered_topic
+                .clone()
+                .filter(|_| config.publishes_rejects()),
             changelog: kafka.changelog_topic.clone(),
             account_updates: config
                 .rules
@@ -342,6 +350,9 @@ impl Out<'_> {
     ) -> Result<(), Retry> {
         self.counters.dead_lettered += 1;
         metrics::counter!(m::EVENTS_REJECTED, "reason" => reason_code).increment(1);
+        let Some(topic) = &self.shared.topics.dead_letter else {
+            return Ok(());
+        };
         metrics::counter!(m::DEAD_LETTERS).increment(1);
         let fitted = fit_dead_letter(
             message.key(),
@@ -371,8 +382,7 @@ impl Out<'_> {
             },
             &fitted,
         );
-        let mut record =
-            BaseRecord::<[u8], [u8]>::to(&self.shared.topics.dead_letter).headers(headers);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
         if let Some(key) = fitted.key {
             record = record.key(key);
         }
