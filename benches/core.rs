@@ -2,7 +2,8 @@
 //! call and score it, per core; `replay` of the sample generator's
 //! realistic mix, per core; re-score leads in place under changed
 //! rules (points, a tier line), per core; and the steady-state heap bytes
-//! per lead.
+//! per lead. The realistic replay and the memory report are also measured
+//! for a rules file of two scores (`[[scores]]`), beside one.
 //!
 //!     cargo bench --bench core
 //!
@@ -49,12 +50,25 @@ const T0: i64 = 1_764_547_200_000;
 const MESSAGES: usize = 20_000;
 const LEADS: usize = 2_000;
 
+#[path = "../tests/common/scores.rs"]
+mod scores;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadscore.toml");
+
 fn rules() -> Rules {
-    leadscore::config::load_rules(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/leadscore.toml"
-    )))
-    .expect("example rules")
+    leadscore::config::load_rules(std::path::Path::new(EXAMPLE)).expect("example rules")
+}
+
+/// The example's rules as two scores: the example's, and one with other
+/// points and tier lines (see `tests/common/scores.rs`).
+fn two_scores() -> Vec<Rules> {
+    let text = std::fs::read_to_string(EXAMPLE).expect("example rules");
+    let rules = text
+        .split("\n[kafka]\n")
+        .next()
+        .expect("rules before [kafka]");
+    let two = scores::two_scores(rules);
+    leadscore::config::parse_scores(&two, std::path::Path::new(EXAMPLE)).expect("two scores")
 }
 
 const EVENTS: &[&str] = &[
@@ -169,67 +183,88 @@ fn realistic(c: &mut Criterion) {
     let mut group = c.benchmark_group("realistic");
     group.throughput(Throughput::Elements(lines.len() as u64));
     group.sample_size(20);
-    group.bench_function("replay_mix", |b| {
-        b.iter_batched(
-            || leadscore::replay::Replayer::new(&rules, false),
-            |mut replayer| {
-                let mut written = 0usize;
-                for (n, line) in lines.iter().enumerate() {
-                    replayer.feed_line(
-                        n as u64 + 1,
-                        line,
-                        &mut |output| written += output_to_json(output).len(),
-                        &mut |rejected| panic!("a sample line was rejected: {rejected}"),
-                    );
-                }
-                black_box(written);
-                replayer
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    let two = two_scores();
+    for (name, scores) in [
+        ("replay_mix", std::slice::from_ref(&rules)),
+        ("replay_mix_two_scores", &two[..]),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || leadscore::replay::Replayer::of_scores(scores, false),
+                |mut replayer| {
+                    let mut written = 0usize;
+                    for (n, line) in lines.iter().enumerate() {
+                        replayer.feed_line(
+                            n as u64 + 1,
+                            line,
+                            &mut |output| written += output_to_json(output).len(),
+                            &mut |rejected| panic!("a sample line was rejected: {rejected}"),
+                        );
+                    }
+                    black_box(written);
+                    replayer
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 
 /// Heap bytes held per lead after a realistic history (identify, group,
 /// pages, tracks; the sample generator's mix), with the dedup window as
-/// configured and with it reduced to one remembered id.
+/// configured and with it reduced to one remembered id; then the same for
+/// a file of two scores (an engine per score, as `replay` and a process
+/// per score hold them).
 fn memory_report() {
-    let decoder = Decoder::for_rules(&rules());
-    let events: Vec<Event> = leadscore::sample::generate(&leadscore::sample::SampleConfig {
-        leads: 20_000,
-        ..Default::default()
-    })
-    .iter()
-    .flat_map(|line| decoder.decode(line.as_bytes(), Encoding::Json).unwrap())
-    .map(Result::unwrap)
-    .collect();
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
-    let mut engine = Engine::new(Arc::new(rules()));
-    for e in &events {
-        assert!(matches!(engine.apply(e, e.timestamp), Outcome::Applied(_)));
-        // Sent on at once by the runtime, not held.
-        drop(engine.take_account_updates());
-    }
-    let held = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64;
-    let leads = engine.lead_count() as f64;
-    let dedup = engine.remembered_id_bytes() as f64;
+    let events: Vec<Event> = {
+        let decoder = Decoder::for_scores(&two_scores());
+        leadscore::sample::generate(&leadscore::sample::SampleConfig {
+            leads: 20_000,
+            ..Default::default()
+        })
+        .iter()
+        .flat_map(|line| decoder.decode(line.as_bytes(), Encoding::Json).unwrap())
+        .map(Result::unwrap)
+        .collect()
+    };
     println!();
-    println!(
-        "memory: {} events over {leads} leads ({:.1} events/lead), {} message ids remembered",
-        events.len(),
-        events.len() as f64 / leads,
-        engine.remembered_ids()
-    );
-    println!("memory: {:.0} heap bytes per lead in all", held / leads);
-    println!(
-        "memory: {:.0} heap bytes per lead of it for the dedup window",
-        dedup / leads
-    );
-    println!(
-        "memory: {:.0} heap bytes per lead without the dedup window",
-        (held - dedup) / leads
-    );
+    for (what, scores) in [("one score", vec![rules()]), ("two scores", two_scores())] {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let mut engines: Vec<Engine> = scores
+            .into_iter()
+            .map(|rules| Engine::new(Arc::new(rules)))
+            .collect();
+        for engine in &mut engines {
+            for e in &events {
+                assert!(matches!(engine.apply(e, e.timestamp), Outcome::Applied(_)));
+                // Sent on at once by the runtime, not held.
+                drop(engine.take_account_updates());
+            }
+        }
+        let held = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64;
+        let leads = engines[0].lead_count() as f64;
+        let dedup: f64 = engines.iter().map(|e| e.remembered_id_bytes() as f64).sum();
+        println!(
+            "memory ({what}): {} events over {leads} leads ({:.1} events/lead), {} message ids remembered",
+            events.len(),
+            events.len() as f64 / leads,
+            engines.iter().map(Engine::remembered_ids).sum::<usize>()
+        );
+        println!(
+            "memory ({what}): {:.0} heap bytes per lead in all",
+            held / leads
+        );
+        println!(
+            "memory ({what}): {:.0} heap bytes per lead of it for the dedup window",
+            dedup / leads
+        );
+        println!(
+            "memory ({what}): {:.0} heap bytes per lead without the dedup window",
+            (held - dedup) / leads
+        );
+        drop(engines);
+    }
 }
 
 /// Re-scoring in place, as a restart with new points does it per

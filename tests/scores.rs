@@ -557,3 +557,65 @@ fn the_commands_on_a_file_of_two_scores() {
         "{stderr}"
     );
 }
+
+/// The README's example of two scores, as a user would run it.
+#[test]
+fn the_readme_example_of_two_scores_holds() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- readme:scores -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /readme:scores -->").next())
+        .expect("the README's example of scores");
+    let text = block
+        .trim()
+        .strip_prefix("```toml")
+        .and_then(|t| t.strip_suffix("```"))
+        .unwrap();
+    let parsed = scores(text);
+    let names: Vec<_> = parsed.iter().map(|r| r.score_name.as_deref()).collect();
+    assert_eq!(names, [Some("analytics"), Some("platform")]);
+    let fit = |rules: &Rules| {
+        rules
+            .fit
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fit(&parsed[0]), ["title_vp"]);
+    assert_eq!(fit(&parsed[1]), ["enterprise_size"]);
+    assert_eq!(parsed[1].lifecycle.len(), 1);
+
+    // A VP who starts a trial and shares dashboards: a product-qualified
+    // lead for analytics; a demo request alone leaves platform cold.
+    let t = |minutes: i64| leadscore::core::Timestamp(common::T0 + minutes * 60_000).to_rfc3339();
+    let lines: Vec<String> = [
+        serde_json::json!({"type": "identify", "messageId": "m1", "userId": "ada", "timestamp": t(0),
+                           "traits": {"title": "VP Data", "company": {"employees": 300}}}),
+        serde_json::json!({"type": "track", "messageId": "m2", "userId": "ada", "timestamp": t(1),
+                           "event": "Trial Started"}),
+        serde_json::json!({"type": "track", "messageId": "m3", "userId": "ada", "timestamp": t(2),
+                           "event": "Dashboard Shared"}),
+        serde_json::json!({"type": "track", "messageId": "m4", "userId": "ada", "timestamp": t(3),
+                           "event": "Demo Requested"}),
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .collect();
+    let outputs = replay(text, &lines).outputs;
+    let crossings: Vec<(Option<&str>, &str)> = outputs
+        .iter()
+        .filter(|o| o.kind == leadscore::core::OutputKind::ThresholdCrossed)
+        .map(|o| (o.score_name.as_deref(), &*o.tier))
+        .collect();
+    assert_eq!(crossings, [(Some("analytics"), "pql")]);
+    let last = |score: &str| {
+        outputs
+            .iter()
+            .rfind(|o| o.score_name.as_deref() == Some(score))
+            .map(|o| ((o.score * 10.0).round() / 10.0, &*o.tier))
+    };
+    assert_eq!(last("analytics"), Some((65.0, "pql")));
+    assert_eq!(last("platform"), Some((40.0, "cold")));
+}
