@@ -49,11 +49,11 @@ enum Command {
         /// new rules can be compared with `leadscore diff` first.
         #[arg(long)]
         shadow: bool,
-        /// With a rules file of several scores (`[[scores]]`): the one this
-        /// process scores. Its group, changelogs, account and identity
-        /// topics and transactional id get `-NAME`; it reads the file's
-        /// input and publishes to its output topic, each output naming its
-        /// score. Run one process per score.
+        /// With a rules file of several scores (`[[scores]]`): run this one
+        /// alone (without it, every score runs, side by side). A score's
+        /// group, changelogs, account and identity topics and transactional
+        /// id get `-NAME`; it reads the file's input and publishes to its
+        /// output topic, each output naming its score.
         #[arg(long, value_name = "NAME")]
         score: Option<String>,
     },
@@ -426,33 +426,11 @@ fn one_score(config: &config::Config, path: &Path, command: &str) -> anyhow::Res
 
 fn run(path: &Path, shadow: bool, score: Option<&str>) -> anyhow::Result<()> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let mut config = config::load(path, &env)?;
+    let config = config::load(path, &env)?;
     init_logging(&config.logging);
-    config.run_score(score).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {e} (a `leadscore run` process scores one)",
-            path.display()
-        )
-    })?;
-    if let Some(score) = &config.running_score {
-        tracing::info!(
-            score = %score.name,
-            group = %config.kafka.group_id,
-            changelog = %config.kafka.changelog_topic,
-            publishes_rejects = score.publishes_rejects,
-            "scoring one score of the file"
-        );
-    }
-    if shadow {
-        config.kafka.shadow();
-        config.shadow = true;
-        tracing::info!(
-            group = %config.kafka.group_id,
-            output = %config.kafka.output_topic,
-            changelog = %config.kafka.changelog_topic,
-            "shadow mode: scoring the input from its beginning into topics of its own"
-        );
-    }
+    let runs = scores_to_run(config, score, shadow)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = &runs[0];
     let shutdown = leadscore::kafka::Shutdown::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -460,12 +438,21 @@ fn run(path: &Path, shadow: bool, score: Option<&str>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     let metrics = leadscore::ops::metrics::install().context("cannot set up metrics")?;
-    let threads = config.processing.threads;
-    let status = std::sync::Arc::new(leadscore::ops::status::Status::new(threads));
-    // One query queue per stream thread: a query goes to each.
-    let (queries, answer_from): (Vec<_>, Vec<_>) = (0..threads)
-        .map(|_| std::sync::mpsc::sync_channel(leadscore::ops::http::QUERY_QUEUE))
+    // Per score run: the health of its stream threads, and one query
+    // queue per thread (a query goes to each).
+    let statuses: Vec<_> = runs
+        .iter()
+        .map(|c| std::sync::Arc::new(leadscore::ops::status::Status::new(c.processing.threads)))
+        .collect();
+    let (queries, answer_from): (Vec<_>, Vec<Vec<_>>) = runs
+        .iter()
+        .map(|c| -> (Vec<_>, Vec<_>) {
+            (0..c.processing.threads)
+                .map(|_| std::sync::mpsc::sync_channel(leadscore::ops::http::QUERY_QUEUE))
+                .unzip()
+        })
         .unzip();
+    let queries: Vec<_> = queries.into_iter().flatten().collect();
     if !config.http.listen.is_empty() {
         let address = &config.http.listen;
         let listener = runtime
@@ -487,7 +474,7 @@ fn run(path: &Path, shadow: bool, score: Option<&str>) -> anyhow::Result<()> {
             );
         }
         let state = leadscore::ops::http::AppState {
-            status: status.clone(),
+            statuses: statuses.clone(),
             queries,
             metrics: metrics.clone(),
             token: config.http.token.clone(),
@@ -542,8 +529,102 @@ fn run(path: &Path, shadow: bool, score: Option<&str>) -> anyhow::Result<()> {
         }
     });
     // The stream threads block (librdkafka calls); they run beside the
-    // runtime's.
-    leadscore::kafka::run(&config, path, &shutdown, &reload, &status, answer_from)
+    // runtime's, each score's on a thread of its own.
+    let mut work: Vec<_> = runs.iter().zip(&statuses).zip(answer_from).collect();
+    if work.len() == 1 {
+        let ((config, status), answer_from) = work.remove(0);
+        return leadscore::kafka::run(config, path, &shutdown, &reload, status, answer_from);
+    }
+    std::thread::scope(|scope| {
+        let running: Vec<_> = work
+            .into_iter()
+            .map(|((config, status), answer_from)| {
+                let (shutdown, reload) = (&shutdown, &reload);
+                let name = config
+                    .running_score
+                    .as_ref()
+                    .map_or("", |s| s.name.as_str());
+                std::thread::Builder::new()
+                    .name(format!("score-{name}"))
+                    .spawn_scoped(scope, move || {
+                        let result = leadscore::kafka::run(
+                            config,
+                            path,
+                            shutdown,
+                            reload,
+                            status,
+                            answer_from,
+                        );
+                        if result.is_err() {
+                            // The process stops as a whole.
+                            shutdown.request();
+                        }
+                        result
+                    })
+            })
+            .collect();
+        let mut first_error = None;
+        for thread in running {
+            let result = match thread {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(e) => {
+                    shutdown.request();
+                    Err(anyhow::anyhow!("cannot start a score's thread: {e}"))
+                }
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}
+
+/// What a `run` process scores: the file's one score; the one `--score`
+/// names; or, for a file of several without `--score`, each of them, side
+/// by side, each with its own group, changelogs, ids and stream threads
+/// (see [`config::Config::run_score`]).
+fn scores_to_run(
+    config: config::Config,
+    score: Option<&str>,
+    shadow: bool,
+) -> Result<Vec<config::Config>, String> {
+    let names: Vec<Option<String>> = match score {
+        Some(name) => vec![Some(name.to_string())],
+        None if config.more_scores.is_empty() => vec![None],
+        None => config
+            .scores()
+            .map(|rules| rules.score_name.as_deref().map(str::to_string))
+            .collect(),
+    };
+    let mut runs = Vec::new();
+    for name in names {
+        let mut run = config.clone();
+        run.run_score(name.as_deref())?;
+        if let Some(score) = &run.running_score {
+            tracing::info!(
+                score = %score.name,
+                group = %run.kafka.group_id,
+                changelog = %run.kafka.changelog_topic,
+                publishes_rejects = score.publishes_rejects,
+                "scoring a score of the file"
+            );
+        }
+        if shadow {
+            run.kafka.shadow();
+            run.shadow = true;
+            tracing::info!(
+                group = %run.kafka.group_id,
+                output = %run.kafka.output_topic,
+                changelog = %run.kafka.changelog_topic,
+                "shadow mode: scoring the input from its beginning into topics of its own"
+            );
+        }
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 fn promote(shadow: &Path, live: &Path, write: &Path, wait_seconds: u64) -> anyhow::Result<()> {

@@ -197,10 +197,19 @@ pub fn run(
                 std::thread::Builder::new()
                     .name(format!("stream-{thread}"))
                     .spawn_scoped(scope, move || {
+                        let _score = config.running_score.as_ref().map(|score| {
+                            tracing::info_span!("score", score = %score.name).entered()
+                        });
                         let _span =
                             (threads > 1).then(|| tracing::info_span!("stream", thread).entered());
-                        let result = Driver::start(ids, shared, status, queries, started)
-                            .and_then(|driver| driver.run(shutdown, (reload, config_path)));
+                        let work = || {
+                            Driver::start(ids, shared, status, queries, started)
+                                .and_then(|driver| driver.run(shutdown, (reload, config_path)))
+                        };
+                        let result = match &config.running_score {
+                            Some(score) => m::with_score_label(&score.name, work),
+                            None => work(),
+                        };
                         if result.is_err() {
                             // The process stops as a whole; the others
                             // leave the group on their way out.

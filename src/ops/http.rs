@@ -35,7 +35,9 @@ const MAX_ID_BYTES: usize = 512;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub status: Arc<Status>,
+    /// One per score the process runs (one, unless its rules file holds
+    /// several and it runs them all).
+    pub statuses: Vec<Arc<Status>>,
     /// One queue per stream thread; a query goes to each, and the thread
     /// that holds the lead's partition answers it.
     pub queries: Vec<SyncSender<LeadQuery>>,
@@ -72,15 +74,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    let since = state.status.since_beat();
+    let since = state
+        .statuses
+        .iter()
+        .map(|s| s.since_beat())
+        .max()
+        .unwrap_or_default();
     if since > state.stuck_after {
         let body = json!({"status": "stuck", "seconds_since_loop": since.as_secs()});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     // Coming round is not progress: an abort-and-retry loop does that too.
     if let Some(failing) = state
-        .status
-        .failing_for()
+        .statuses
+        .iter()
+        .filter_map(|s| s.failing_for())
+        .max()
         .filter(|f| *f > state.stuck_after)
     {
         let body = json!({"status": "failing", "seconds_failing": failing.as_secs()});
@@ -90,7 +99,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.status.is_ready() {
+    if state.statuses.iter().all(|s| s.is_ready()) {
         Json(json!({"status": "ready"})).into_response()
     } else {
         let body = json!({"status": "not ready: partitions not yet assigned and restored"});

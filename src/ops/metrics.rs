@@ -2,8 +2,15 @@
 //! and histogram buckets. Labels are bounded: reasons, output types, tier
 //! names from the rules file, partitions; never a lead id.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+
+use metrics::{
+    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Key, KeyName,
+    Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 pub const EVENTS_CONSUMED: &str = "leadscore_events_consumed_total";
 pub const EVENTS_SCORED: &str = "leadscore_events_scored_total";
@@ -60,18 +67,77 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0,
 ];
 
+/// The process's recorder, for [`with_score_label`].
+static RECORDER: OnceLock<Arc<PrometheusRecorder>> = OnceLock::new();
+
 /// Installs the Prometheus recorder for this process and describes every
 /// metric; render the exposition with the returned handle.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(BATCH_DURATION.into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(RESTORE_DURATION.into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(EVENT_LAG.into()), LAG_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), BATCH_BUCKETS)?
-        .install_recorder()?;
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let recorder = Arc::new(
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(BATCH_DURATION.into()), SECONDS_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(RESTORE_DURATION.into()), SECONDS_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(EVENT_LAG.into()), LAG_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Full(BATCH_MESSAGES.into()), BATCH_BUCKETS)?
+            .build_recorder(),
+    );
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder.clone())
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    let _ = RECORDER.set(recorder);
     describe();
     start_at_zero();
     Ok(handle)
+}
+
+/// Runs `work` (a stream thread's) with every metric it records labelled
+/// `score = name`: the scores of a rules file that a process runs side by
+/// side keep series of their own. Without an installed recorder (tests,
+/// benches), `work` runs as it is.
+pub fn with_score_label<T>(name: &str, work: impl FnOnce() -> T) -> T {
+    match RECORDER.get() {
+        Some(recorder) => {
+            let labelled = ScoreLabelled {
+                inner: recorder.as_ref(),
+                label: Label::new("score", name.to_string()),
+            };
+            metrics::with_local_recorder(&labelled, work)
+        }
+        None => work(),
+    }
+}
+
+/// A recorder that adds one label to every series it registers.
+struct ScoreLabelled<'r> {
+    inner: &'r PrometheusRecorder,
+    label: Label,
+}
+
+impl ScoreLabelled<'_> {
+    fn key(&self, key: &Key) -> Key {
+        key.with_extra_labels(vec![self.label.clone()])
+    }
+}
+
+impl Recorder for ScoreLabelled<'_> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description)
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description)
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description)
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.inner.register_counter(&self.key(key), metadata)
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.inner.register_gauge(&self.key(key), metadata)
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.inner.register_histogram(&self.key(key), metadata)
+    }
 }
 
 /// Series that exist from the start, at zero, so a rate over them is 0

@@ -196,10 +196,17 @@ pub enum LeadAnswer {
 impl LeadAnswer {
     /// The answer of the process from the answers of its stream threads:
     /// the thread holding the lead's partition knows it; the others say
-    /// where it belongs.
+    /// where it belongs. A process that runs several scores has a thread
+    /// that knows it per score: their answers come as a list, in the
+    /// order of the threads (the scores' order in the file).
     pub fn combine(answers: Vec<LeadAnswer>) -> LeadAnswer {
+        let mut found = Vec::new();
         let mut combined: Option<LeadAnswer> = None;
         for answer in answers {
+            if let LeadAnswer::Found(body) = answer {
+                found.push(body);
+                continue;
+            }
             combined = Some(match (combined, answer) {
                 (None, answer) => answer,
                 (Some(found @ LeadAnswer::Found(_)), _) | (_, found @ LeadAnswer::Found(_)) => {
@@ -225,7 +232,11 @@ impl LeadAnswer {
                 }
             });
         }
-        combined.unwrap_or(LeadAnswer::NotReady)
+        match found.len() {
+            0 => combined.unwrap_or(LeadAnswer::NotReady),
+            1 => LeadAnswer::Found(found.remove(0)),
+            _ => LeadAnswer::Found(serde_json::Value::Array(found)),
+        }
     }
 }
 

@@ -5,8 +5,6 @@ pub mod kafka;
 pub mod scores;
 pub mod verify;
 
-pub use scores::two_scores;
-
 use std::path::Path;
 use std::sync::Arc;
 
