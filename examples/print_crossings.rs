@@ -49,13 +49,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let down_move = output["direction"] == "down";
         // Account outputs carry `account_id` and a null `lead_id`.
-        let (who, of) = match output["lead_id"].as_str() {
+        let (mut who, of) = match output["lead_id"].as_str() {
             Some(lead) => (lead.to_string(), 0),
             None => (
                 format!("account {}", output["account_id"].as_str().unwrap_or("?")),
                 1,
             ),
         };
+        // Rules of several scores (`[[scores]]`): which one crossed.
+        if let Some(score) = output["score_name"].as_str() {
+            who = format!("{who} [{score}]");
+        }
         if down_move {
             down[of] += 1;
         } else {

@@ -83,8 +83,13 @@ fn alert_for(output: &Value, tiers: &[String]) -> Option<Value> {
                 .collect()
         })
         .unwrap_or_default();
+    // Rules of several scores (`[[scores]]`): which one the lead crossed in.
+    let in_score = output["score_name"]
+        .as_str()
+        .map(|score| format!(" in {score}"))
+        .unwrap_or_default();
     let headline = format!(
-        "Lead {lead} is now {tier} (from {}): score {:.0}, grade {}",
+        "Lead {lead} is now {tier}{in_score} (from {}): score {:.0}, grade {}",
         output["previous_tier"].as_str().unwrap_or("?"),
         output["score"].as_f64().unwrap_or(0.0),
         output["grade"].as_str().unwrap_or("?"),
@@ -236,6 +241,13 @@ mod tests {
         let mut changed = crossing("up", "mql");
         changed["type"] = json!("score_changed");
         assert!(alert_for(&changed, &[]).is_none());
+        let mut scored = crossing("up", "mql");
+        scored["score_name"] = json!("platform");
+        let alert = alert_for(&scored, &[]).unwrap();
+        assert!(alert["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Lead lead-1 is now mql in platform (from warm)"));
     }
 
     #[test]
