@@ -207,6 +207,9 @@ fn refused_produce_at_least_once_rewinds_and_state_stays_exact() {
 /// issues 5456 and 5511). The stream thread cannot be interrupted there:
 /// the watchdog ends the process once the call is well past its timeout,
 /// and the successor, with the coordinator back, carries on exactly.
+/// (Where the call returns at its timeout after all, the process ends on
+/// the error of the next call that needs the coordinator: either way it
+/// does not hang.)
 #[test]
 fn a_transaction_call_stuck_past_its_timeout_ends_the_process_and_a_restart_carries_on() {
     let names = Names::new("mock-hang");
@@ -267,12 +270,21 @@ fn a_transaction_call_stuck_past_its_timeout_ends_the_process_and_a_restart_carr
     let stuck = down.elapsed();
     assert!(!status.success(), "{status:?}");
     let text = read_log();
+    // Mostly the call hangs and the watchdog ends the process, naming it.
+    // Now and then librdkafka's call does return at its timeout; the
+    // process then ends on the next call that needs the coordinator, with
+    // that call's error (the watchdog's own test is in `ops::status`).
     let exit_line = text
         .lines()
         .find(|l| l.contains("stuck far past its timeout"))
-        .unwrap_or_else(|| panic!("the exit names the stuck call:\n{text}"));
+        .or_else(|| {
+            text.contains("Failed to commit offsets to transaction")
+                .then(|| text.lines().rfind(|l| l.starts_with("error: ")))
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("the exit names the stuck call or its error:\n{text}"));
     assert!(
-        exit_line.contains("send_offsets_to_transaction"),
+        exit_line.contains("send_offsets_to_transaction") || exit_line.starts_with("error: "),
         "{exit_line}"
     );
     eprintln!(
