@@ -33,12 +33,13 @@ pub struct Config {
     /// including) this offset, and the internal topics to their end, then
     /// stop.
     pub drain_to: Option<std::collections::BTreeMap<i32, i64>>,
-    /// `run --score NAME`: the one score of the file this process runs
-    /// (see [`Config::run_score`]).
+    /// The named score this configuration runs, one of a file of several
+    /// (`run` runs each side by side, `run --score` one; see
+    /// [`Config::run_score`]).
     pub running_score: Option<RunningScore>,
 }
 
-/// The score a `run --score` process scores.
+/// A named score that `run` scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunningScore {
     pub name: String,
@@ -106,11 +107,11 @@ impl Config {
         std::iter::once(&self.rules).chain(&self.more_scores)
     }
 
-    /// Keeps the one score a `leadscore run` process scores: `name`'s, with
-    /// a group, changelogs, account and identity topics and transactional
-    /// id of its own (each gets `-NAME`; the input and output topics stay
-    /// the file's: outputs say which score they are about); none: the
-    /// file's only score, under the file's names.
+    /// Keeps the one score that a run of the file scores: `name`'s, with a
+    /// group, changelogs, account and identity topics and transactional id
+    /// of its own (each gets `-NAME`; the input and output topics stay the
+    /// file's: outputs say which score they are about); none: the file's
+    /// only score, under the file's names.
     pub fn run_score(&mut self, name: Option<&str>) -> Result<(), String> {
         let scores = std::iter::once(self.rules.clone())
             .chain(std::mem::take(&mut self.more_scores))

@@ -209,8 +209,8 @@ impl LeadAnswer {
             }
             combined = Some(match (combined, answer) {
                 (None, answer) => answer,
-                (Some(found @ LeadAnswer::Found(_)), _) | (_, found @ LeadAnswer::Found(_)) => {
-                    found
+                (Some(LeadAnswer::Found(_)), _) | (_, LeadAnswer::Found(_)) => {
+                    unreachable!("found answers are collected apart")
                 }
                 (Some(LeadAnswer::NotReady), _) | (_, LeadAnswer::NotReady) => LeadAnswer::NotReady,
                 (Some(unknown @ LeadAnswer::Unknown { .. }), _)
@@ -277,6 +277,19 @@ mod tests {
             LeadAnswer::NotReady
         );
         assert_eq!(LeadAnswer::combine(vec![]), LeadAnswer::NotReady);
+        // Several scores: one answer per score, in order.
+        let other = LeadAnswer::Found(serde_json::json!({"lead_id": "a", "score_name": "b"}));
+        assert_eq!(
+            LeadAnswer::combine(vec![
+                found.clone(),
+                LeadAnswer::Unknown { partition: 2 },
+                other
+            ]),
+            LeadAnswer::Found(serde_json::json!([
+                {"lead_id": "a"},
+                {"lead_id": "a", "score_name": "b"}
+            ]))
+        );
     }
 
     #[test]

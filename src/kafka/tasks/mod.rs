@@ -121,8 +121,8 @@ pub(super) struct Topics {
     /// go with the input's.
     pub identities: String,
     pub output: String,
-    /// `None` for a `run --score` process other than the file's first
-    /// score: the first publishes them.
+    /// `None` when running a score of a file of several other than its
+    /// first: the first publishes them.
     pub dead_letter: Option<String>,
     /// `[kafka] filtered_topic`, if set (and published here, as dead
     /// letters are).
