@@ -97,6 +97,10 @@ enum Command {
         /// Write report.md and tiers.svg into this directory.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// With rules files of several scores (`[[scores]]`): the score to
+        /// compare (its state, and the outputs that name it).
+        #[arg(long, value_name = "NAME")]
+        score: Option<String>,
     },
     /// Hand the live deployment's output topic over to its shadow (new
     /// rules, `run --config NEW --shadow`), exactly once: stop both first.
@@ -229,7 +233,14 @@ fn main() -> ExitCode {
             days,
             movers,
             report,
-        } => diff(&config, &live, days, movers, report.as_deref()),
+            score,
+        } => diff(
+            (&config, &live),
+            days,
+            movers,
+            report.as_deref(),
+            score.as_deref(),
+        ),
         Command::Calibrate {
             config,
             events,
@@ -412,7 +423,7 @@ fn print_rules_change(
     }
 }
 
-/// `diff` and `promote` compare and hand over deployments of one score.
+/// `promote` hands over deployments of one score.
 fn one_score(config: &config::Config, path: &Path, command: &str) -> anyhow::Result<()> {
     if config.more_scores.is_empty() {
         return Ok(());
@@ -688,20 +699,23 @@ fn promote(shadow: &Path, live: &Path, write: &Path, wait_seconds: u64) -> anyho
 }
 
 fn diff(
-    shadow: &Path,
-    live: &Path,
+    (shadow, live): (&Path, &Path),
     days: f64,
     movers: usize,
     report: Option<&Path>,
+    score: Option<&str>,
 ) -> anyhow::Result<()> {
     if !(days.is_finite() && days > 0.0) {
         bail!("--days must be positive");
     }
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let live_config = config::load(live, &env)?;
+    let mut live_config = config::load(live, &env)?;
     let mut shadow_config = config::load(shadow, &env)?;
-    one_score(&live_config, live, "diff")?;
-    one_score(&shadow_config, shadow, "diff")?;
+    for (config, path) in [(&mut live_config, live), (&mut shadow_config, shadow)] {
+        config
+            .run_score(score)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     shadow_config.kafka.shadow();
     let at = leadscore::kafka::wall_clock();
     let live_side = leadscore::kafka::diff::read_side(&live_config, at)

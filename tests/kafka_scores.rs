@@ -3,7 +3,8 @@
 //! score, killed with SIGKILL five times mid-stream. The `read_committed`
 //! outputs are replay's of the file (each output naming its score), none
 //! repeated or missing; each score's changelog holds replay's state; a
-//! bad record is dead-lettered once, by the file's first score.
+//! bad record is dead-lettered once, by the file's first score. New rules
+//! for both scores in shadow, and `diff --score` per score.
 
 mod common;
 
@@ -79,6 +80,96 @@ fn a_process_per_score_scores_each_exactly_once_across_kill_9() {
     setup.check_outputs(broker);
 }
 
+#[test]
+fn a_shadow_of_two_scores_and_a_diff_per_score() {
+    let broker = kafka();
+    // Recent traffic, so that scores have not all decayed by now.
+    let lines = leadscore::sample::generate(&leadscore::sample::SampleConfig {
+        leads: 400,
+        seed: 61,
+        start: leadscore::core::Timestamp(now_ms() - 20 * 86_400_000),
+        days: 19,
+        anonymous_share: 0.0,
+        sales_share: SALES_SHARE,
+        ..Default::default()
+    });
+    let setup = Setup::with_lines(broker, "scores-diff", lines);
+    let live = Instance::start(&setup.config, &[]);
+    setup.wait_caught_up(broker);
+    assert!(live.terminate().success());
+
+    // Both scores' MQL lines lower, in a file of their own.
+    let new_rules = common::scores::two_scores(
+        &common::example_lead_rules_text()
+            .replace("b2b-saas-2026.11.1", "b2b-saas-2026.12.0")
+            .replacen("min_score = 70", "min_score = 60", 1),
+    );
+    let new_dir = tempfile::tempdir().unwrap();
+    let new = write_config_with_rules(
+        new_dir.path(),
+        &new_rules,
+        &broker.bootstrap,
+        &setup.names,
+        "exactly_once",
+        "timer_clock = \"event_time\"\n",
+    );
+    let log = new_dir.path().join("shadow.log");
+    let shadow = Instance::start_shadow(&new, &[], &log);
+    for name in SCORES {
+        wait_caught_up(
+            &broker.bootstrap,
+            &setup.names.for_score(name).shadow(),
+            Duration::from_secs(300),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(shadow.terminate().success());
+
+    let good: Vec<String> = setup
+        .lines
+        .iter()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .cloned()
+        .collect();
+    let new_scores =
+        leadscore::config::parse_scores(&new_rules, std::path::Path::new("new.toml")).unwrap();
+    for (index, name) in SCORES.into_iter().enumerate() {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
+            .args(["diff", "--config"])
+            .arg(&new)
+            .arg("--live")
+            .arg(&setup.config)
+            .args(["--score", name])
+            .output()
+            .unwrap();
+        let markdown = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let as_of = diff_as_of(&markdown);
+        let want_live = tiers_of(&setup.scores[index], &good, as_of);
+        let want_shadow = tiers_of(&new_scores[index], &good, as_of);
+        assert_ne!(want_live, want_shadow, "the new rules move {name}'s leads");
+        assert_eq!(
+            diff_tiers(&markdown),
+            (want_live, want_shadow),
+            "{markdown}"
+        );
+    }
+    // A file of several scores needs --score.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
+        .args(["diff", "--config"])
+        .arg(&new)
+        .arg("--live")
+        .arg(&setup.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one with --score"));
+}
+
 struct Setup {
     names: Names,
     lines: Vec<String>,
@@ -91,9 +182,13 @@ impl Setup {
     /// Sample traffic with one bad record, produced; a configuration of
     /// the example's lead rules as two scores.
     fn new(broker: &Broker, test: &str) -> Setup {
+        Setup::with_lines(broker, test, sample(1500, 41))
+    }
+
+    /// [`Setup::new`] with these lines.
+    fn with_lines(broker: &Broker, test: &str, mut lines: Vec<String>) -> Setup {
         let names = Names::new(test);
         create_topic(&broker.bootstrap, &names.input, 4);
-        let mut lines = sample(1500, 41);
         lines.insert(
             lines.len() / 2,
             "{\"type\": \"track\", not json".to_string(),

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -90,51 +89,14 @@ fn a_shadow_scores_the_whole_input_apart_and_diff_compares_it_with_live() {
     assert!(std::fs::read_to_string(report.join("tiers.svg"))
         .unwrap()
         .starts_with("<svg"));
-    let as_of = markdown
-        .split("As of ")
-        .nth(1)
-        .and_then(|rest| rest.split(". ").next())
-        .and_then(Timestamp::parse_rfc3339)
-        .expect("an as-of time");
-    let tiers_of = |rules: &leadscore::core::Rules| -> BTreeMap<String, usize> {
-        let mut replayer = leadscore::replay::Replayer::new(rules, false);
-        for (i, line) in lines.iter().enumerate() {
-            replayer.feed_line(i as u64 + 1, line, &mut |_| {}, &mut |r| panic!("{r}"));
-        }
-        let (_, leads) = replayer.finish(Some(as_of), &mut |_| {}).unwrap();
-        let mut counts = BTreeMap::new();
-        for lead in leads {
-            *counts.entry(lead.tier.to_string()).or_default() += 1;
-        }
-        counts
-    };
+    let as_of = diff_as_of(&markdown);
     let live_rules = leadscore::config::load_rules(&live).unwrap();
-    let (want_live, want_shadow) = (tiers_of(&live_rules), tiers_of(&new_rules));
+    let (want_live, want_shadow) = (
+        tiers_of(&live_rules, &lines, as_of),
+        tiers_of(&new_rules, &lines, as_of),
+    );
     assert_ne!(want_live, want_shadow, "the new rules move leads");
-    let mut got_live = BTreeMap::new();
-    let mut got_shadow = BTreeMap::new();
-    let table = markdown
-        .split("## Leads per tier")
-        .nth(1)
-        .and_then(|rest| rest.split("##").next())
-        .unwrap();
-    for row in table
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| tier"))
-    {
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        let (tier, a, b): (&str, usize, usize) = (
-            cells[1],
-            cells[2].parse().unwrap(),
-            cells[3].parse().unwrap(),
-        );
-        if a > 0 {
-            got_live.insert(tier.to_string(), a);
-        }
-        if b > 0 {
-            got_shadow.insert(tier.to_string(), b);
-        }
-    }
+    let (got_live, got_shadow) = diff_tiers(&markdown);
     assert_eq!(got_live, want_live, "{markdown}");
     assert_eq!(got_shadow, want_shadow, "{markdown}");
     assert!(markdown.contains("## Largest movers"));

@@ -24,7 +24,8 @@ pub struct Side {
 
 /// The deployment `config` describes (its `[kafka]` topics, its rules), as
 /// of `at`: every lead its changelog holds, decayed to `at`, and the
-/// outputs its output topic holds (committed ones).
+/// outputs its output topic holds (committed ones) of the score it runs
+/// (the scores of a file of several publish to one topic).
 pub fn read_side(config: &Config, at: Timestamp) -> anyhow::Result<Side> {
     let kafka = &config.kafka;
     let base = base_config(kafka);
@@ -75,6 +76,7 @@ pub fn read_side(config: &Config, at: Timestamp) -> anyhow::Result<Side> {
     )?;
     engine.advance(at);
     let leads = engine.snapshot(at);
+    let score = config.running_score.as_ref().map(|s| s.name.as_str());
     let mut outputs = Vec::new();
     let output = &kafka.output_topic;
     read_to_end(
@@ -85,6 +87,7 @@ pub fn read_side(config: &Config, at: Timestamp) -> anyhow::Result<Side> {
         |_, _, value, _| {
             let Some(value) = value else { return Ok(()) };
             let published = match serde_json::from_slice::<serde_json::Value>(value) {
+                Ok(json) if json["score_name"].as_str() != score => return Ok(()),
                 Ok(json) => PublishedOutput {
                     kind: json["type"].as_str().unwrap_or_default().to_string(),
                     tier: json["tier"].as_str().unwrap_or_default().to_string(),
@@ -99,6 +102,9 @@ pub fn read_side(config: &Config, at: Timestamp) -> anyhow::Result<Side> {
                     let Ok(event) = crate::codec::proto::wire::ScoreEvent::decode(value) else {
                         return Ok(()); // neither encoding: not an output of ours
                     };
+                    if Some(event.score_name.as_str()).filter(|s| !s.is_empty()) != score {
+                        return Ok(());
+                    }
                     PublishedOutput {
                         kind: event.r#type,
                         tier: event.tier,

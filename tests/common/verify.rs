@@ -387,3 +387,62 @@ pub fn with_erasures(lines: &[String], every: usize) -> (Vec<String>, Vec<String
     let leads = erased.iter().map(|(lead, _, _)| lead.to_string()).collect();
     (out, leads)
 }
+
+/// The as-of time a `leadscore diff` report states.
+pub fn diff_as_of(markdown: &str) -> Timestamp {
+    markdown
+        .split("As of ")
+        .nth(1)
+        .and_then(|rest| rest.split(". ").next())
+        .and_then(Timestamp::parse_rfc3339)
+        .expect("an as-of time")
+}
+
+/// Leads per tier, live and shadow, from a `leadscore diff` report's
+/// table (tiers with none left out).
+pub fn diff_tiers(markdown: &str) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let mut live = BTreeMap::new();
+    let mut shadow = BTreeMap::new();
+    let table = markdown
+        .split("## Leads per tier")
+        .nth(1)
+        .and_then(|rest| rest.split("##").next())
+        .expect("a table of leads per tier");
+    for row in table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| tier"))
+    {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (tier, a, b): (&str, usize, usize) = (
+            cells[1],
+            cells[2].parse().unwrap(),
+            cells[3].parse().unwrap(),
+        );
+        if a > 0 {
+            live.insert(tier.to_string(), a);
+        }
+        if b > 0 {
+            shadow.insert(tier.to_string(), b);
+        }
+    }
+    (live, shadow)
+}
+
+/// Leads per tier under `rules` after `lines`, decayed to `as_of`, by
+/// `replay`.
+pub fn tiers_of(
+    rules: &leadscore::core::Rules,
+    lines: &[String],
+    as_of: Timestamp,
+) -> BTreeMap<String, usize> {
+    let mut replayer = Replayer::new(rules, false);
+    for (i, line) in lines.iter().enumerate() {
+        replayer.feed_line(i as u64 + 1, line, &mut |_| {}, &mut |r| panic!("{r}"));
+    }
+    let (_, leads) = replayer.finish(Some(as_of), &mut |_| {}).unwrap();
+    let mut counts = BTreeMap::new();
+    for lead in leads {
+        *counts.entry(lead.tier.to_string()).or_default() += 1;
+    }
+    counts
+}
