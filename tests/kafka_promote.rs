@@ -60,18 +60,49 @@ struct Promoted {
     _dir: tempfile::TempDir,
 }
 
-/// Live (`rules_text`) and shadow (`new_rules` of its file) score the
-/// first half of a sample; both are killed mid-way through the next
-/// quarter, at their own offsets; `promote` is killed during its drain and
-/// run to the end (and once more, which only says so); the retired
-/// deployment refuses to start; the promoted one scores the last quarter.
+/// How the deployments stop before the promotion.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGKILL of live and shadow mid-stream, and of `promote` in its
+    /// drain: for a broker whose aborted transactions stay hidden.
+    Kill9,
+    /// SIGTERM of live and shadow mid-stream (each commits what it
+    /// published), `promote` left to finish: what the README asks of a
+    /// broker whose aborted transactions stay visible (tansu).
+    Term,
+}
+
+/// [`promote_scenario`] on Apache Kafka with kills.
 fn promote_across_kills(
     test: &str,
     rules_text: &str,
     kafka_extra: &str,
     new_rules: impl Fn(&str) -> String,
 ) -> Promoted {
-    let broker = kafka();
+    promote_scenario(
+        kafka(),
+        Stop::Kill9,
+        test,
+        rules_text,
+        kafka_extra,
+        new_rules,
+    )
+}
+
+/// Live (`rules_text`) and shadow (`new_rules` of its file) score the
+/// first half of a sample; both are stopped (`stop`) mid-way through the
+/// next quarter, at their own offsets; `promote` runs to the end (with
+/// `Stop::Kill9`, after being killed during its drain), and once more,
+/// which only says so; the retired deployment refuses to start; the
+/// promoted one scores the last quarter.
+fn promote_scenario(
+    broker: &Broker,
+    stop: Stop,
+    test: &str,
+    rules_text: &str,
+    kafka_extra: &str,
+    new_rules: impl Fn(&str) -> String,
+) -> Promoted {
     let bootstrap = &broker.bootstrap;
     let names = Names::new(test);
     create_topic(bootstrap, &names.input, 2);
@@ -111,20 +142,28 @@ fn promote_across_kills(
     let shadow_instance = Instance::start_shadow(&new, &[], &log);
     wait_caught_up(bootstrap, &names, Duration::from_secs(180));
     wait_caught_up(bootstrap, &shadow_names, Duration::from_secs(180));
-    // Both die mid-stream, each at its own offsets.
+    // Both stop mid-stream, each at its own offsets.
     produce_lines(bootstrap, &names.input, second);
-    shadow_instance.kill9();
-    std::thread::sleep(Duration::from_millis(400));
-    live_instance.kill9();
-
-    // Killed in its drain (past the 6 s the dead static members keep
-    // their groups), then run to the end.
     let promoted = dir.path().join("promoted.toml");
-    let mut interrupted = promote(&new, &live, &promoted, &log).spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(9));
-    interrupted.kill().unwrap();
-    interrupted.wait().unwrap();
-    assert!(!promoted.exists(), "written only once promoted");
+    match stop {
+        Stop::Kill9 => {
+            shadow_instance.kill9();
+            std::thread::sleep(Duration::from_millis(400));
+            live_instance.kill9();
+            // Killed in its drain (past the 6 s the dead static members
+            // keep their groups), then run to the end.
+            let mut interrupted = promote(&new, &live, &promoted, &log).spawn().unwrap();
+            std::thread::sleep(Duration::from_secs(9));
+            interrupted.kill().unwrap();
+            interrupted.wait().unwrap();
+            assert!(!promoted.exists(), "written only once promoted");
+        }
+        Stop::Term => {
+            assert!(shadow_instance.terminate().success());
+            std::thread::sleep(Duration::from_millis(400));
+            assert!(live_instance.terminate().success());
+        }
+    }
     let said = promote(&new, &live, &promoted, &log).output().unwrap();
     let stdout = String::from_utf8_lossy(&said.stdout).to_string();
     assert!(
@@ -227,6 +266,32 @@ fn promote_hands_the_live_output_over_once_across_kill_9() {
         "",
         rules_needing_history,
     );
+    check_handover(&promoted, false);
+}
+
+/// On tansu, whose aborted transactions stay visible, with both
+/// deployments stopped by SIGTERM before the promotion (as the README
+/// asks there): after dropping repeats by `event_id`, the same as on
+/// Apache Kafka.
+#[test]
+fn promote_on_tansu_after_sigterm_hands_over_once_after_dropping_repeats() {
+    let promoted = promote_scenario(
+        tansu(),
+        Stop::Term,
+        "promote-tansu",
+        &common::example_lead_rules_text(),
+        "",
+        rules_needing_history,
+    );
+    check_handover(&promoted, true);
+}
+
+/// Every input event's outputs on the live topic once, by the rules in
+/// force at its offset, plus one cut-over crossing per lead whose tier
+/// differs; each lead's crossings chained to the tier its promoted state
+/// holds. `dedup`: drop repeats by `event_id` first (for a broker whose
+/// aborted transactions stay visible).
+fn check_handover(promoted: &Promoted, dedup: bool) {
     let Promoted {
         bootstrap,
         names,
@@ -239,6 +304,16 @@ fn promote_hands_the_live_output_over_once_across_kill_9() {
         ..
     } = &promoted;
     let bootstrap = bootstrap.as_str();
+    let read_outputs = |topic: &str| {
+        let records = read_topic(bootstrap, topic, true);
+        if dedup {
+            let (unique, repeats) = drop_repeats(&records);
+            eprintln!("{topic}: {repeats} repeats dropped");
+            unique
+        } else {
+            records
+        }
+    };
     let cut_over: BTreeMap<i32, i64> = read_topic(bootstrap, &names.changelog, true)
         .iter()
         .find(|r| r.key.as_deref() == Some(HANDOVER_KEY))
@@ -246,7 +321,7 @@ fn promote_hands_the_live_output_over_once_across_kill_9() {
         .expect("a handover record in the retired changelog");
     let a_rules = leadscore::config::load_rules(live).unwrap();
     let b_rules = leadscore::config::load_rules(new).unwrap();
-    let live_out = read_topic(bootstrap, &names.output, true);
+    let live_out = read_outputs(&names.output);
     let of_version = |version: &str| -> Vec<Record> {
         live_out
             .iter()
@@ -288,7 +363,7 @@ fn promote_hands_the_live_output_over_once_across_kill_9() {
     // each once.
     let cut = event_time_cut(lines);
     let (expected_b, replayer_b) = replay_under(&b_rules, lines, cut);
-    let mut shadow_and_promoted = read_topic(bootstrap, &shadow_names.output, true);
+    let mut shadow_and_promoted = read_outputs(&shadow_names.output);
     shadow_and_promoted.extend(b_out);
     assert_exactly_replay(&shadow_and_promoted, &expected_b, cut);
     let last = replayer_b.watermark().unwrap().millis();
