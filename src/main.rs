@@ -574,22 +574,7 @@ fn run(path: &Path, shadow: bool, score: Option<&str>) -> anyhow::Result<()> {
                     })
             })
             .collect();
-        let mut first_error = None;
-        for thread in running {
-            let result = match thread {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(e) => {
-                    shutdown.request();
-                    Err(anyhow::anyhow!("cannot start a score's thread: {e}"))
-                }
-            };
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        leadscore::kafka::join_all(running, &shutdown, "a score's thread")
     })
 }
 

@@ -219,23 +219,34 @@ pub fn run(
                     })
             })
             .collect();
-        let mut first_error = None;
-        for thread in running {
-            let result = match thread {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(e) => {
-                    shutdown.request();
-                    Err(anyhow!("cannot start a stream thread: {e}"))
-                }
-            };
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        join_all(running, shutdown, "a stream thread")
     })
+}
+
+/// Waits for every thread of `running` (a panic goes on up the caller's
+/// thread) and returns the first error. One that could not start (`what`
+/// says which) asks the others to stop.
+pub fn join_all(
+    running: Vec<std::io::Result<std::thread::ScopedJoinHandle<'_, anyhow::Result<()>>>>,
+    shutdown: &Shutdown,
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut first_error = None;
+    for thread in running {
+        let result = match thread {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => {
+                shutdown.request();
+                Err(anyhow!("cannot start {what}: {e}"))
+            }
+        };
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Tells the watchdog to stop when dropped.
