@@ -144,13 +144,7 @@ pub fn score_named(
     mut scores: Vec<crate::core::Rules>,
     name: Option<&str>,
 ) -> Result<(usize, crate::core::Rules), String> {
-    let names = |scores: &[crate::core::Rules]| {
-        scores
-            .iter()
-            .filter_map(|rules| rules.score_name.as_deref())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = rules::score_names;
     let Some(name) = name else {
         if scores.len() == 1 {
             return Ok((0, scores.remove(0)));

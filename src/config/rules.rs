@@ -445,10 +445,6 @@ impl Ctx<'_> {
 pub fn parse_rules(source: &str, file: &Path) -> Result<Rules, ConfigError> {
     let mut scores = parse_scores(source, file)?;
     if scores.len() > 1 {
-        let names: Vec<&str> = scores
-            .iter()
-            .filter_map(|rules| rules.score_name.as_deref())
-            .collect();
         return Err(ConfigError::at(
             file,
             source,
@@ -456,11 +452,20 @@ pub fn parse_rules(source: &str, file: &Path) -> Result<Rules, ConfigError> {
             format!(
                 "the file holds {} scores ([[scores]]: {}); this command reads a file with one",
                 scores.len(),
-                names.join(", ")
+                score_names(&scores)
             ),
         ));
     }
     Ok(scores.remove(0))
+}
+
+/// The names of a file's scores, for messages: `a, b`.
+pub(super) fn score_names(scores: &[Rules]) -> String {
+    scores
+        .iter()
+        .filter_map(|rules| rules.score_name.as_deref())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses and validates a rules file's text: its scores, in file order
