@@ -21,6 +21,7 @@ use crate::core::lead::{EngagementByRule, Evaluation, Fit, LeadState};
 use crate::core::output::{
     direction_of, handover_moves, output_id, push_change, Cause, Contribution, Output, OutputKind,
 };
+use crate::core::prefetch::prefetch;
 use crate::core::rules::EMAIL_DOMAIN_TRAIT;
 use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
@@ -1076,11 +1077,19 @@ impl Engine {
     pub fn rescore(&mut self, cause: &Cause) -> Vec<Output> {
         let rules = self.rules.clone();
         let rules = &*rules;
-        let mut leads: Vec<(u128, &Box<str>, &mut Box<LeadState>)> = self
+        // The map's slots are read in its order, once: what follows
+        // touches each lead's id and state only through these pointers.
+        let mut leads: Vec<(u128, &str, &mut LeadState)> = self
             .leads
             .iter_mut()
-            .map(|(id, lead)| (id_prefix(id), id, lead))
+            .map(|(id, lead)| (0, &**id, &mut **lead))
             .collect();
+        for i in 0..leads.len() {
+            if let Some((_, id, _)) = leads.get(i + 16) {
+                prefetch(*id);
+            }
+            leads[i].0 = id_prefix(leads[i].1);
+        }
         leads.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         if let Some(changes) = self.changes.as_mut() {
             changes.all_leads = true;
@@ -1090,7 +1099,23 @@ impl Engine {
         if rules.accounts.is_some() {
             self.account_updates.reserve(leads.len());
         }
-        for (_, lead_id, lead) in &mut leads {
+        for i in 0..leads.len() {
+            // Leads come in id order, scattered over the heap: ask for the
+            // boxes of those a few places ahead (their state first, then,
+            // once that is in, what it points to).
+            if let Some((_, id, ahead)) = leads.get(i + 8) {
+                prefetch(&**ahead);
+                prefetch(*id);
+            }
+            if let Some((_, _, ahead)) = leads.get(i + 4) {
+                prefetch(&*ahead.credits);
+                prefetch(&*ahead.windows);
+                prefetch(&*ahead.traits);
+                if let Some(account) = &ahead.account {
+                    prefetch(&*account.id);
+                }
+            }
+            let (_, lead_id, lead) = &mut leads[i];
             // Re-scoring moves no lead between accounts.
             let before = Before {
                 due: lead.due,
@@ -1107,10 +1132,10 @@ impl Engine {
                 cause.clone(),
             );
             if let Some(due) = lead.due {
-                timers.push((due, Box::clone(lead_id)));
+                timers.push((due, Box::from(*lead_id)));
             }
         }
-        timers.sort_unstable();
+        // Sorted as it is collected.
         self.timers = timers.into_iter().collect();
         outputs
     }

@@ -719,28 +719,27 @@ impl LeadState {
     /// The engagement at `at` (exactly [`LeadState::engagement_at`]) and
     /// its points per rule, from one decay of each credit and window.
     pub fn engagement_and_rules(&self, rules: &Rules, at: Timestamp) -> (f64, EngagementByRule) {
-        let credits: SmallVec<[(usize, f64); 16]> = self
-            .credits
-            .iter()
-            .map(|c| (usize::from(c.rule), Self::credit_at(rules, c, at)))
-            .collect();
-        let windows: SmallVec<[(usize, f64); 16]> = self
-            .windows
-            .iter()
-            .map(|w| (usize::from(w.rule), Self::window_at(rules, w, at)))
-            .collect();
-        // Summed as `engagement_at` sums, so the two agree to the bit.
-        let total = credits.iter().map(|&(_, p)| p).sum::<f64>()
-            + windows.iter().map(|&(_, p)| p).sum::<f64>();
         let mut by_rule = EngagementByRule::new();
-        for &(rule, points) in credits.iter().chain(&windows) {
-            match by_rule.iter_mut().find(|(r, _)| *r == rule) {
-                Some((_, p)) => *p += points,
-                None => by_rule.push((rule, points)),
-            }
+        let mut add = |rule: usize, points: f64| match by_rule.iter_mut().find(|(r, _)| *r == rule)
+        {
+            Some((_, p)) => *p += points,
+            None => by_rule.push((rule, points)),
+        };
+        // Summed as `engagement_at` sums, so the two agree to the bit.
+        let mut credits = 0.0;
+        for c in self.credits.iter() {
+            let points = Self::credit_at(rules, c, at);
+            credits += points;
+            add(usize::from(c.rule), points);
+        }
+        let mut windows = 0.0;
+        for w in self.windows.iter() {
+            let points = Self::window_at(rules, w, at);
+            windows += points;
+            add(usize::from(w.rule), points);
         }
         by_rule.sort_unstable_by_key(|(r, _)| *r);
-        (total, by_rule)
+        (credits + windows, by_rule)
     }
 
     fn credit_at(rules: &Rules, credit: &RuleCredit, at: Timestamp) -> f64 {
@@ -755,16 +754,8 @@ impl LeadState {
     }
 
     pub fn engagement_at(&self, rules: &Rules, at: Timestamp) -> f64 {
-        let credits: f64 = self
-            .credits
-            .iter()
-            .map(|c| Self::credit_at(rules, c, at))
-            .sum();
-        let windows: f64 = self
-            .windows
-            .iter()
-            .map(|w| Self::window_at(rules, w, at))
-            .sum();
+        let credits = (self.credits.iter()).fold(0.0, |sum, c| sum + Self::credit_at(rules, c, at));
+        let windows = (self.windows.iter()).fold(0.0, |sum, w| sum + Self::window_at(rules, w, at));
         credits + windows
     }
 

@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod lead;
 pub mod migration;
 pub mod output;
+pub mod prefetch;
 pub mod rules;
 pub mod time;
 

@@ -202,9 +202,27 @@ pub struct TraitCondition {
     pub negate: bool,
 }
 
-impl TraitCondition {
-    fn holds(&self, bits: TraitBits) -> bool {
-        ((bits >> (self.slot + 1)) & 1 == 1) != self.negate
+/// A [`TraitCondition`] as fit reads it: the comparison's bit of the
+/// trait's bits, and the answer it wants there.
+#[derive(Clone, Copy, Debug)]
+struct FitCheck {
+    key: u32,
+    bit: TraitBits,
+    want: TraitBits,
+}
+
+impl FitCheck {
+    fn of(condition: &TraitCondition) -> FitCheck {
+        let bit = 1 << (condition.slot + 1);
+        FitCheck {
+            key: condition.key as u32,
+            bit,
+            want: if condition.negate { 0 } else { bit },
+        }
+    }
+
+    fn holds(&self, bits: &[TraitBits]) -> bool {
+        bits[self.key as usize] & self.bit == self.want
     }
 }
 
@@ -384,6 +402,11 @@ pub struct Rules {
     /// groups there are: fit is computed without comparing group names.
     fit_groups: Vec<Option<usize>>,
     group_count: usize,
+    /// Every fit rule's conditions in one list, rule after rule
+    /// (`fit_spans`: where each rule's end), so reading a lead's fit
+    /// follows no pointer per rule.
+    fit_checks: Vec<FitCheck>,
+    fit_spans: Vec<u32>,
     /// Account scoring, when the rules file has an `[accounts]` section.
     pub accounts: Option<Arc<crate::core::account::AccountRules>>,
     /// Dispositions, in file order (each that matches acts, in order).
@@ -449,6 +472,12 @@ impl Rules {
             })
             .collect();
         let group_count = group_names.len();
+        let mut fit_checks = Vec::new();
+        let mut fit_spans = Vec::with_capacity(fit.len());
+        for rule in &fit {
+            fit_checks.extend(rule.conditions.iter().map(FitCheck::of));
+            fit_spans.push(fit_checks.len() as u32);
+        }
         Rules {
             version: version.into(),
             score_name: None,
@@ -463,6 +492,8 @@ impl Rules {
             any_name,
             fit_groups,
             group_count,
+            fit_checks,
+            fit_spans,
             accounts: None,
             lifecycle: Vec::new(),
             filters: None,
@@ -523,9 +554,11 @@ impl Rules {
                 0
             }
         ];
-        for (index, rule) in self.fit.iter().enumerate() {
-            // Numbered by `Rules::new`, in step with `fit`.
-            let group = self.fit_groups.get(index).copied().flatten();
+        let mut start = 0;
+        // Numbered by `Rules::new`, in step with `fit`.
+        for (index, (&end, &group)) in self.fit_spans.iter().zip(&self.fit_groups).enumerate() {
+            let checks = &self.fit_checks[start..end as usize];
+            start = end as usize;
             if let Some(g) = group {
                 let taken = if taken_large.is_empty() {
                     taken_small & (1 << g) != 0
@@ -536,7 +569,7 @@ impl Rules {
                     continue;
                 }
             }
-            if rule.conditions.iter().all(|c| c.holds(bits[c.key])) {
+            if checks.iter().all(|c| c.holds(bits)) {
                 if let Some(g) = group {
                     if taken_large.is_empty() {
                         taken_small |= 1 << g;
