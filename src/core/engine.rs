@@ -1739,7 +1739,8 @@ impl Reading {
         } else {
             view.evaluate_with(rules, &self.fit, from)
         };
-        view.next_due(rules, &self.fit, from, &now)
+        let points = (self.engagement_by_rule.as_deref()).filter(|_| from == self.at);
+        view.next_due(rules, &self.fit, from, &now, points)
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::core::decay::Decaying;
+use crate::core::decay::{Decaying, HalfLife};
 use crate::core::event::{Event, Fields};
 use crate::core::filters::FilterState;
 use crate::core::output::{sort_largest_first, Contribution};
@@ -813,13 +813,15 @@ impl LeadState {
     /// When the lead next needs a look without an event: decay moving it
     /// out of its tier, or a suppression lapsing (an upward crossing held
     /// back is then published). While a crossing is held back, only the
-    /// lapse counts. `fit` is the lead's, `now` its evaluation at `from`.
+    /// lapse counts. `fit` is the lead's, `now` its evaluation at `from`,
+    /// `points` its engagement points per rule then, if worked out.
     pub fn next_due(
         &self,
         rules: &Rules,
         fit: &Fit,
         from: Timestamp,
         now: &Evaluation,
+        points: Option<&[(usize, f64)]>,
     ) -> Option<Timestamp> {
         let lapse = self
             .life()
@@ -830,7 +832,7 @@ impl LeadState {
         let decay = if held {
             None
         } else {
-            self.next_change_due_with(rules, fit, from, now)
+            self.next_change_due_with(rules, fit, from, now, points)
         };
         match (decay, lapse) {
             (Some(d), Some(l)) => Some(d.min(l)),
@@ -845,17 +847,19 @@ impl LeadState {
     pub fn next_change_due(&self, rules: &Rules, from: Timestamp) -> Option<Timestamp> {
         let fit = self.fit(rules);
         let now = self.evaluate_with(rules, &fit, from);
-        self.next_change_due_with(rules, &fit, from, &now)
+        self.next_change_due_with(rules, &fit, from, &now, None)
     }
 
-    /// [`LeadState::next_change_due`] with the fit already read and the
-    /// evaluation at `from`, `now`.
+    /// [`LeadState::next_change_due`] with the fit already read, the
+    /// evaluation at `from`, `now`, and (if worked out) the engagement
+    /// points per rule then, `points`.
     pub fn next_change_due_with(
         &self,
         rules: &Rules,
         fit: &Fit,
         from: Timestamp,
         now: &Evaluation,
+        points: Option<&[(usize, f64)]>,
     ) -> Option<Timestamp> {
         // Points that never fade do not move the score.
         let fades = |rule: u16| rules.half_life_of(usize::from(rule)).millis().is_some();
@@ -886,7 +890,7 @@ impl LeadState {
             };
             self.tier_with(rules, fit, &eval) != tier
         };
-        if let Some(due) = self.monotone_due(rules, fit, from, &changed) {
+        if let Some(due) = self.monotone_due(rules, fit, from, points, &changed) {
             return due;
         }
         // After 64 half-lives engagement is below 1e-19 of what it was.
@@ -914,12 +918,15 @@ impl LeadState {
     /// minimum going up. One half-life gives `Δt` in closed form; several
     /// are solved by Newton's method. The instant is then checked against
     /// the tier itself, to the millisecond. `None` when the case does not
-    /// apply (or the check fails): the search then decides.
+    /// apply (or the check fails): the search then decides. `points`: the
+    /// engagement points per rule at `from`, if worked out (the estimate
+    /// needs them only roughly: the check is what is exact).
     fn monotone_due(
         &self,
         rules: &Rules,
         fit: &Fit,
         from: Timestamp,
+        points: Option<&[(usize, f64)]>,
         changed: &dyn Fn(Timestamp) -> bool,
     ) -> Option<Option<Timestamp>> {
         const MOST_HALF_LIVES: usize = 8;
@@ -927,20 +934,34 @@ impl LeadState {
         let mut fading = [(0.0f64, 0.0f64); MOST_HALF_LIVES];
         let mut distinct = 0;
         let mut constant = rules.settings.base + fit.points;
-        let credits = self
-            .credits
-            .iter()
-            .map(|c| (c.rule, c.credit.value, c.credit.anchor));
-        let windows = self
-            .windows
-            .iter()
-            .map(|w| (w.rule, w.credit.value * w.scale(rules), w.credit.anchor));
-        for (rule, value, anchor) in credits.chain(windows) {
-            let Some(h) = rules.half_life_of(usize::from(rule)).millis() else {
-                constant += value;
+        let mut by_rule: SmallVec<[(usize, f64); 16]> = SmallVec::new();
+        let by_rule = match points {
+            Some(points) => points,
+            None => {
+                let at = |value: f64, anchor: Timestamp, h: HalfLife| {
+                    value * h.factor(from.millis() - anchor.millis())
+                };
+                let credits = self.credits.iter().map(|c| {
+                    let rule = usize::from(c.rule);
+                    (
+                        rule,
+                        at(c.credit.value, c.credit.anchor, rules.half_life_of(rule)),
+                    )
+                });
+                let windows = self.windows.iter().map(|w| {
+                    let rule = usize::from(w.rule);
+                    let value = w.credit.value * w.scale(rules);
+                    (rule, at(value, w.credit.anchor, rules.half_life_of(rule)))
+                });
+                by_rule.extend(credits.chain(windows));
+                &by_rule
+            }
+        };
+        for &(rule, now) in by_rule {
+            let Some(h) = rules.half_life_of(rule).millis() else {
+                constant += now;
                 continue;
             };
-            let now = value * (-((from.millis() - anchor.millis()) as f64) / h).exp2();
             match fading[..distinct].iter_mut().find(|(hl, _)| *hl == h) {
                 Some((_, points)) => *points += now,
                 None if distinct < MOST_HALF_LIVES => {
