@@ -1090,7 +1090,14 @@ impl Engine {
             }
             leads[i].0 = id_prefix(leads[i].1);
         }
-        leads.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        leads.sort_unstable_by_key(|(prefix, _, _)| *prefix);
+        // Ids longer than their prefix may share it: such runs are ordered
+        // by the whole id.
+        for run in leads.chunk_by_mut(|a, b| a.0 == b.0) {
+            if run.len() > 1 {
+                run.sort_unstable_by(|a, b| a.1.cmp(b.1));
+            }
+        }
         if let Some(changes) = self.changes.as_mut() {
             changes.all_leads = true;
         }

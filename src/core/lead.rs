@@ -862,23 +862,17 @@ impl LeadState {
         points: Option<&[(usize, f64)]>,
     ) -> Option<Timestamp> {
         // Points that never fade do not move the score.
-        let fades = |rule: u16| rules.half_life_of(usize::from(rule)).millis().is_some();
-        let has_negative = self
-            .credits
-            .iter()
-            .any(|c| c.credit.value < 0.0 && fades(c.rule))
-            || self.windows.iter().any(|w| w.raw < 0.0 && fades(w.rule));
-        if self.tier == 0 && !has_negative {
-            return None; // decaying positive points only lower the score
+        let (mut fading, mut has_negative) = (false, false);
+        let credits = self.credits.iter().map(|c| (c.rule, c.credit.value));
+        let windows = self.windows.iter().map(|w| (w.rule, w.raw));
+        for (rule, value) in credits.chain(windows) {
+            if rules.half_life_of(usize::from(rule)).millis().is_some() {
+                fading = true;
+                has_negative |= value < 0.0;
+            }
         }
-        let longest_half_life = self
-            .credits
-            .iter()
-            .map(|c| usize::from(c.rule))
-            .chain(self.windows.iter().map(|w| usize::from(w.rule)))
-            .filter_map(|rule| rules.half_life_of(rule).millis())
-            .fold(0.0f64, f64::max);
-        if longest_half_life <= 0.0 {
+        if !fading || (self.tier == 0 && !has_negative) {
+            // Nothing fades, or decaying positive points only lower the score.
             return None;
         }
         let tier = usize::from(self.tier);
@@ -893,6 +887,13 @@ impl LeadState {
         if let Some(due) = self.monotone_due(rules, fit, from, points, &changed) {
             return due;
         }
+        let longest_half_life = self
+            .credits
+            .iter()
+            .map(|c| usize::from(c.rule))
+            .chain(self.windows.iter().map(|w| usize::from(w.rule)))
+            .filter_map(|rule| rules.half_life_of(rule).millis())
+            .fold(0.0f64, f64::max);
         // After 64 half-lives engagement is below 1e-19 of what it was.
         let mut hi = from.saturating_add_ms((64.0 * longest_half_life) as i64);
         if !changed(hi) {
