@@ -1090,14 +1090,7 @@ impl Engine {
             }
             leads[i].0 = id_prefix(leads[i].1);
         }
-        leads.sort_unstable_by_key(|(prefix, _, _)| *prefix);
-        // Ids longer than their prefix may share it: such runs are ordered
-        // by the whole id.
-        for run in leads.chunk_by_mut(|a, b| a.0 == b.0) {
-            if run.len() > 1 {
-                run.sort_unstable_by(|a, b| a.1.cmp(b.1));
-            }
-        }
+        sort_by_id(&mut leads);
         if let Some(changes) = self.changes.as_mut() {
             changes.all_leads = true;
         }
@@ -1292,6 +1285,18 @@ fn id_prefix(id: &str) -> u128 {
     let n = id.len().min(16);
     bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
     u128::from_be_bytes(bytes)
+}
+
+/// Sorts `(id_prefix(id), id, _)` entries by id, comparing prefixes
+/// alone and whole ids only within a run of equal prefixes (ids longer
+/// than the prefix may share it).
+fn sort_by_id<T>(entries: &mut [(u128, &str, T)]) {
+    entries.sort_unstable_by_key(|(prefix, _, _)| *prefix);
+    for run in entries.chunk_by_mut(|a, b| a.0 == b.0) {
+        if run.len() > 1 {
+            run.sort_unstable_by(|a, b| a.1.cmp(b.1));
+        }
+    }
 }
 
 /// What [`Engine::settle`] compares a changed lead with.
@@ -1784,9 +1789,10 @@ fn lifecycle_output(
 mod tests {
     use super::*;
 
-    /// Ordering by `id_prefix`, then by the whole id on a tie, is the
-    /// ids' order as strings: short ids, shared prefixes longer than the
-    /// prefix, NUL bytes and multi-byte characters included.
+    /// Ordering by `id_prefix`, then by the whole id on a tie (as
+    /// `sort_by_id` does), is the ids' order as strings: short ids, shared
+    /// prefixes longer than the prefix, NUL bytes and multi-byte
+    /// characters included.
     #[test]
     fn ids_ordered_by_prefix_then_whole_are_in_string_order() {
         let ids = [
@@ -1812,6 +1818,16 @@ mod tests {
         let mut by_string = ids.to_vec();
         by_string.sort();
         assert_eq!(by_prefix, by_string);
+        // Every order of the ids comes out sorted.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let mut entries: Vec<(u128, &str, ())> =
+                ids.iter().map(|id| (id_prefix(id), *id, ())).collect();
+            rng.shuffle(&mut entries);
+            sort_by_id(&mut entries);
+            let sorted: Vec<&str> = entries.iter().map(|e| e.1).collect();
+            assert_eq!(sorted, by_string);
+        }
     }
 
     /// A borrowed `(due, id)` finds the owned key it equals, and no other:
