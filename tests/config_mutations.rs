@@ -189,3 +189,22 @@ fn the_mutations_reach_numbers_and_durations() {
     assert!(spans(example(), false).len() > 40);
     assert!(spans(example(), true).len() > 8);
 }
+
+/// Lead state and fit readings hold rule indexes in 16 bits: a file with
+/// more rules of a kind than that is refused, saying so, not truncated.
+#[test]
+fn more_rules_than_sixteen_bits_index_are_refused() {
+    let mut text = example().to_string();
+    for i in 0..=u16::MAX as usize {
+        text.push_str(&format!(
+            "\n[[engagement]]\nname = \"extra_{i}\"\ntype = \"track\"\nevent = \"E{i}\"\npoints = 1\n"
+        ));
+    }
+    let error = leadscore::config::parse_rules(&text, Path::new("many.toml"))
+        .expect_err("too many engagement rules")
+        .to_string();
+    assert!(
+        error.contains("65551 engagement rules: at most 65535 are supported"),
+        "{error}"
+    );
+}

@@ -351,7 +351,9 @@ pub fn replay_history(
                 let engagement = state.engagement_by_rule(&rules, decided_at);
                 for (value, feature) in values.iter_mut().zip(&features) {
                     *value = match feature.measure {
-                        Measure::Fit(i) => f64::from(u8::from(fit.matched.contains(&i))),
+                        Measure::Fit(i) => {
+                            f64::from(u8::from(fit.matched.iter().any(|&m| usize::from(m) == i)))
+                        }
                         Measure::Engagement(i) => engagement
                             .iter()
                             .find(|(rule, _)| *rule == i)

@@ -681,6 +681,15 @@ fn compile(ctx: &Ctx, raw: RawRulesFile) -> Result<Rules, ConfigError> {
         None => None,
         Some(filters) => Some(Arc::new(compile_filters(ctx, filters, &engagement)?)),
     };
+    // State and fit readings keep rule indexes in 16 bits.
+    for (what, count) in [("fit", fit.len()), ("engagement", engagement.len())] {
+        if count > usize::from(u16::MAX) {
+            return Err(ctx.err(
+                &(0..0),
+                format!("{count} {what} rules: at most {} are supported", u16::MAX),
+            ));
+        }
+    }
     let mut rules = Rules::new(
         version, settings, grades, tiers, fit, engagement, trait_keys,
     );

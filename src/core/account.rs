@@ -113,8 +113,8 @@ impl Member {
             let group = group?;
             fit.matched
                 .iter()
-                .find(|&&i| rules.fit[i].group.as_ref() == Some(group))
-                .map(|&i| i as u16)
+                .find(|&&i| rules.fit[usize::from(i)].group.as_ref() == Some(group))
+                .copied()
         };
         let accounts = rules.accounts.as_deref();
         Member {

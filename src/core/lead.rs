@@ -187,9 +187,12 @@ pub struct MergedHistory {
 /// contributions and account share.
 #[derive(Clone, Debug)]
 pub struct Fit {
-    bits: SmallVec<[TraitBits; 32]>,
+    // Inline sizes for typical rules: a fit is read for every lead scored
+    // and moved along with what else was read of it.
+    bits: SmallVec<[TraitBits; 16]>,
     pub points: f64,
-    pub matched: SmallVec<[usize; 8]>,
+    /// The fit rules that count, by index.
+    pub matched: SmallVec<[u16; 12]>,
 }
 
 impl Fit {
@@ -202,9 +205,12 @@ impl Fit {
     /// fit rules and `engagement` points per rule.
     pub fn contributions(&self, rules: &Rules, engagement: &[(usize, f64)]) -> Vec<Contribution> {
         let mut all = Vec::with_capacity(self.matched.len() + engagement.len());
-        all.extend(self.matched.iter().map(|&i| Contribution {
-            rule: rules.fit[i].name.clone(),
-            points: rules.fit[i].points,
+        all.extend(self.matched.iter().map(|&i| {
+            let rule = &rules.fit[usize::from(i)];
+            Contribution {
+                rule: rule.name.clone(),
+                points: rule.points,
+            }
         }));
         all.extend(engagement.iter().map(|&(i, points)| Contribution {
             rule: rules.engagement[i].name.clone(),
@@ -761,7 +767,7 @@ impl LeadState {
 
     /// The lead's traits read against the rules (see [`Fit`]).
     pub fn fit(&self, rules: &Rules) -> Fit {
-        let mut bits: SmallVec<[TraitBits; 32]> =
+        let mut bits: SmallVec<[TraitBits; 16]> =
             SmallVec::from_slice(rules.absent_trait_bits_all());
         // Reversed, so that the first entry of a key wins, as in
         // `trait_bits`.
@@ -772,7 +778,7 @@ impl LeadState {
         let mut matched = SmallVec::new();
         rules.for_each_fit_match(&bits, |index| {
             points += rules.fit[index].points;
-            matched.push(index);
+            matched.push(index as u16);
         });
         Fit {
             bits,
