@@ -105,6 +105,11 @@ pub struct Engine {
     leads: HashMap<Box<str>, Box<LeadState>>,
     /// (due time, lead id) for every lead whose tier decay will change.
     timers: BTreeSet<(Timestamp, Box<str>)>,
+    /// Leads were restored (or dropped) since the timers were last built:
+    /// restoring leaves them alone (a lead may be restored many times over,
+    /// each time its own tree search), and they are built again from the
+    /// leads' due times, in one pass, before anything reads them.
+    timers_stale: bool,
     /// Identities merged by `alias` calls, to the lead they now belong to:
     /// an anonymous event that arrives after its alias still lands on the
     /// right lead, so the result does not depend on arrival order.
@@ -173,6 +178,7 @@ impl Engine {
             rules,
             leads: HashMap::default(),
             timers: BTreeSet::new(),
+            timers_stale: false,
             aliases: HashMap::default(),
             watermark: None,
             changes: None,
@@ -249,24 +255,15 @@ impl Engine {
     /// Puts back a lead's state read from a changelog.
     pub fn restore_lead(&mut self, lead_id: &str, state: LeadState) {
         self.aliases.remove(lead_id);
-        if let Some(old) = self.leads.get(lead_id) {
-            if let Some(due) = old.due {
-                cancel(&mut self.timers, due, lead_id);
-            }
-        }
-        if let Some(due) = state.due {
-            self.timers.insert((due, lead_id.into()));
-        }
+        self.timers_stale = true;
         self.watermark = self.watermark.max(Some(state.clock));
         self.leads.insert(lead_id.into(), Box::new(state));
     }
 
     /// Forgets a lead a changelog tombstone says was dropped.
     pub fn forget_lead(&mut self, lead_id: &str) {
-        if let Some(old) = self.leads.remove(lead_id) {
-            if let Some(due) = old.due {
-                cancel(&mut self.timers, due, lead_id);
-            }
+        if self.leads.remove(lead_id).is_some() {
+            self.timers_stale = true;
         }
     }
 
@@ -411,6 +408,7 @@ impl Engine {
         let state = self.leads.remove(lead_id);
         if let Some(state) = &state {
             if let Some(due) = state.due {
+                debug_assert!(!self.timers_stale, "timers read before they were rebuilt");
                 cancel(&mut self.timers, due, lead_id);
             }
             identities.extend(state.merged.iter().map(|m| m.identity.clone()));
@@ -486,6 +484,7 @@ impl Engine {
             return;
         };
         if let Some(due) = lead.due {
+            debug_assert!(!self.timers_stale, "timers read before they were rebuilt");
             cancel(&mut self.timers, due, lead_id);
         }
         if rules.settings.announce_expiry {
@@ -535,6 +534,7 @@ impl Engine {
             self.expire(lead_id, at, &mut outputs);
         } else {
             let due = lead.due;
+            debug_assert!(!self.timers_stale, "timers read before they were rebuilt");
             reschedule(&mut self.timers, lead_id, due_before, due);
         }
         outputs
@@ -542,12 +542,20 @@ impl Engine {
 
     /// Puts back an alias read from a changelog.
     pub fn restore_alias(&mut self, from: &str, to: &str) {
-        if let Some(old) = self.leads.remove(from) {
-            if let Some(due) = old.due {
-                cancel(&mut self.timers, due, from);
-            }
+        if self.leads.remove(from).is_some() {
+            self.timers_stale = true;
         }
         self.aliases.insert(from.into(), to.into());
+    }
+
+    /// Builds the timers again from the leads' due times if leads were
+    /// restored or dropped since they were last built.
+    fn fresh_timers(&mut self) {
+        if std::mem::take(&mut self.timers_stale) {
+            self.timers = (self.leads.iter())
+                .filter_map(|(id, lead)| lead.due.map(|due| (due, id.clone())))
+                .collect();
+        }
     }
 
     /// The latest event time applied (or restored).
@@ -603,6 +611,9 @@ impl Engine {
 
     /// The earliest time at which `advance` has something to do.
     pub fn next_due(&self) -> Option<Timestamp> {
+        if self.timers_stale {
+            return self.leads.values().filter_map(|lead| lead.due).min();
+        }
         self.timers.first().map(|(due, _)| *due)
     }
 
@@ -621,6 +632,7 @@ impl Engine {
     /// it, so an event redelivered after a crash is recognised even where
     /// the dedup memory or the broker's transactions cannot be trusted.
     pub fn apply_from(&mut self, event: &Event, now: Timestamp, position: Option<i64>) -> Outcome {
+        self.fresh_timers();
         if event.kind == EventKind::Erase {
             // Never refused, however late: the request stands.
             return self.erase(
@@ -762,6 +774,7 @@ impl Engine {
     /// internal topic). The event of a forwarded event was judged (late,
     /// future) where it came in.
     pub fn apply_handoff(&mut self, handoff: Handoff) -> Outcome {
+        self.fresh_timers();
         let hops = handoff.hops();
         if hops > MAX_HOPS {
             return Outcome::Rejected(Rejection::AliasLoop { hops });
@@ -883,6 +896,7 @@ impl Engine {
         self.record_alias(identity, into);
         let state = self.leads.remove(identity)?;
         if let Some(due) = state.due {
+            debug_assert!(!self.timers_stale, "timers read before they were rebuilt");
             cancel(&mut self.timers, due, identity);
         }
         if let (Some(_), Some(link)) = (self.rules.accounts.as_deref(), state.account.as_ref()) {
@@ -1061,6 +1075,7 @@ impl Engine {
             cause,
         );
         let due = lead.due;
+        debug_assert!(!self.timers_stale, "timers read before they were rebuilt");
         reschedule(&mut self.timers, lead_id, before_due, due);
     }
 
@@ -1137,6 +1152,7 @@ impl Engine {
         }
         // Sorted as it is collected.
         self.timers = timers.into_iter().collect();
+        self.timers_stale = false;
         outputs
     }
 
@@ -1185,6 +1201,7 @@ impl Engine {
     /// Publishes what decay alone changes up to `now`: tier drops (or rises,
     /// as negative points fade) of leads that saw no event, in due-time order.
     pub fn advance(&mut self, now: Timestamp) -> Vec<Output> {
+        self.fresh_timers();
         let rules = self.rules.clone();
         let rules = &*rules;
         let mut outputs = Vec::new();
@@ -1198,6 +1215,7 @@ impl Engine {
                 self.expire(&lead_id, at, &mut outputs);
                 continue;
             }
+            debug_assert!(!self.timers_stale, "timers read before they were rebuilt");
             reschedule(&mut self.timers, &lead_id, None, lead.due);
             if let Some(changes) = self.changes.as_mut() {
                 changes.leads.insert(lead_id);
@@ -1828,6 +1846,35 @@ mod tests {
             let sorted: Vec<&str> = entries.iter().map(|e| e.1).collect();
             assert_eq!(sorted, by_string);
         }
+    }
+
+    /// Restoring leaves the timers alone, and they are built from the
+    /// leads' due times before anything reads them: a lead restored twice
+    /// is due once, at its last state's time; a dropped one not at all.
+    #[test]
+    fn timers_are_built_from_the_restored_leads_due_times() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leadscore.toml");
+        let rules = crate::config::load_rules(std::path::Path::new(file)).unwrap();
+        let mut engine = Engine::new(Arc::new(rules));
+        let due_at = |due| LeadState {
+            due: Some(Timestamp(due)),
+            ..LeadState::new(Timestamp(0))
+        };
+        engine.restore_lead("a", due_at(500));
+        engine.restore_lead("b", due_at(300));
+        engine.restore_lead("a", due_at(700)); // a later record of "a"
+        engine.restore_lead("c", due_at(100));
+        engine.forget_lead("c");
+        engine.restore_lead("d", due_at(200));
+        engine.restore_alias("d", "b");
+        assert_eq!(engine.next_due(), Some(Timestamp(300)));
+        assert!(engine.advance(Timestamp(250)).is_empty());
+        assert!(!engine.timers_stale);
+        let timers: Vec<(i64, &str)> = (engine.timers.iter())
+            .map(|(due, id)| (due.millis(), &**id))
+            .collect();
+        assert_eq!(timers, [(300, "b"), (700, "a")]);
+        assert_eq!(engine.next_due(), Some(Timestamp(300)));
     }
 
     /// A borrowed `(due, id)` finds the owned key it equals, and no other:
