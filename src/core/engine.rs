@@ -549,8 +549,10 @@ impl Engine {
     }
 
     /// Builds the timers again from the leads' due times if leads were
-    /// restored or dropped since they were last built.
-    fn fresh_timers(&mut self) {
+    /// restored or dropped since they were last built. Events and
+    /// `advance` do it first; a restore calls it when done, so that
+    /// `next_due` need not look at every lead until then.
+    pub fn fresh_timers(&mut self) {
         if std::mem::take(&mut self.timers_stale) {
             self.timers = (self.leads.iter())
                 .filter_map(|(id, lead)| lead.due.map(|due| (due, id.clone())))

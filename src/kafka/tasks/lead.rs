@@ -409,6 +409,13 @@ pub(super) fn restore(
         },
     )?;
     handovers.check(topic, &shared.topics.output)?;
+    // Decay timers, built once per partition from the restored leads (a
+    // partition re-scored below builds them as it goes).
+    for (partition, engine) in &mut engines {
+        if !history.migrated.contains(partition) {
+            engine.fresh_timers();
+        }
+    }
     let elapsed = started.elapsed();
     let seconds = elapsed.as_secs_f64().max(1e-3);
     let leads: usize = engines.values().map(Engine::lead_count).sum();
