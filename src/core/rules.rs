@@ -403,8 +403,8 @@ pub struct Rules {
     fit_groups: Vec<Option<usize>>,
     group_count: usize,
     /// Every fit rule's conditions in one list, rule after rule
-    /// (`fit_spans`: where each rule's end), so reading a lead's fit
-    /// follows no pointer per rule.
+    /// (`fit_spans`: where each rule's conditions end), so reading a
+    /// lead's fit follows no pointer per rule.
     fit_checks: Vec<FitCheck>,
     fit_spans: Vec<u32>,
     /// Account scoring, when the rules file has an `[accounts]` section.
