@@ -17,11 +17,11 @@ use crate::core::account::{AccountUpdate, Member};
 use crate::core::event::{Event, EventKind, Value};
 use crate::core::filters::FilterReason;
 use crate::core::handoff::{Handoff, MAX_HOPS};
-use crate::core::lead::{EngagementByRule, Evaluation, Fit, LeadState};
+use crate::core::lead::{EngagementByRule, Evaluation, Fit, FitMemo, LeadState};
 use crate::core::output::{
     direction_of, handover_moves, output_id, push_change, Cause, Contribution, Output, OutputKind,
 };
-use crate::core::prefetch::prefetch;
+use crate::core::prefetch::{prefetch, prefetch_all};
 use crate::core::rules::EMAIL_DOMAIN_TRAIT;
 use crate::core::rules::{Grade, Rules};
 use crate::core::time::Timestamp;
@@ -135,6 +135,8 @@ pub struct Engine {
     erased: HashMap<u64, Timestamp>,
     /// The same, oldest first, for forgetting them.
     erased_by_time: BTreeSet<(Timestamp, u64)>,
+    /// Fit readings by trait bits, under `rules`.
+    fits: FitMemo,
 }
 
 /// Whether an identity's events come to this engine's input partition.
@@ -187,6 +189,7 @@ impl Engine {
             handoffs: Vec::new(),
             erased: HashMap::default(),
             erased_by_time: BTreeSet::new(),
+            fits: FitMemo::default(),
         }
     }
 
@@ -530,7 +533,7 @@ impl Engine {
         }
         let mut outputs = Vec::new();
         let due_before = lead.due;
-        if let Some(at) = advance_lead(rules, lead_id, lead, t, &mut outputs) {
+        if let Some(at) = advance_lead(rules, &mut self.fits, lead_id, lead, t, &mut outputs) {
             self.expire(lead_id, at, &mut outputs);
         } else {
             let due = lead.due;
@@ -736,7 +739,7 @@ impl Engine {
         }
         let before = Before::of(rules, lead);
         let mut outputs = expired;
-        advance_lead(rules, lead_id, lead, t, &mut outputs);
+        advance_lead(rules, &mut self.fits, lead_id, lead, t, &mut outputs);
 
         let cause = Cause::Event(event.message_id.clone());
         if let Some((identity, state)) = absorbed {
@@ -750,7 +753,14 @@ impl Engine {
         let reset_at = lead.reset_at();
         take_event(rules, lead, event, t, watermark, reset_at);
         lead.clock = lead.clock.max(t);
-        let read = emit(rules, lead_id, lead, cause.clone(), &mut outputs);
+        let read = emit(
+            rules,
+            &mut self.fits,
+            lead_id,
+            lead,
+            cause.clone(),
+            &mut outputs,
+        );
         if let Some(change) = life_change {
             outputs.push(lifecycle_output(
                 rules, lead_id, lead, &read, change, &cause,
@@ -960,10 +970,24 @@ impl Engine {
             .or_insert_with(|| Box::new(LeadState::new(at)));
         let before = Before::of(rules, lead);
         let mut outputs = Vec::new();
-        advance_lead(rules, &target, lead, at.max(lead.clock), &mut outputs);
+        advance_lead(
+            rules,
+            &mut self.fits,
+            &target,
+            lead,
+            at.max(lead.clock),
+            &mut outputs,
+        );
         lead.take_history(&from, state);
         let cause = Cause::Merge(cause.to_string());
-        let read = emit(rules, &target, lead, cause.clone(), &mut outputs);
+        let read = emit(
+            rules,
+            &mut self.fits,
+            &target,
+            lead,
+            cause.clone(),
+            &mut outputs,
+        );
         self.settle(&target, before, read, cause);
         Outcome::Applied(outputs)
     }
@@ -1034,7 +1058,7 @@ impl Engine {
         };
         let before = Before::of(rules, lead);
         let mut outputs = expired;
-        advance_lead(rules, &target, lead, t, &mut outputs);
+        advance_lead(rules, &mut self.fits, &target, lead, t, &mut outputs);
         if let Some((identity, state)) = absorbed {
             lead.take_history(&identity, state);
         }
@@ -1050,7 +1074,14 @@ impl Engine {
         take_event(rules, history, event, t, watermark, reset_at);
         lead.clock = lead.clock.max(t);
         let cause = Cause::Event(event.message_id.clone());
-        let read = emit(rules, &target, lead, cause.clone(), &mut outputs);
+        let read = emit(
+            rules,
+            &mut self.fits,
+            &target,
+            lead,
+            cause.clone(),
+            &mut outputs,
+        );
         if let Some(change) = life_change {
             outputs.push(lifecycle_output(
                 rules, &target, lead, &read, change, &cause,
@@ -1121,13 +1152,13 @@ impl Engine {
             // boxes of those a few places ahead (their state first, then,
             // once that is in, what it points to).
             if let Some((_, id, ahead)) = leads.get(i + 8) {
-                prefetch(&**ahead);
+                prefetch_all(&**ahead);
                 prefetch(*id);
             }
             if let Some((_, _, ahead)) = leads.get(i + 4) {
-                prefetch(&*ahead.credits);
-                prefetch(&*ahead.windows);
-                prefetch(&*ahead.traits);
+                prefetch_all(&*ahead.credits);
+                prefetch_all(&*ahead.windows);
+                prefetch_all(&*ahead.traits);
                 if let Some(account) = &ahead.account {
                     prefetch(&*account.id);
                 }
@@ -1138,7 +1169,14 @@ impl Engine {
                 due: lead.due,
                 account: None,
             };
-            let read = emit(rules, lead_id, lead, cause.clone(), &mut outputs);
+            let read = emit(
+                rules,
+                &mut self.fits,
+                lead_id,
+                lead,
+                cause.clone(),
+                &mut outputs,
+            );
             settle_lead(
                 rules,
                 (&mut self.changes, &mut self.account_updates),
@@ -1212,7 +1250,8 @@ impl Engine {
                 debug_assert!(false, "timer for a lead that is gone");
                 continue;
             };
-            if let Some(at) = advance_lead(rules, &lead_id, lead, due, &mut outputs) {
+            if let Some(at) = advance_lead(rules, &mut self.fits, &lead_id, lead, due, &mut outputs)
+            {
                 lead.due = None;
                 self.expire(&lead_id, at, &mut outputs);
                 continue;
@@ -1511,6 +1550,7 @@ pub(crate) fn reschedule(
 /// evaluated at its own due time.
 fn advance_lead(
     rules: &Rules,
+    fits: &mut FitMemo,
     lead_id: &str,
     lead: &mut LeadState,
     until: Timestamp,
@@ -1521,7 +1561,7 @@ fn advance_lead(
     for _ in 0..=2 * rules.tiers.len() + 1 {
         let due = lead.due.filter(|due| *due <= until)?;
         lead.clock = lead.clock.max(due);
-        let read = emit(rules, lead_id, lead, Cause::Decay(due), outputs);
+        let read = emit(rules, fits, lead_id, lead, Cause::Decay(due), outputs);
         if let Some(at) = lead.expires_at(rules).filter(|at| *at <= due) {
             return Some(at); // the caller drops it
         }
@@ -1642,6 +1682,7 @@ fn erased_output(
 /// share).
 fn emit(
     rules: &Rules,
+    fits: &mut FitMemo,
     lead_id: &str,
     lead: &mut LeadState,
     cause: Cause,
@@ -1649,7 +1690,7 @@ fn emit(
 ) -> Reading {
     let at = lead.clock;
     let view = lead.view(rules);
-    let fit = view.fit(rules);
+    let fit = view.fit_remembered(rules, fits);
     // Per rule, the engagement is for the account share and the
     // contributions: worked out with the total when the share will be
     // needed, else only if there is an output.
@@ -1679,8 +1720,7 @@ fn emit(
         };
     }
     let by_rule = engagement_by_rule.get_or_insert_with(|| view.engagement_by_rule(rules, at));
-    let mut contributions = fit.contributions(rules, by_rule);
-    contributions.truncate(rules.settings.top_contributions);
+    let contributions = fit.top_contributions(rules, by_rule, rules.settings.top_contributions);
     let changed = Output {
         tier: rules.tier_name(tier).clone(),
         previous_tier: rules.tier_name(previous).clone(),
@@ -1788,8 +1828,8 @@ fn lifecycle_output(
 ) -> Output {
     // Right after the emit: the lead is as it read it.
     let engagement = read.engagement_by_rule(rules, read.view(lead), read.at);
-    let mut contributions = read.fit.contributions(rules, &engagement);
-    contributions.truncate(rules.settings.top_contributions);
+    let contributions =
+        (read.fit).top_contributions(rules, &engagement, rules.settings.top_contributions);
     Output {
         contributions,
         lifecycle: Some(Box::new(change)),

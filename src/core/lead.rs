@@ -8,14 +8,16 @@
 //! which has hysteresis, remembers the path.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use foldhash::fast::FixedState;
 use smallvec::SmallVec;
 
 use crate::core::decay::{Decaying, HalfLife};
 use crate::core::event::{Event, Fields};
 use crate::core::filters::FilterState;
-use crate::core::output::{sort_largest_first, Contribution};
+use crate::core::output::{largest_first, Contribution};
 use crate::core::rules::{Grade, Rules, Settings, TraitBits, EMAIL_DOMAIN_TRAIT};
 use crate::core::time::Timestamp;
 
@@ -204,21 +206,79 @@ impl Fit {
     /// value, then by name, so the order is deterministic), from these
     /// fit rules and `engagement` points per rule.
     pub fn contributions(&self, rules: &Rules, engagement: &[(usize, f64)]) -> Vec<Contribution> {
-        let mut all = Vec::with_capacity(self.matched.len() + engagement.len());
+        self.top_contributions(rules, engagement, usize::MAX)
+    }
+
+    /// The first `limit` of [`Fit::contributions`] (an output carries a
+    /// few): ordered by reference, so only those kept are copied.
+    pub fn top_contributions(
+        &self,
+        rules: &Rules,
+        engagement: &[(usize, f64)],
+        limit: usize,
+    ) -> Vec<Contribution> {
+        let mut all: SmallVec<[(&Arc<str>, f64); 24]> = SmallVec::new();
         all.extend(self.matched.iter().map(|&i| {
             let rule = &rules.fit[usize::from(i)];
-            Contribution {
-                rule: rule.name.clone(),
-                points: rule.points,
-            }
+            (&rule.name, rule.points)
         }));
-        all.extend(engagement.iter().map(|&(i, points)| Contribution {
-            rule: rules.engagement[i].name.clone(),
-            points,
-        }));
-        sort_largest_first(&mut all);
-        all
+        all.extend((engagement.iter()).map(|&(i, points)| (&rules.engagement[i].name, points)));
+        all.sort_by(|(a_rule, a), (b_rule, b)| largest_first((a_rule, *a), (b_rule, *b)));
+        all.iter()
+            .take(limit)
+            .map(|&(rule, points)| Contribution {
+                rule: rule.clone(),
+                points,
+            })
+            .collect()
     }
+}
+
+/// A lead's fit points and the fit rules that gave them (as in [`Fit`]).
+type FitPoints = (f64, SmallVec<[u16; 12]>);
+
+/// Fit points and matched rules already read, by trait bits (the only
+/// thing a fit depends on under fixed rules). Leads share few combinations
+/// of comparison bits, so most reads become one hash lookup instead of a
+/// pass over every fit rule. Valid for one rule set: an engine keeps one
+/// beside its rules.
+#[derive(Clone, Debug, Default)]
+pub struct FitMemo {
+    known: HashMap<Box<[TraitBits]>, FitPoints, FixedState>,
+}
+
+impl FitMemo {
+    /// Beyond this many combinations (traits that hold free-form values
+    /// compared to many literals) the memo starts over, so it stays small.
+    const MOST_REMEMBERED: usize = 4096;
+
+    fn points_and_matches(
+        &mut self,
+        rules: &Rules,
+        bits: &[TraitBits],
+    ) -> (f64, SmallVec<[u16; 12]>) {
+        if let Some(known) = self.known.get(bits) {
+            return known.clone();
+        }
+        let read = fit_points_and_matches(rules, bits);
+        if self.known.len() >= Self::MOST_REMEMBERED {
+            self.known.clear();
+        }
+        self.known.insert(bits.into(), read.clone());
+        read
+    }
+}
+
+/// The fit points of a lead with trait `bits`, and the fit rules that
+/// gave them.
+fn fit_points_and_matches(rules: &Rules, bits: &[TraitBits]) -> FitPoints {
+    let mut points = 0.0;
+    let mut matched = SmallVec::new();
+    rules.for_each_fit_match(bits, |index| {
+        points += rules.fit[index].points;
+        matched.push(index as u16);
+    });
+    (points, matched)
 }
 
 /// Engagement points per rule, in rule order; most leads hit few rules.
@@ -759,6 +819,42 @@ impl LeadState {
         window.scale(rules) * window.credit.at(at, rules.half_life_of(rule))
     }
 
+    /// [`LeadState::engagement_at`] with a bound on its rounding (see
+    /// [`RoundedEngagement`]). Each term is off by a few units in the last
+    /// place, more the more half-lives it decayed over (its exponent is
+    /// rounded too); each addition by one unit of the running sum; the
+    /// bound is four times their total, doubled for the millisecond
+    /// before (where no term is more than twice as large).
+    fn engagement_with_rounding(&self, rules: &Rules, at: Timestamp) -> RoundedEngagement {
+        let (mut fading, mut size, mut terms_rounding) = (0.0f64, 0.0f64, 0.0f64);
+        let mut note = |points: f64, rule: u16, anchor: Timestamp| {
+            size += points.abs();
+            if let Some(h) = rules.half_life_of(usize::from(rule)).millis() {
+                fading += points;
+                let half_lives = (at.millis() - anchor.millis()).abs() as f64 / h;
+                terms_rounding += points.abs() * (8.0 + half_lives);
+            }
+        };
+        let mut credits = 0.0;
+        for c in self.credits.iter() {
+            let points = Self::credit_at(rules, c, at);
+            note(points, c.rule, c.credit.anchor);
+            credits += points;
+        }
+        let mut windows = 0.0;
+        for w in self.windows.iter() {
+            let points = Self::window_at(rules, w, at);
+            note(points, w.rule, w.credit.anchor);
+            windows += points;
+        }
+        let additions = (self.credits.len() + self.windows.len() + 1) as f64;
+        RoundedEngagement {
+            sum: credits + windows,
+            fading,
+            rounding: 2.0 * 4.0 * UNIT_ROUNDOFF * (terms_rounding + additions * size),
+        }
+    }
+
     pub fn engagement_at(&self, rules: &Rules, at: Timestamp) -> f64 {
         let credits = (self.credits.iter()).fold(0.0, |sum, c| sum + Self::credit_at(rules, c, at));
         let windows = (self.windows.iter()).fold(0.0, |sum, w| sum + Self::window_at(rules, w, at));
@@ -767,6 +863,15 @@ impl LeadState {
 
     /// The lead's traits read against the rules (see [`Fit`]).
     pub fn fit(&self, rules: &Rules) -> Fit {
+        self.read_fit(rules, None)
+    }
+
+    /// [`LeadState::fit`], looked up in `memo` (or added to it).
+    pub fn fit_remembered(&self, rules: &Rules, memo: &mut FitMemo) -> Fit {
+        self.read_fit(rules, Some(memo))
+    }
+
+    fn read_fit(&self, rules: &Rules, memo: Option<&mut FitMemo>) -> Fit {
         let mut bits: SmallVec<[TraitBits; 16]> =
             SmallVec::from_slice(rules.absent_trait_bits_all());
         // Reversed, so that the first entry of a key wins, as in
@@ -774,12 +879,10 @@ impl LeadState {
         for t in self.traits.iter().rev() {
             bits[usize::from(t.key)] = t.bits;
         }
-        let mut points = 0.0;
-        let mut matched = SmallVec::new();
-        rules.for_each_fit_match(&bits, |index| {
-            points += rules.fit[index].points;
-            matched.push(index as u16);
-        });
+        let (points, matched) = match memo {
+            Some(memo) => memo.points_and_matches(rules, &bits),
+            None => fit_points_and_matches(rules, &bits),
+        };
         Fit {
             bits,
             points,
@@ -1032,7 +1135,24 @@ impl LeadState {
         let mut due = from.saturating_add_ms(elapsed.ceil() as i64);
         // Float rounding can leave the estimate a few milliseconds off
         // either way: the due time is the first millisecond in another tier.
-        if changed(due) {
+        let at_due = self.engagement_with_rounding(rules, due);
+        let eval_due = Evaluation::of(rules, fit, at_due.sum);
+        if self.tier_with(rules, fit, &eval_due) != tier {
+            let before = due.saturating_sub_ms(1);
+            if before <= from
+                || at_due.tier_holds_before(rules, fit, falling, fading, &|s| {
+                    self.tier_with(
+                        rules,
+                        fit,
+                        &Evaluation {
+                            score: s,
+                            ..eval_due
+                        },
+                    ) == tier
+                })
+            {
+                return Some(Some(due));
+            }
             for _ in 0..1000 {
                 let before = due.saturating_sub_ms(1);
                 if before <= from || !changed(before) {
@@ -1049,6 +1169,76 @@ impl LeadState {
             }
         }
         None
+    }
+}
+
+/// The largest relative error of one rounded float operation, 2^-53.
+const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
+
+/// A lead's engagement at one time, summed exactly as
+/// [`LeadState::engagement_at`] sums it, with what bounds the rounding in
+/// that sum: a due time's millisecond is then often settled without
+/// evaluating the millisecond before it.
+struct RoundedEngagement {
+    sum: f64,
+    /// The part of `sum` that fades.
+    fading: f64,
+    /// A bound on how far the computed score (base, fit and `sum`) can
+    /// be from the exact score of the same stored points, here and one
+    /// millisecond earlier.
+    rounding: f64,
+}
+
+impl RoundedEngagement {
+    /// Whether the lead's computed score one millisecond earlier surely
+    /// keeps its tier (`holds`, given a score), from the exact score's
+    /// bounds alone: every half-life's points have one sign (`falling`:
+    /// positive, else negative, in `fading` as (half-life, points) at some
+    /// earlier time), so over that millisecond the exact score moves the
+    /// one way by between (2^(1/h) - 1) times what fades, for the
+    /// longest and the shortest half-life h (in milliseconds). The tier is a nondecreasing
+    /// function of the clamped score, so holding at both ends of the
+    /// interval means holding inside it. `false` when unsure.
+    fn tier_holds_before(
+        &self,
+        rules: &Rules,
+        fit: &Fit,
+        falling: bool,
+        fading: &[(f64, f64)],
+        holds: &dyn Fn(f64) -> bool,
+    ) -> bool {
+        let (shortest, longest) = fading
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(s, l), &(h, _)| {
+                (s.min(h), l.max(h))
+            });
+        let score = rules.settings.base + fit.points + self.sum;
+        // Two more additions: base and fit, then the engagement.
+        let rounding = self.rounding
+            + 2.0
+                * 4.0
+                * UNIT_ROUNDOFF
+                * (rules.settings.base.abs() + fit.points.abs() + score.abs());
+        let size = self.fading.abs();
+        // For 0 < x ≤ 1: x·ln 2 ≤ 2^x - 1 ≤ 2x·ln 2.
+        if !(shortest >= 1.0 && longest.is_finite()) {
+            return false;
+        }
+        let (slowest, fastest) = (0.69 / longest, 1.39 / shortest);
+        let least = slowest * (size - 2.0 * rounding).max(0.0) - fastest * 2.0 * rounding;
+        let most = fastest * (size + 2.0 * rounding);
+        let (low, high) = if falling {
+            (
+                score + least - 2.0 * rounding,
+                score + most + 2.0 * rounding,
+            )
+        } else {
+            (
+                score - most - 2.0 * rounding,
+                score - least + 2.0 * rounding,
+            )
+        };
+        low <= high && holds(rules.clamp(low)) && holds(rules.clamp(high))
     }
 }
 
@@ -1121,6 +1311,7 @@ mod tests {
 
     use super::*;
     use crate::config::parse_rules;
+    use crate::core::event::Value;
 
     /// The merged account link is the one folding every history's link
     /// into the lead's with `link_account` / `link_account_from_email`
@@ -1188,6 +1379,66 @@ mod tests {
             "{} bytes",
             std::mem::size_of::<LeadState>()
         );
+    }
+
+    /// A fit read through a memo shared by many leads is the fit read
+    /// afresh, whatever traits each has, including after the memo starts
+    /// over.
+    #[test]
+    fn remembered_fits_are_the_fits_read_afresh() {
+        let text = std::fs::read_to_string("config/leadscore.toml").unwrap();
+        let rules = parse_rules(&text, Path::new("leadscore.toml")).unwrap();
+        let values = |key: &str| -> Vec<Value> {
+            let texts: &[&str] = match key {
+                "title" => &[
+                    "VP Sales",
+                    "Head of Growth",
+                    "Marketing Director",
+                    "Student",
+                    "CEO",
+                ],
+                "department" => &["marketing", "Sales", "engineering", "growth"],
+                "country" => &["US", "DE", "IN", "united kingdom"],
+                _ => &["x", "enterprise", "gmail.com", "acme.io"],
+            };
+            let mut all: Vec<Value> = texts.iter().map(|t| Value::Text((*t).into())).collect();
+            all.extend([Value::Null, Value::Number(12.0), Value::Number(4000.0)]);
+            all
+        };
+        let mut seed = 11u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let mut memo = FitMemo::default();
+        let mut distinct = std::collections::HashSet::new();
+        for lead in 0..3000 {
+            let mut state = LeadState::new(Timestamp(0));
+            let mut fields = Vec::new();
+            for key in &rules.trait_keys {
+                if next(3) > 0 {
+                    let choices = values(&key.name);
+                    fields.push((
+                        key.name.as_str().into(),
+                        choices[next(choices.len())].clone(),
+                    ));
+                }
+            }
+            state.apply_traits(&rules, &Fields(fields), Timestamp(lead));
+            let fresh = state.fit(&rules);
+            let remembered = state.fit_remembered(&rules, &mut memo);
+            assert_eq!(fresh.points.to_bits(), remembered.points.to_bits());
+            assert_eq!(fresh.matched, remembered.matched);
+            assert_eq!(fresh.bits, remembered.bits);
+            distinct.insert(fresh.bits.to_vec());
+            if lead % 1000 == 999 {
+                memo.known.clear(); // as when it is full
+            }
+        }
+        assert!(distinct.len() > 50, "{} combinations", distinct.len());
+        assert!(memo.known.len() <= distinct.len());
     }
 
     /// One rule, one half-life, a tier at 50: the closed form applies.

@@ -111,12 +111,12 @@ pub(crate) fn handover_moves<'a>(
 /// Largest share first (by absolute value, then by name, so the order is
 /// deterministic).
 pub fn sort_largest_first(contributions: &mut [Contribution]) {
-    contributions.sort_by(|a, b| {
-        b.points
-            .abs()
-            .total_cmp(&a.points.abs())
-            .then_with(|| a.rule.cmp(&b.rule))
-    });
+    contributions.sort_by(|a, b| largest_first((&a.rule, a.points), (&b.rule, b.points)));
+}
+
+/// The order of [`sort_largest_first`], on (rule name, points).
+pub fn largest_first(a: (&Arc<str>, f64), b: (&Arc<str>, f64)) -> std::cmp::Ordering {
+    b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(b.0))
 }
 
 /// Why an output happened: an input event, or decay reaching a due time.
