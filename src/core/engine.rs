@@ -1190,7 +1190,9 @@ impl Engine {
                 timers.push((due, Box::from(*lead_id)));
             }
         }
-        // Sorted as it is collected.
+        // Pushed in id order: a stable sort by due time leaves them in
+        // (due, id) order, which the set's own sort then only checks.
+        radsort::sort_by_key(&mut timers, |(due, _)| due.millis());
         self.timers = timers.into_iter().collect();
         self.timers_stale = false;
         outputs
@@ -1350,7 +1352,9 @@ fn id_prefix(id: &str) -> u128 {
 /// alone and whole ids only within a run of equal prefixes (ids longer
 /// than the prefix may share it).
 fn sort_by_id<T>(entries: &mut [(u128, &str, T)]) {
-    entries.sort_unstable_by_key(|(prefix, _, _)| *prefix);
+    // A radix sort: ids that share a scheme ("lead-000123") differ in a few
+    // bytes of the prefix, and bytes every id shares cost nothing.
+    radsort::sort_by_key(entries, |(prefix, _, _)| *prefix);
     for run in entries.chunk_by_mut(|a, b| a.0 == b.0) {
         if run.len() > 1 {
             run.sort_unstable_by(|a, b| a.1.cmp(b.1));
