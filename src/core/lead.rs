@@ -252,11 +252,7 @@ impl FitMemo {
     /// compared to many literals) the memo starts over, so it stays small.
     const MOST_REMEMBERED: usize = 4096;
 
-    fn points_and_matches(
-        &mut self,
-        rules: &Rules,
-        bits: &[TraitBits],
-    ) -> (f64, SmallVec<[u16; 12]>) {
+    fn points_and_matches(&mut self, rules: &Rules, bits: &[TraitBits]) -> FitPoints {
         if let Some(known) = self.known.get(bits) {
             return known.clone();
         }
@@ -791,21 +787,9 @@ impl LeadState {
             Some((_, p)) => *p += points,
             None => by_rule.push((rule, points)),
         };
-        // Summed as `engagement_at` sums, so the two agree to the bit.
-        let mut credits = 0.0;
-        for c in self.credits.iter() {
-            let points = Self::credit_at(rules, c, at);
-            credits += points;
-            add(usize::from(c.rule), points);
-        }
-        let mut windows = 0.0;
-        for w in self.windows.iter() {
-            let points = Self::window_at(rules, w, at);
-            windows += points;
-            add(usize::from(w.rule), points);
-        }
+        let total = self.sum_engagement(rules, at, |rule, points, _| add(rule, points));
         by_rule.sort_unstable_by_key(|(r, _)| *r);
-        (credits + windows, by_rule)
+        (total, by_rule)
     }
 
     fn credit_at(rules: &Rules, credit: &RuleCredit, at: Timestamp) -> f64 {
@@ -827,37 +811,47 @@ impl LeadState {
     /// before (where no term is more than twice as large).
     fn engagement_with_rounding(&self, rules: &Rules, at: Timestamp) -> RoundedEngagement {
         let (mut fading, mut size, mut terms_rounding) = (0.0f64, 0.0f64, 0.0f64);
-        let mut note = |points: f64, rule: u16, anchor: Timestamp| {
+        let sum = self.sum_engagement(rules, at, |rule, points, anchor| {
             size += points.abs();
-            if let Some(h) = rules.half_life_of(usize::from(rule)).millis() {
+            if let Some(h) = rules.half_life_of(rule).millis() {
                 fading += points;
                 let half_lives = (at.millis() - anchor.millis()).abs() as f64 / h;
                 terms_rounding += points.abs() * (8.0 + half_lives);
             }
-        };
-        let mut credits = 0.0;
-        for c in self.credits.iter() {
-            let points = Self::credit_at(rules, c, at);
-            note(points, c.rule, c.credit.anchor);
-            credits += points;
-        }
-        let mut windows = 0.0;
-        for w in self.windows.iter() {
-            let points = Self::window_at(rules, w, at);
-            note(points, w.rule, w.credit.anchor);
-            windows += points;
-        }
+        });
         let additions = (self.credits.len() + self.windows.len() + 1) as f64;
         RoundedEngagement {
-            sum: credits + windows,
+            sum,
             fading,
             rounding: 2.0 * 4.0 * UNIT_ROUNDOFF * (terms_rounding + additions * size),
         }
     }
 
     pub fn engagement_at(&self, rules: &Rules, at: Timestamp) -> f64 {
-        let credits = (self.credits.iter()).fold(0.0, |sum, c| sum + Self::credit_at(rules, c, at));
-        let windows = (self.windows.iter()).fold(0.0, |sum, w| sum + Self::window_at(rules, w, at));
+        self.sum_engagement(rules, at, |_, _, _| {})
+    }
+
+    /// The engagement at `at`, every credit's and window's points passed
+    /// to `each` (with its rule and anchor) as they are added: the one
+    /// summation every engagement reading uses, so all agree to the bit.
+    fn sum_engagement(
+        &self,
+        rules: &Rules,
+        at: Timestamp,
+        mut each: impl FnMut(usize, f64, Timestamp),
+    ) -> f64 {
+        let mut credits = 0.0;
+        for c in self.credits.iter() {
+            let points = Self::credit_at(rules, c, at);
+            each(usize::from(c.rule), points, c.credit.anchor);
+            credits += points;
+        }
+        let mut windows = 0.0;
+        for w in self.windows.iter() {
+            let points = Self::window_at(rules, w, at);
+            each(usize::from(w.rule), points, w.credit.anchor);
+            windows += points;
+        }
         credits + windows
     }
 
@@ -1107,7 +1101,10 @@ impl LeadState {
         if target <= 0.0 || (falling && tier == 0) {
             return Some(None); // the score never reaches a line
         }
-        let longest = fading.iter().map(|&(h, _)| h).fold(0.0, f64::max);
+        let (shortest, longest) = (fading.iter())
+            .fold((f64::INFINITY, 0.0f64), |(s, l), &(h, _)| {
+                (s.min(h), l.max(h))
+            });
         let total: f64 = fading.iter().map(|&(_, v)| v).sum();
         if total <= target {
             return None; // past the line in the same tier (a gate): the search decides
@@ -1140,7 +1137,7 @@ impl LeadState {
         if self.tier_with(rules, fit, &eval_due) != tier {
             let before = due.saturating_sub_ms(1);
             if before <= from
-                || at_due.tier_holds_before(rules, fit, falling, fading, &|s| {
+                || at_due.tier_holds_before(rules, fit, falling, (shortest, longest), &|s| {
                     self.tier_with(
                         rules,
                         fit,
@@ -1193,25 +1190,20 @@ impl RoundedEngagement {
     /// Whether the lead's computed score one millisecond earlier surely
     /// keeps its tier (`holds`, given a score), from the exact score's
     /// bounds alone: every half-life's points have one sign (`falling`:
-    /// positive, else negative, in `fading` as (half-life, points) at some
-    /// earlier time), so over that millisecond the exact score moves the
-    /// one way by between (2^(1/h) - 1) times what fades, for the
-    /// longest and the shortest half-life h (in milliseconds). The tier is a nondecreasing
-    /// function of the clamped score, so holding at both ends of the
-    /// interval means holding inside it. `false` when unsure.
+    /// positive, else negative), so over that millisecond the exact score
+    /// moves the one way by between (2^(1/h) - 1) times what fades, for
+    /// the longest and the shortest half-life h (in milliseconds) among
+    /// those that fade. The tier is a nondecreasing function of the
+    /// clamped score, so holding at both ends of the interval means
+    /// holding inside it. `false` when unsure.
     fn tier_holds_before(
         &self,
         rules: &Rules,
         fit: &Fit,
         falling: bool,
-        fading: &[(f64, f64)],
+        (shortest, longest): (f64, f64),
         holds: &dyn Fn(f64) -> bool,
     ) -> bool {
-        let (shortest, longest) = fading
-            .iter()
-            .fold((f64::INFINITY, 0.0f64), |(s, l), &(h, _)| {
-                (s.min(h), l.max(h))
-            });
         let score = rules.settings.base + fit.points + self.sum;
         // Two more additions: base and fit, then the engagement.
         let rounding = self.rounding
